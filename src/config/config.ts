@@ -1,0 +1,183 @@
+/**
+ * lote's configuration, read in exactly one place: `loadConfig()` merges defaults, an optional YAML/JSON file
+ * (`--config` or LOTE_CONFIG) and environment variables, validates everything, and fails at start-up with a
+ * message naming the key, what was expected and what was found. Nothing else in lote reads process.env.
+ * README.md ("Configuration") lists every key with its default.
+ */
+import { readFileSync } from "node:fs";
+import { parse as parseYaml } from "yaml";
+import { endpointPaths, type EndpointPath } from "../backends/backend.ts";
+import { ConfigError, field } from "./validate.ts";
+import { builtinModelConfigs, parseModel, type ModelConfig } from "./model-config.ts";
+
+export { ConfigError } from "./validate.ts";
+export type { ModelConfig, BackendConfig } from "./model-config.ts";
+
+export interface TlsConfig {
+  /** PEM certificate chain. */
+  readonly cert: string;
+  /** PEM private key. */
+  readonly key: string;
+  /** PEM CA bundle for client certificates (mTLS). */
+  readonly ca?: string;
+  /** Refuse clients without a certificate signed by `ca`. Default false. */
+  readonly requireClientCert: boolean;
+}
+
+export interface Config {
+  /** Listen host. Default 127.0.0.1 (LOTE_HOST). */
+  readonly host: string;
+  /** Listen port. Default 50051 (LOTE_PORT). */
+  readonly port: number;
+  readonly tls?: TlsConfig;
+  /** Postgres URL; unset means an embedded PostgreSQL in `dataDir` (DATABASE_URL). */
+  readonly databaseUrl?: string;
+  /** Where the embedded PostgreSQL keeps its data. Default ./.lote/postgres (LOTE_DATA_DIR). */
+  readonly dataDir: string;
+  /** Port of the embedded PostgreSQL. Default 54329 (LOTE_EMBEDDED_PG_PORT). */
+  readonly embeddedPostgresPort: number;
+  /** Require "authorization: Bearer <key>" on every call. Default false; false is only allowed on loopback. */
+  readonly authRequired: boolean;
+  /** Largest request message, bytes. Default 256 MiB: a 50,000-request chat batch is ~25-50 MB. */
+  readonly maxMessageBytes: number;
+  /** Most requests in one CreateBatch. Default 1,000,000. */
+  readonly maxBatchRequests: number;
+  /** Most requests in one RunBatch. Default 1,000. */
+  readonly runBatchMaxRequests: number;
+  /** Largest single request body, bytes. Default 1 MiB. */
+  readonly maxBodyBytes: number;
+  /** Graceful shutdown: how long streams and calls get to finish. Default 10,000 ms. */
+  readonly shutdownGraceMs: number;
+  readonly worker: WorkerConfig;
+  /** Models by name (the `model` field of request bodies). */
+  readonly models: ReadonlyMap<string, ModelConfig>;
+  /** pino level. Default info (LOTE_LOG_LEVEL). */
+  readonly logLevel: string;
+}
+
+export interface WorkerConfig {
+  /** Most backend calls this node runs at once, over all models. Default 512. */
+  readonly concurrency: number;
+  /** Lease on a claimed item; a heartbeat renews it every lease/3. Default 30,000 ms. */
+  readonly leaseMs: number;
+  /** Polling interval when no notification arrives; polling is the source of truth. Default 1,000 ms. */
+  readonly pollIntervalMs: number;
+  /** Completions are written in one statement per this many items or per flush interval. Default 500 / 5 ms. */
+  readonly completionBatchSize: number;
+  readonly completionFlushMs: number;
+  /** How often expiry, finalisation and lease rescue run. Default 1,000 ms. */
+  readonly maintenanceIntervalMs: number;
+}
+
+export type Env = Readonly<Record<string, string | undefined>>;
+
+/** Reads the config file named by `configPath` (or env LOTE_CONFIG) and the environment. */
+export function loadConfig(options: { env?: Env; configPath?: string; overrides?: Record<string, unknown> } = {}): Config {
+  const env = options.env ?? process.env;
+  const path = options.configPath ?? env.LOTE_CONFIG;
+  let file: Record<string, unknown> = {};
+  if (path) {
+    let text: string;
+    try {
+      text = readFileSync(path, "utf8");
+    } catch (err) {
+      throw new ConfigError(`config file ${path}: cannot read it (${(err as Error).message})`);
+    }
+    try {
+      const parsed = parseYaml(text) ?? {};
+      if (typeof parsed !== "object" || Array.isArray(parsed)) throw new Error("expected a mapping at the top level");
+      file = parsed as Record<string, unknown>;
+    } catch (err) {
+      throw new ConfigError(`config file ${path}: not valid YAML/JSON (${(err as Error).message})`);
+    }
+  }
+  return buildConfig({ ...file, ...options.overrides }, env, path ?? "config");
+}
+
+const knownKeys = new Set(["host", "port", "tls", "database_url", "data_dir", "embedded_postgres_port", "auth_required",
+  "max_message_bytes", "max_batch_requests", "run_batch_max_requests", "max_body_bytes", "shutdown_grace_ms",
+  "worker", "models", "log_level", "include_builtin_models"]);
+
+export function buildConfig(file: Record<string, unknown>, env: Env, source = "config"): Config {
+  for (const key of Object.keys(file)) {
+    if (!knownKeys.has(key)) throw new ConfigError(`${source}: unknown key \`${key}\`; expected one of ${[...knownKeys].join(", ")}`);
+  }
+  const f = field(source);
+  const host = f.string("host", env.LOTE_HOST ?? file.host, "127.0.0.1");
+  const port = f.int("port", env.LOTE_PORT ?? file.port, 50051, 0, 65535);
+  const tlsRaw = file.tls as Record<string, unknown> | undefined;
+  const certFile = env.LOTE_TLS_CERT ?? (tlsRaw?.cert_file as string | undefined);
+  const keyFile = env.LOTE_TLS_KEY ?? (tlsRaw?.key_file as string | undefined);
+  const caFile = env.LOTE_TLS_CA ?? (tlsRaw?.ca_file as string | undefined);
+  let tls: TlsConfig | undefined;
+  if (certFile || keyFile) {
+    if (!certFile || !keyFile) throw new ConfigError(`${source}: tls needs both cert_file and key_file (LOTE_TLS_CERT, LOTE_TLS_KEY); got only ${certFile ? "cert_file" : "key_file"}`);
+    tls = {
+      cert: readPem("tls.cert_file", certFile),
+      key: readPem("tls.key_file", keyFile),
+      ca: caFile ? readPem("tls.ca_file", caFile) : undefined,
+      requireClientCert: f.bool("tls.require_client_cert", env.LOTE_TLS_REQUIRE_CLIENT_CERT ?? tlsRaw?.require_client_cert, false),
+    };
+    if (tls.requireClientCert && !tls.ca) throw new ConfigError(`${source}: tls.require_client_cert needs tls.ca_file (LOTE_TLS_CA)`);
+  }
+  const authRequired = f.bool("auth_required", env.LOTE_AUTH_REQUIRED ?? file.auth_required, false);
+  if (!authRequired && !isLoopback(host)) {
+    throw new ConfigError(
+      `${source}: auth_required is false but host is ${host}; without authentication lote only listens on loopback ` +
+        `(127.0.0.1, ::1, localhost). Set auth_required: true (LOTE_AUTH_REQUIRED=true) and create keys with \`lote keys create\`.`,
+    );
+  }
+  const w = (file.worker ?? {}) as Record<string, unknown>;
+  const fw = field(`${source}: worker`);
+  const worker: WorkerConfig = {
+    concurrency: fw.int("concurrency", env.LOTE_WORKER_CONCURRENCY ?? w.concurrency, 512, 1, 100_000),
+    leaseMs: fw.int("lease_ms", w.lease_ms, 30_000, 1_000, 3_600_000),
+    pollIntervalMs: fw.int("poll_interval_ms", w.poll_interval_ms, 1_000, 10, 60_000),
+    completionBatchSize: fw.int("completion_batch_size", w.completion_batch_size, 500, 1, 10_000),
+    completionFlushMs: fw.int("completion_flush_ms", w.completion_flush_ms, 5, 0, 10_000),
+    maintenanceIntervalMs: fw.int("maintenance_interval_ms", w.maintenance_interval_ms, 1_000, 10, 60_000),
+  };
+  const models = new Map<string, ModelConfig>();
+  if (f.bool("include_builtin_models", file.include_builtin_models, true)) {
+    for (const m of builtinModelConfigs()) models.set(m.name, m);
+  }
+  const modelsRaw = file.models ?? [];
+  if (!Array.isArray(modelsRaw)) throw new ConfigError(`${source}: models: expected a list, got ${typeof modelsRaw}`);
+  modelsRaw.forEach((raw, i) => {
+    const model = parseModel(raw, `${source}: models[${i}]`, env);
+    models.set(model.name, model);
+  });
+  return {
+    host,
+    port,
+    tls,
+    databaseUrl: env.DATABASE_URL ?? (file.database_url as string | undefined) ?? undefined,
+    dataDir: f.string("data_dir", env.LOTE_DATA_DIR ?? file.data_dir, ".lote/postgres"),
+    embeddedPostgresPort: f.int("embedded_postgres_port", env.LOTE_EMBEDDED_PG_PORT ?? file.embedded_postgres_port, 54329, 1, 65535),
+    authRequired,
+    maxMessageBytes: f.int("max_message_bytes", file.max_message_bytes, 256 * 1024 * 1024, 1024, 2 ** 31 - 1),
+    maxBatchRequests: f.int("max_batch_requests", file.max_batch_requests, 1_000_000, 1, 10_000_000),
+    runBatchMaxRequests: f.int("run_batch_max_requests", file.run_batch_max_requests, 1_000, 1, 100_000),
+    maxBodyBytes: f.int("max_body_bytes", file.max_body_bytes, 1024 * 1024, 16, 64 * 1024 * 1024),
+    shutdownGraceMs: f.int("shutdown_grace_ms", file.shutdown_grace_ms, 10_000, 0, 600_000),
+    worker,
+    models,
+    logLevel: f.oneOf("log_level", env.LOTE_LOG_LEVEL ?? file.log_level, "info", ["trace", "debug", "info", "warn", "error", "fatal", "silent"]),
+  };
+}
+
+function readPem(key: string, path: string): string {
+  try {
+    return readFileSync(path, "utf8");
+  } catch (err) {
+    throw new ConfigError(`${key}: cannot read ${path} (${(err as Error).message})`);
+  }
+}
+
+export function isLoopback(host: string): boolean {
+  return host === "localhost" || host === "::1" || host === "[::1]" || /^127\.\d+\.\d+\.\d+$/.test(host);
+}
+
+export function isEndpointPath(value: string): value is EndpointPath {
+  return (endpointPaths as readonly string[]).includes(value);
+}

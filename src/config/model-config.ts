@@ -1,0 +1,136 @@
+/** Per-model configuration: which backend serves a model, and the limits that hold across the whole fleet. */
+import { endpointPaths, type EndpointPath } from "../backends/backend.ts";
+import { ConfigError, field } from "./validate.ts";
+import type { Env } from "./config.ts";
+
+export type BackendConfig =
+  | {
+      readonly kind: "openai";
+      /** Replica base URLs: http:// (HTTP/1.1 keep-alive), h2c:// (HTTP/2 prior knowledge), https:// (ALPN h2 or 1.1). */
+      readonly urls: readonly string[];
+      /** The API key's value, read from the environment variable named by `api_key_env`. Never logged. */
+      readonly apiKey?: string;
+      readonly apiKeyEnv?: string;
+      readonly protocol: "auto" | "http1" | "h2" | "h2c";
+      /** PEM CA to trust for https:// replicas (self-signed deployments). */
+      readonly caFile?: string;
+    }
+  | {
+      readonly kind: "kserve";
+      /** grpc://host:port or grpcs://host:port targets. */
+      readonly urls: readonly string[];
+      /** Model name on the inference server; default the lote model name. */
+      readonly modelName: string;
+      readonly inputName?: string;
+      readonly outputName?: string;
+    }
+  | { readonly kind: "builtin" };
+
+export interface ModelConfig {
+  /** The `model` value request bodies carry. */
+  readonly name: string;
+  /** Endpoints this model serves. Default: all five. */
+  readonly endpoints: readonly EndpointPath[];
+  readonly backend: BackendConfig;
+  /** Most calls in flight for this model across every node sharing the database. Default 64. */
+  readonly maxConcurrency: number;
+  /** Fleet-wide calls started per minute; 0 = unlimited. Default 0. */
+  readonly requestsPerMinute: number;
+  /** Fleet-wide estimated tokens (prompt + max output) started per minute; 0 = unlimited. Default 0. */
+  readonly tokensPerMinute: number;
+  /** Per-call timeout. Default 600,000 ms (10 min: long generations on busy self-hosted servers). */
+  readonly timeoutMs: number;
+  /** Backend calls per request before it fails. Default 5. */
+  readonly maxAttempts: number;
+  /** US dollars per million tokens, for EstimateBatch. */
+  readonly inputPricePerMillion?: number;
+  readonly outputPricePerMillion?: number;
+  /** Output tokens assumed when a request sets no max_tokens. Default 1,024. */
+  readonly defaultMaxOutputTokens: number;
+}
+
+const modelKeys = new Set(["name", "endpoints", "backend", "max_concurrency", "requests_per_minute", "tokens_per_minute",
+  "timeout_ms", "max_attempts", "price", "default_max_output_tokens"]);
+
+export function parseModel(raw: unknown, where: string, env: Env): ModelConfig {
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) throw new ConfigError(`${where}: expected a mapping, got ${JSON.stringify(raw)}`);
+  const m = raw as Record<string, unknown>;
+  for (const key of Object.keys(m)) {
+    if (!modelKeys.has(key)) throw new ConfigError(`${where}: unknown key \`${key}\`; expected one of ${[...modelKeys].join(", ")}`);
+  }
+  const f = field(where);
+  const name = f.string("name", m.name, "");
+  if (!name) throw new ConfigError(`${where}: \`name\`: expected the model name request bodies use, got nothing`);
+  const endpointsRaw = m.endpoints ?? [...endpointPaths];
+  if (!Array.isArray(endpointsRaw) || endpointsRaw.some((e) => !(endpointPaths as readonly string[]).includes(e))) {
+    throw new ConfigError(`${where}: \`endpoints\`: expected a list of ${endpointPaths.join(", ")}, got ${JSON.stringify(endpointsRaw)}`);
+  }
+  const price = (m.price ?? {}) as Record<string, unknown>;
+  return {
+    name,
+    endpoints: endpointsRaw as EndpointPath[],
+    backend: parseBackend(m.backend, `${where}: backend`, env, name),
+    maxConcurrency: f.int("max_concurrency", m.max_concurrency, 64, 1, 100_000),
+    requestsPerMinute: f.int("requests_per_minute", m.requests_per_minute, 0, 0, 100_000_000),
+    tokensPerMinute: f.int("tokens_per_minute", m.tokens_per_minute, 0, 0, 10_000_000_000),
+    timeoutMs: f.int("timeout_ms", m.timeout_ms, 600_000, 100, 86_400_000),
+    maxAttempts: f.int("max_attempts", m.max_attempts, 5, 1, 100),
+    inputPricePerMillion: price.input_per_million_tokens === undefined ? undefined : f.number("price.input_per_million_tokens", price.input_per_million_tokens, 0, 0, 1e6),
+    outputPricePerMillion: price.output_per_million_tokens === undefined ? undefined : f.number("price.output_per_million_tokens", price.output_per_million_tokens, 0, 0, 1e6),
+    defaultMaxOutputTokens: f.int("default_max_output_tokens", m.default_max_output_tokens, 1024, 1, 10_000_000),
+  };
+}
+
+function parseBackend(raw: unknown, where: string, env: Env, modelName: string): BackendConfig {
+  if (typeof raw !== "object" || raw === null) throw new ConfigError(`${where}: expected a mapping with \`kind\` (openai, kserve or builtin), got ${JSON.stringify(raw)}`);
+  const b = raw as Record<string, unknown>;
+  const f = field(where);
+  const kind = f.oneOf("kind", b.kind, "openai", ["openai", "kserve", "builtin"] as const);
+  if (kind === "builtin") return { kind };
+  const urls = b.urls ?? (b.url ? [b.url] : undefined);
+  if (!Array.isArray(urls) || urls.length === 0 || urls.some((u) => typeof u !== "string" || !isUrl(u))) {
+    throw new ConfigError(`${where}: \`urls\`: expected a non-empty list of URLs (e.g. ["http://127.0.0.1:8000"]), got ${JSON.stringify(urls)}`);
+  }
+  if (kind === "kserve") {
+    return {
+      kind,
+      urls: urls as string[],
+      modelName: f.string("model_name", b.model_name, modelName),
+      inputName: f.optionalString("input_name", b.input_name),
+      outputName: f.optionalString("output_name", b.output_name),
+    };
+  }
+  const apiKeyEnv = f.optionalString("api_key_env", b.api_key_env);
+  let apiKey: string | undefined;
+  if (apiKeyEnv) {
+    apiKey = env[apiKeyEnv];
+    // Say which variable is missing, never what a key looks like.
+    if (!apiKey) throw new ConfigError(`${where}: \`api_key_env\`: environment variable ${apiKeyEnv} is not set`);
+  }
+  return {
+    kind,
+    urls: urls as string[],
+    apiKey,
+    apiKeyEnv,
+    protocol: f.oneOf("protocol", b.protocol, "auto", ["auto", "http1", "h2", "h2c"] as const),
+    caFile: f.optionalString("ca_file", b.ca_file),
+  };
+}
+
+function isUrl(value: string): boolean {
+  try {
+    return ["http:", "https:", "h2c:", "grpc:", "grpcs:"].includes(new URL(value).protocol);
+  } catch {
+    return false;
+  }
+}
+
+/** The built-in models, served in-process so the embedded default does real work with no model server. */
+export function builtinModelConfigs(): ModelConfig[] {
+  const base = { backend: { kind: "builtin" } as const, maxConcurrency: 8, requestsPerMinute: 0, tokensPerMinute: 0,
+    timeoutMs: 30_000, maxAttempts: 3, defaultMaxOutputTokens: 1 };
+  return [
+    { ...base, name: "lote-sentiment", endpoints: ["/classify"] },
+    { ...base, name: "lote-embed", endpoints: ["/v1/embeddings"] },
+  ];
+}

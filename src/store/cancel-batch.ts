@@ -1,0 +1,32 @@
+import type pg from "pg";
+import { canTransition, isTerminal, type BatchStatus } from "../batch/batch-status.ts";
+import { closeItems, inTransaction, lockBatch } from "./close-items.ts";
+import { transitionBatch } from "./transition-batch.ts";
+
+export type CancelOutcome = "cancelling" | "cancelled" | "not_found" | { terminal: BatchStatus };
+
+/**
+ * CancelBatch: VALIDATING/IN_PROGRESS/FINALIZING -> CANCELLING; every pending item cancelled at once with a
+ * `batch_cancelled` result; when nothing is running the batch goes straight on to CANCELLED. Running items are
+ * aborted by their workers, which hear the `lote_batch` notification, and finish it (see finishBatches).
+ */
+export async function cancelBatch(pool: pg.Pool, tenantId: string, batchId: string): Promise<CancelOutcome> {
+  return inTransaction(pool, async (client) => {
+    const status = (await lockBatch(client, batchId, tenantId)) as BatchStatus | undefined;
+    if (!status) return "not_found";
+    if (status === "cancelling") return "cancelling";
+    if (isTerminal(status) || !canTransition(status, "cancel")) return { terminal: status };
+    await transitionBatch(client, batchId, "cancel");
+    await closeItems(client, batchId, ["pending"], "cancelled", {
+      code: "batch_cancelled",
+      message: "The batch was cancelled before this request ran.",
+    });
+    const { rows } = await client.query(
+      "SELECT count(*)::int AS n FROM lote.items WHERE batch_id = $1 AND status = 'running'", [batchId]);
+    if (rows[0].n === 0) {
+      await transitionBatch(client, batchId, "finishCancel");
+      return "cancelled";
+    }
+    return "cancelling";
+  });
+}

@@ -1,0 +1,60 @@
+import type pg from "pg";
+
+/**
+ * Ends every item of a batch that is in one of `from` (cancel: pending; expiry: pending and running) with an error
+ * result, in one statement, and adds them to the batch's counts. The caller MUST hold the batch row lock
+ * (SELECT ... FOR UPDATE) so the result_seq it reads is not taken by a concurrent completer.
+ */
+export async function closeItems(
+  client: pg.ClientBase,
+  batchId: string,
+  from: readonly ("pending" | "running")[],
+  to: "cancelled" | "expired",
+  error: { code: string; message: string },
+): Promise<number> {
+  const { rows } = await client.query(
+    `WITH closed AS (
+       UPDATE lote.items SET status = $3, lease_expires_at = NULL, worker_id = NULL
+        WHERE batch_id = $1 AND status = ANY($2::text[])
+       RETURNING idx, custom_id, attempt
+     ), base AS (SELECT result_seq FROM lote.batches WHERE id = $1)
+     INSERT INTO lote.results (batch_id, seq, idx, custom_id, attempts, error_code, error_message)
+     SELECT $1, base.result_seq + row_number() OVER (ORDER BY c.idx), c.idx, c.custom_id, c.attempt, $4, $5
+       FROM closed c, base
+     RETURNING 1`,
+    [batchId, from, to, error.code, error.message],
+  );
+  const n = rows.length;
+  if (n > 0) {
+    // `to` is one of two literals chosen by code; the count column has the same name.
+    await client.query(
+      `UPDATE lote.batches SET ${to} = ${to} + $2, result_seq = result_seq + $2, updated_at = now() WHERE id = $1`,
+      [batchId, n],
+    );
+  }
+  return n;
+}
+
+/** SELECT ... FOR UPDATE of one batch row; returns its status, or undefined when the tenant has no such batch. */
+export async function lockBatch(client: pg.ClientBase, batchId: string, tenantId?: string): Promise<string | undefined> {
+  const { rows } = tenantId === undefined
+    ? await client.query("SELECT status FROM lote.batches WHERE id = $1 FOR UPDATE", [batchId])
+    : await client.query("SELECT status FROM lote.batches WHERE id = $1 AND tenant_id = $2 FOR UPDATE", [batchId, tenantId]);
+  return rows[0]?.status;
+}
+
+/** Runs `work` in a transaction on a pooled client. */
+export async function inTransaction<T>(pool: pg.Pool, work: (client: pg.PoolClient) => Promise<T>): Promise<T> {
+  const client = await pool.connect();
+  try {
+    await client.query("BEGIN");
+    const out = await work(client);
+    await client.query("COMMIT");
+    return out;
+  } catch (err) {
+    await client.query("ROLLBACK").catch(() => {});
+    throw err;
+  } finally {
+    client.release();
+  }
+}

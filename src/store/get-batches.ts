@@ -1,0 +1,54 @@
+import type pg from "pg";
+import type { BatchStatus } from "../batch/batch-status.ts";
+import { batchColumns, toBatchRecord, type BatchRecord } from "./batch-row.ts";
+
+/** One batch of one tenant, or undefined (another tenant's batch is as absent as a missing one). */
+export async function getBatch(db: pg.Pool | pg.ClientBase, tenantId: string, id: string): Promise<BatchRecord | undefined> {
+  const { rows } = await db.query(`SELECT ${batchColumns} FROM lote.batches b WHERE b.id = $1 AND b.tenant_id = $2`, [id, tenantId]);
+  return rows[0] ? toBatchRecord(rows[0]) : undefined;
+}
+
+export interface ListBatchesQuery {
+  readonly tenantId: string;
+  readonly limit: number;
+  /** Only batches older than this seq (the page token carries it). */
+  readonly beforeSeq?: bigint;
+  readonly status?: BatchStatus;
+  readonly metadataKey?: string;
+  readonly metadataValue?: string;
+}
+
+/** Newest first, keyset-paginated on seq (batches_tenant_seq index): stable while new batches arrive. */
+export async function listBatches(pool: pg.Pool, q: ListBatchesQuery): Promise<BatchRecord[]> {
+  const params: unknown[] = [q.tenantId, q.limit];
+  const where = ["b.tenant_id = $1"];
+  if (q.beforeSeq !== undefined) {
+    params.push(q.beforeSeq.toString());
+    where.push(`b.seq < $${params.length}`);
+  }
+  if (q.status) {
+    params.push(q.status);
+    where.push(`b.status = $${params.length}`);
+  }
+  if (q.metadataKey && q.metadataValue !== undefined && q.metadataValue !== "") {
+    params.push(JSON.stringify({ [q.metadataKey]: q.metadataValue }));
+    where.push(`b.metadata @> $${params.length}::jsonb`);
+  } else if (q.metadataKey) {
+    params.push(q.metadataKey);
+    where.push(`b.metadata ? $${params.length}`);
+  }
+  const { rows } = await pool.query(
+    `SELECT ${batchColumns} FROM lote.batches b WHERE ${where.join(" AND ")} ORDER BY b.seq DESC LIMIT $2`,
+    params,
+  );
+  return rows.map(toBatchRecord);
+}
+
+/** The items of a terminal batch that did not succeed (for RetryBatch), in input order. */
+export async function getUnsucceededItems(pool: pg.Pool, batchId: string): Promise<{ customId: string; body: string; estTokens: number }[]> {
+  const { rows } = await pool.query(
+    `SELECT custom_id, body, est_tokens FROM lote.items WHERE batch_id = $1 AND status IN ('failed', 'cancelled', 'expired') ORDER BY idx`,
+    [batchId],
+  );
+  return rows.map((r) => ({ customId: r.custom_id, body: r.body, estTokens: r.est_tokens }));
+}

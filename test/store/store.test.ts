@@ -1,0 +1,123 @@
+import pg from "pg";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { newBatchId } from "../../src/batch/ids.ts";
+import {
+  cancelBatch, claimItems, completeItems, createBatch, expireDueBatches, finishBatches, getBatch, getResults, listBatches, migrate,
+} from "../../src/store/index.ts";
+import { createTestDatabase, type TestDatabase } from "../support/database.ts";
+
+function newBatch(n: number, overrides: Partial<Parameters<typeof createBatch>[1]> = {}) {
+  return {
+    id: newBatchId(), tenantId: "t1", endpoint: "/v1/chat/completions" as const, model: "m1", priority: 0,
+    completionWindowSeconds: 3600, metadata: { team: "a" },
+    items: Array.from({ length: n }, (_, i) => ({ customId: `c${i}`, body: `{"model":"m1","x":"\\t${i}"}`, estTokens: 10 })),
+    ...overrides,
+  };
+}
+const claim = (pool: pg.Pool, limit: number, maxConcurrency = 1000, workerId = "w1") =>
+  claimItems(pool, { model: "m1", limit, workerId, leaseMs: 30_000, maxConcurrency, requestsPerMinute: 0, tokensPerMinute: 0 });
+
+describe("store", () => {
+  let db: TestDatabase;
+  let pool: pg.Pool;
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    pool = new pg.Pool({ connectionString: db.url });
+    await migrate(pool);
+  });
+  afterAll(async () => {
+    await pool.end();
+    await db.drop();
+  });
+
+  it("applies migrations once even when several nodes start together", async () => {
+    const results = await Promise.all([migrate(pool), migrate(pool), migrate(pool)]);
+    expect(results.flatMap((r) => r.applied)).toEqual([]);
+  });
+
+  it("stores a batch with every item byte for byte and starts it", async () => {
+    const { batch, created } = await createBatch(pool, newBatch(1000));
+    expect(created).toBe(true);
+    expect(batch.status).toBe("in_progress");
+    expect(batch.total).toBe(1000);
+    const { rows } = await pool.query("SELECT body, custom_id FROM lote.items WHERE batch_id = $1 AND idx = 7", [batch.id]);
+    expect(rows[0]).toEqual({ body: '{"model":"m1","x":"\\t7"}', custom_id: "c7" });
+  });
+
+  it("returns the first batch again for a repeated request_id", async () => {
+    const first = await createBatch(pool, newBatch(3, { requestId: "r-1" }));
+    const second = await createBatch(pool, newBatch(3, { requestId: "r-1" }));
+    expect(second.created).toBe(false);
+    expect(second.batch.id).toBe(first.batch.id);
+  });
+
+  it("claims no more than the fleet-wide concurrency allows and completes with one result each", async () => {
+    await pool.query("UPDATE lote.items SET status = 'cancelled' WHERE status = 'pending'");
+    const { batch } = await createBatch(pool, newBatch(10));
+    const claimed = await claim(pool, 100, 4);
+    expect(claimed).toHaveLength(4);
+    expect(await claim(pool, 100, 4)).toHaveLength(0);
+    const done = await completeItems(pool, claimed.map((c) => ({
+      outcome: "succeeded" as const, batchId: c.batchId, idx: c.idx, attempt: c.attempt, statusCode: 200, requestId: "r",
+      body: '{"ok":true}', inputTokens: 1, outputTokens: 2, totalTokens: 3,
+    })));
+    expect(done).toEqual([{ batchId: batch.id, finished: false }]);
+    // A stale completion of the same attempt is fenced out: still four results.
+    await completeItems(pool, claimed.map((c) => ({
+      outcome: "failed" as const, batchId: c.batchId, idx: c.idx, attempt: c.attempt, statusCode: 500, requestId: "r",
+      errorCode: "x", errorMessage: "y",
+    })));
+    const results = await getResults(pool, batch.id, 0n, 100);
+    expect(results.map((r) => r.seq)).toEqual([1n, 2n, 3n, 4n]);
+    expect(results.every((r) => r.errorCode === null)).toBe(true);
+    const after = await getBatch(pool, "t1", batch.id);
+    expect(after?.completed).toBe(4);
+    expect(after?.totalTokens).toBe(12);
+  });
+
+  it("retries without a result, then finishes and completes the batch", async () => {
+    await pool.query("UPDATE lote.items SET status = 'cancelled' WHERE status IN ('pending', 'running')");
+    const { batch } = await createBatch(pool, newBatch(2));
+    const first = await claim(pool, 10);
+    await completeItems(pool, first.map((c) => ({ outcome: "retry" as const, batchId: c.batchId, idx: c.idx, attempt: c.attempt,
+      statusCode: 429, errorCode: "rate_limited", errorMessage: "slow down", retryDelayMs: 0 })));
+    const second = await claim(pool, 10);
+    expect(second.map((c) => c.attempt)).toEqual([2, 2]);
+    const done = await completeItems(pool, second.map((c) => ({ outcome: "failed" as const, batchId: c.batchId, idx: c.idx,
+      attempt: c.attempt, statusCode: 400, requestId: "", errorCode: "http_400", errorMessage: "bad" })));
+    expect(done).toEqual([{ batchId: batch.id, finished: true }]);
+    expect(await finishBatches(pool, [batch.id])).toEqual([batch.id]);
+    const after = await getBatch(pool, "t1", batch.id);
+    expect(after?.status).toBe("completed");
+    expect(after?.failed).toBe(2);
+    expect(after?.finalizingAt).not.toBeNull();
+  });
+
+  it("cancels pending items at once and refuses to cancel a terminal batch", async () => {
+    const { batch } = await createBatch(pool, newBatch(5));
+    expect(await cancelBatch(pool, "t1", batch.id)).toBe("cancelled");
+    expect(await cancelBatch(pool, "t1", batch.id)).toEqual({ terminal: "cancelled" });
+    expect(await cancelBatch(pool, "t2", batch.id)).toBe("not_found");
+    const results = await getResults(pool, batch.id, 0n, 100);
+    expect(results.map((r) => r.errorCode)).toEqual(Array(5).fill("batch_cancelled"));
+  });
+
+  it("expires a batch past its window, giving unfinished items batch_expired", async () => {
+    const { batch } = await createBatch(pool, newBatch(3));
+    await pool.query("UPDATE lote.batches SET expires_at = now() - interval '1 second' WHERE id = $1", [batch.id]);
+    expect(await expireDueBatches(pool)).toContain(batch.id);
+    const after = await getBatch(pool, "t1", batch.id);
+    expect(after?.status).toBe("expired");
+    expect(after?.expired).toBe(3);
+  });
+
+  it("lists newest first, filtered by status and metadata", async () => {
+    const page = await listBatches(pool, { tenantId: "t1", limit: 2 });
+    expect(page).toHaveLength(2);
+    expect(page[0]!.seq > page[1]!.seq).toBe(true);
+    const next = await listBatches(pool, { tenantId: "t1", limit: 100, beforeSeq: page[1]!.seq });
+    expect(next.every((b) => b.seq < page[1]!.seq)).toBe(true);
+    expect((await listBatches(pool, { tenantId: "t1", limit: 100, status: "expired" })).every((b) => b.status === "expired")).toBe(true);
+    expect(await listBatches(pool, { tenantId: "t1", limit: 100, metadataKey: "team", metadataValue: "zzz" })).toEqual([]);
+  });
+});
