@@ -1,0 +1,149 @@
+/**
+ * lote.v1.BatchService: turns RPCs into store calls. Validation lives in src/batch/, SQL in src/store/, error
+ * codes in ./errors.ts; this file only wires them together.
+ */
+import type { ServiceImpl } from "@connectrpc/connect";
+import type pg from "pg";
+import type { Logger } from "pino";
+import { BatchService } from "../../gen/lote/v1/batch_service_pb.ts";
+import type { Request as ProtoRequest } from "../../gen/lote/v1/batch_pb.ts";
+import { isTerminal } from "../batch/batch-status.ts";
+import type { BatchEvents } from "../batch/batch-events.ts";
+import { newBatchId } from "../batch/ids.ts";
+import {
+  defaultCompletionWindowSeconds, validateBatchOptions, validateRequests, type FieldViolation, type RequestInput,
+} from "../batch/validate-requests.ts";
+import type { Config } from "../config/config.ts";
+import {
+  cancelBatch, createBatch, getBatch, getUnsucceededItems, listBatches,
+} from "../store/index.ts";
+import type { Authenticator } from "./auth.ts";
+import { decodePageToken, encodePageToken } from "./cursor.ts";
+import { failedPrecondition, invalidArgument, notFound } from "./errors.ts";
+import { streamResults, watchBatch } from "./result-streams.ts";
+import { runBatch } from "./run-batch.ts";
+import { endpointPath, storeStatus, toBatch } from "./to-proto.ts";
+import { estimateBatch } from "./estimate-batch.ts";
+
+export interface BatchServiceDeps {
+  readonly pool: pg.Pool;
+  readonly config: Config;
+  readonly auth: Authenticator;
+  readonly events: BatchEvents;
+  readonly logger: Logger;
+}
+
+export function toRequestInputs(requests: readonly ProtoRequest[]): RequestInput[] {
+  return requests.map((r) => ({ customId: r.customId, body: r.body, bodyJson: r.bodyJson }));
+}
+
+function durationSeconds(d: { seconds: bigint; nanos: number } | undefined): number | undefined {
+  return d === undefined ? undefined : Number(d.seconds) + d.nanos / 1e9;
+}
+
+export function batchServiceImpl(deps: BatchServiceDeps): ServiceImpl<typeof BatchService> {
+  const { pool, config, auth } = deps;
+  const limits = { maxRequests: config.maxBatchRequests, maxBodyBytes: config.maxBodyBytes, models: config.models };
+
+  return {
+    async createBatch(req, ctx) {
+      const tenant = await auth.tenantOf(ctx);
+      const endpoint = endpointPath(req.endpoint);
+      const window = durationSeconds(req.completionWindow);
+      const violations: FieldViolation[] = validateBatchOptions({
+        metadata: req.metadata, completionWindowSeconds: window, priority: req.priority, requestId: req.requestId,
+      });
+      const checked = validateRequests(endpoint, toRequestInputs(req.requests), limits);
+      if (!checked.ok) violations.push(...checked.violations);
+      if (violations.length > 0 || !checked.ok) throw invalidArgument(violations);
+      const { batch, created } = await createBatch(pool, {
+        id: newBatchId(),
+        tenantId: tenant,
+        requestId: req.requestId || undefined,
+        endpoint: endpoint!,
+        model: checked.model,
+        priority: req.priority,
+        completionWindowSeconds: Math.round(window ?? defaultCompletionWindowSeconds),
+        metadata: req.metadata,
+        items: checked.requests,
+      });
+      deps.logger.info({ batchId: batch.id, requests: batch.total, model: batch.model, created }, created ? "batch created" : "batch returned for a repeated request_id");
+      return toBatch(batch);
+    },
+
+    async getBatch(req, ctx) {
+      const tenant = await auth.tenantOf(ctx);
+      const batch = await getBatch(pool, tenant, req.id);
+      if (!batch) throw notFound("batch", req.id);
+      return toBatch(batch);
+    },
+
+    async listBatches(req, ctx) {
+      const tenant = await auth.tenantOf(ctx);
+      if (req.pageSize < 0) throw invalidArgument([{ field: "page_size", description: `expected 0 or more, got ${req.pageSize}`, reason: "NEGATIVE_PAGE_SIZE" }]);
+      const pageSize = req.pageSize === 0 ? 20 : Math.min(req.pageSize, 1000);
+      const filterKey = JSON.stringify([req.status, req.metadataKey, req.metadataValue]);
+      let beforeSeq: bigint | undefined;
+      if (req.pageToken) {
+        const decoded = decodePageToken(req.pageToken, filterKey);
+        if (decoded === undefined) throw invalidArgument([{ field: "page_token", description: "expected a next_page_token returned by ListBatches", reason: "INVALID_PAGE_TOKEN" }]);
+        if (decoded === "mismatch") throw invalidArgument([{ field: "page_token", description: "the token was made for other filters; keep status and metadata filters the same while paging", reason: "PAGE_TOKEN_FILTER_MISMATCH" }]);
+        beforeSeq = decoded;
+      }
+      // One more than asked tells whether there is a next page without a count query.
+      const rows = await listBatches(pool, {
+        tenantId: tenant, limit: pageSize + 1, beforeSeq, status: storeStatus(req.status),
+        metadataKey: req.metadataKey || undefined, metadataValue: req.metadataValue || undefined,
+      });
+      const page = rows.slice(0, pageSize);
+      const next = rows.length > pageSize ? encodePageToken(page[page.length - 1]!.seq, filterKey) : "";
+      return { batches: page.map(toBatch), nextPageToken: next };
+    },
+
+    async cancelBatch(req, ctx) {
+      const tenant = await auth.tenantOf(ctx);
+      const outcome = await cancelBatch(pool, tenant, req.id);
+      if (outcome === "not_found") throw notFound("batch", req.id);
+      if (typeof outcome === "object") {
+        throw failedPrecondition(req.id, `batch ${req.id} is already ${outcome.terminal} and cannot be cancelled`);
+      }
+      deps.logger.info({ batchId: req.id, outcome }, "batch cancel requested");
+      return toBatch((await getBatch(pool, tenant, req.id))!);
+    },
+
+    streamResults: (req, ctx) => streamResults(deps, req, ctx),
+    watchBatch: (req, ctx) => watchBatch(deps, req, ctx),
+    runBatch: (req, ctx) => runBatch(deps, req, ctx),
+
+    async retryBatch(req, ctx) {
+      const tenant = await auth.tenantOf(ctx);
+      const original = await getBatch(pool, tenant, req.id);
+      if (!original) throw notFound("batch", req.id);
+      if (!isTerminal(original.status)) throw failedPrecondition(req.id, `batch ${req.id} is ${original.status}; only a finished batch can be retried`);
+      const window = durationSeconds(req.completionWindow);
+      const violations = validateBatchOptions({ metadata: {}, completionWindowSeconds: window, priority: 0, requestId: req.requestId });
+      if (violations.length > 0) throw invalidArgument(violations);
+      const items = await getUnsucceededItems(pool, original.id);
+      if (items.length === 0) throw failedPrecondition(req.id, `batch ${req.id} has no failed, expired or cancelled requests to retry`);
+      const { batch } = await createBatch(pool, {
+        id: newBatchId(),
+        tenantId: tenant,
+        requestId: req.requestId || undefined,
+        endpoint: original.endpoint,
+        model: original.model,
+        priority: original.priority,
+        completionWindowSeconds: Math.round(window ?? original.completionWindowSeconds),
+        metadata: original.metadata,
+        retriedFrom: original.id,
+        items,
+      });
+      deps.logger.info({ batchId: batch.id, retriedFrom: original.id, requests: batch.total }, "batch retried");
+      return toBatch(batch);
+    },
+
+    estimateBatch: async (req, ctx) => {
+      await auth.tenantOf(ctx);
+      return estimateBatch(config, req);
+    },
+  };
+}

@@ -1,0 +1,44 @@
+/**
+ * The API's one error type is ConnectError. This file builds the ones lote sends and maps everything else
+ * (Postgres, transport) to a code, so handlers throw plain domain outcomes and the edge stays consistent.
+ */
+import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { BadRequestSchema, PreconditionFailureSchema } from "../../gen/google/rpc/error_details_pb.ts";
+import type { FieldViolation } from "../batch/validate-requests.ts";
+
+/** INVALID_ARGUMENT with google.rpc.BadRequest details, one violation per field. */
+export function invalidArgument(violations: readonly FieldViolation[]): ConnectError {
+  const first = violations[0];
+  const summary = first ? `${first.field}: ${first.description}` : "invalid request";
+  const more = violations.length > 1 ? ` (and ${violations.length - 1} more violation${violations.length > 2 ? "s" : ""})` : "";
+  return new ConnectError(`${summary}${more}`, Code.InvalidArgument, undefined, [
+    { desc: BadRequestSchema, value: create(BadRequestSchema, { fieldViolations: violations.map((v) => ({ ...v })) }) },
+  ]);
+}
+
+export function notFound(kind: string, id: string): ConnectError {
+  return new ConnectError(`${kind} ${JSON.stringify(id)} not found`, Code.NotFound);
+}
+
+export function failedPrecondition(subject: string, description: string): ConnectError {
+  return new ConnectError(description, Code.FailedPrecondition, undefined, [
+    { desc: PreconditionFailureSchema, value: create(PreconditionFailureSchema, { violations: [{ type: "STATE", subject, description }] }) },
+  ]);
+}
+
+// SQLSTATE classes that mean "the database is not reachable or not accepting work right now": retrying later helps.
+const unavailableSqlStates = /^(08|53|57P0)/;
+
+/** Anything a handler throws that is not already a ConnectError gets a code here. */
+export function toConnectError(err: unknown): ConnectError {
+  if (err instanceof ConnectError) return err;
+  const e = err as { code?: string; message?: string };
+  if (typeof e?.code === "string" && (unavailableSqlStates.test(e.code) || ["ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EPIPE"].includes(e.code))) {
+    return new ConnectError("the database is unavailable; retry later", Code.Unavailable, undefined, undefined, err);
+  }
+  if (e?.message === "timeout exceeded when trying to connect" || e?.message === "Connection terminated unexpectedly") {
+    return new ConnectError("the database is unavailable; retry later", Code.Unavailable, undefined, undefined, err);
+  }
+  return new ConnectError("internal error", Code.Internal, undefined, undefined, err);
+}

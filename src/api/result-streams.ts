@@ -1,0 +1,56 @@
+/** StreamResults and WatchBatch: server streams that follow a batch while it runs. */
+import type { HandlerContext } from "@connectrpc/connect";
+import { ResultFilter, type StreamResultsRequest, type StreamResultsResponse, type WatchBatchRequest, type WatchBatchResponse } from "../../gen/lote/v1/batch_service_pb.ts";
+import { isTerminal } from "../batch/batch-status.ts";
+import { getBatch, getResults, type BatchRecord } from "../store/index.ts";
+import type { BatchServiceDeps } from "./batch-service.ts";
+import { decodeCursor } from "./cursor.ts";
+import { invalidArgument, notFound } from "./errors.ts";
+import { toBatch, toResult } from "./to-proto.ts";
+
+// Rows per read: large enough to amortise the round trip (~0.2 ms), small enough to keep a slow reader's memory flat.
+const pageSize = 500;
+// Without a notification, re-check this often; notifications normally wake streams within milliseconds.
+const pollMs = 1_000;
+
+export async function* streamResults(deps: BatchServiceDeps, req: StreamResultsRequest, ctx: HandlerContext): AsyncGenerator<StreamResultsResponse> {
+  const tenant = await deps.auth.tenantOf(ctx);
+  let after = decodeCursor(req.after);
+  if (after === undefined) throw invalidArgument([{ field: "after", description: "expected a cursor returned with a result, or empty", reason: "INVALID_CURSOR" }]);
+  const first = await getBatch(deps.pool, tenant, req.batchId);
+  if (!first) throw notFound("batch", req.batchId);
+  const filter = req.filter === ResultFilter.SUCCEEDED ? "succeeded" : req.filter === ResultFilter.FAILED ? "failed" : "all";
+  while (!ctx.signal.aborted) {
+    // Read the status BEFORE the results: if the batch was already terminal, every result is committed and an
+    // empty read means the stream is complete.
+    const status = (await getBatch(deps.pool, tenant, req.batchId))?.status;
+    const rows = await getResults(deps.pool, req.batchId, after, pageSize, filter);
+    for (const row of rows) {
+      yield { $typeName: "lote.v1.StreamResultsResponse", result: toResult(req.batchId, row, req.rawJson) };
+      after = row.seq;
+    }
+    if (rows.length === pageSize) continue;
+    if (!req.follow || !status || isTerminal(status)) return;
+    await deps.events.wait(req.batchId, pollMs, ctx.signal);
+  }
+}
+
+function fingerprint(b: BatchRecord): string {
+  return `${b.status}:${b.completed}:${b.failed}:${b.cancelled}:${b.expired}:${b.running}:${b.totalTokens}`;
+}
+
+export async function* watchBatch(deps: BatchServiceDeps, req: WatchBatchRequest, ctx: HandlerContext): AsyncGenerator<WatchBatchResponse> {
+  const tenant = await deps.auth.tenantOf(ctx);
+  let last = "";
+  while (!ctx.signal.aborted) {
+    const batch = await getBatch(deps.pool, tenant, req.id);
+    if (!batch) throw notFound("batch", req.id);
+    const fp = fingerprint(batch);
+    if (fp !== last) {
+      yield { $typeName: "lote.v1.WatchBatchResponse", batch: toBatch(batch) };
+      last = fp;
+    }
+    if (isTerminal(batch.status)) return;
+    await deps.events.wait(req.id, pollMs, ctx.signal);
+  }
+}

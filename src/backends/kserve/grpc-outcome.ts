@@ -1,0 +1,68 @@
+/**
+ * A failed gRPC call → what the dispatcher's retry table understands: an HTTP-like reply when the server
+ * answered with a status, a TransportError when no answer came back (UNAVAILABLE, DEADLINE_EXCEEDED, our cancel).
+ */
+import { status as Status, type ServiceError } from "@grpc/grpc-js";
+import { TransportError, type InferenceReply } from "../backend.ts";
+
+/** grpc-gateway's HTTPStatusFromCode (runtime/errors.go), the usual gRPC → HTTP table. */
+const httpStatusOf: Partial<Record<Status, number>> = {
+  [Status.UNKNOWN]: 500,
+  [Status.INVALID_ARGUMENT]: 400,
+  [Status.NOT_FOUND]: 404,
+  [Status.ALREADY_EXISTS]: 409,
+  [Status.PERMISSION_DENIED]: 403,
+  [Status.UNAUTHENTICATED]: 401,
+  [Status.RESOURCE_EXHAUSTED]: 429,
+  [Status.FAILED_PRECONDITION]: 400,
+  [Status.ABORTED]: 409,
+  [Status.OUT_OF_RANGE]: 400,
+  [Status.UNIMPLEMENTED]: 501,
+  [Status.INTERNAL]: 500,
+  [Status.DATA_LOSS]: 500,
+};
+
+/**
+ * grpc-js reports a failed connect as UNAVAILABLE "No connection established. Last error: connect ECONNREFUSED …"
+ * (or a resolver failure); anything else UNAVAILABLE means the connection went away mid-call.
+ */
+const connectFailure = /No connection established|ECONNREFUSED|ENOTFOUND|EAI_AGAIN|EHOSTUNREACH|ENETUNREACH|Name resolution failed|Failed to connect/i;
+
+/**
+ * `cancelledByUs` is true when our AbortSignal fired or close() cancelled the call: grpc-js then reports
+ * CANCELLED "Cancelled on client".
+ */
+export function outcomeOfGrpcError(error: ServiceError, requestId: string, cancelledByUs: boolean): InferenceReply | TransportError {
+  const details = error.details || error.message;
+  switch (error.code) {
+    case Status.CANCELLED:
+      return cancelledByUs
+        ? new TransportError("aborted", "ModelInfer cancelled", { cause: error })
+        : new TransportError("connection_reset", `server cancelled ModelInfer: ${details}`, { cause: error });
+    case Status.UNAVAILABLE:
+      return new TransportError(connectFailure.test(details) ? "connection_refused" : "connection_reset", details, { cause: error });
+    case Status.DEADLINE_EXCEEDED:
+      return new TransportError("timeout", details, { cause: error });
+  }
+  // grpc-js raises RESOURCE_EXHAUSTED itself when an answer exceeds grpc.max_receive_message_length; that is
+  // not the server shedding load, and retrying gets the same too-large answer.
+  const localSizeLimit = error.code === Status.RESOURCE_EXHAUSTED && /larger than max/i.test(details);
+  const status = localSizeLimit ? 500 : (httpStatusOf[error.code as Status] ?? 500);
+  const code = Status[error.code] ?? String(error.code);
+  const type = status >= 500 ? "server_error" : status === 429 ? "rate_limit_error" : "invalid_request_error";
+  const reply: { status: number; body: string; requestId: string; retryAfterMs?: number } = {
+    status,
+    body: JSON.stringify({ error: { message: details, type, code } }),
+    requestId,
+  };
+  const retryAfterMs = pushbackMs(error);
+  if (retryAfterMs !== undefined) reply.retryAfterMs = retryAfterMs;
+  return reply;
+}
+
+/** gRFC A6 server pushback: trailer `grpc-retry-pushback-ms`, a non-negative integer (negative means "don't retry"). */
+function pushbackMs(error: ServiceError): number | undefined {
+  const value = error.metadata?.get("grpc-retry-pushback-ms")[0];
+  if (typeof value !== "string" || !/^\d+$/.test(value)) return undefined;
+  return Number(value);
+}

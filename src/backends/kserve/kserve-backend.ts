@@ -1,0 +1,170 @@
+/**
+ * The KServe Open Inference Protocol v2 backend over gRPC: Triton, KServe and MLServer model servers. One
+ * ModelInfer per call; OpenAI bodies are mapped to tensors (request-mapping.ts) and answers back (response-mapping.ts).
+ */
+import { randomUUID } from "node:crypto";
+import * as grpc from "@grpc/grpc-js";
+import { TransportError, type Backend, type InferenceCall, type InferenceReply } from "../backend.ts";
+import { outcomeOfGrpcError } from "./grpc-outcome.ts";
+import { loadInferenceService, type InferenceClient, type ModelInferRequest, type ModelInferResponse } from "./inference-service.ts";
+import { InvalidRequestError } from "./invalid-request-error.ts";
+import { toInferRequest } from "./request-mapping.ts";
+import { toAnswerBody } from "./response-mapping.ts";
+
+export interface KServeBackendOptions {
+  /** For logs and metrics, e.g. "kserve:triton-a". Never put a secret here. */
+  readonly name: string;
+  /**
+   * Targets, each "host:port", "grpc://host:port" (plaintext) or "grpcs://host:port" (TLS). A bare host:port
+   * uses TLS when `tls` is given. Several targets: each call goes to the one with the fewest calls in flight.
+   */
+  readonly urls: readonly string[];
+  /** The model's name on the inference server (ModelInferRequest.model_name, ModelReady.name). */
+  readonly modelName: string;
+  /** Default: "" (the server picks a version by its policy). */
+  readonly modelVersion?: string;
+  /** The BYTES input tensor for text. Default "text_input", Triton's vLLM/TensorRT-LLM convention. */
+  readonly inputName?: string;
+  /** The BYTES output tensor with the generated text. Default "text_output". Embeddings/classify use it only when set. */
+  readonly outputName?: string;
+  /** TLS settings for grpcs:// targets. `ca`: PEM text of the roots to trust; default the system roots. */
+  readonly tls?: { readonly ca?: string };
+}
+
+/**
+ * grpc-js refuses answers over 4 MiB by default (gRPC-core's GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH). One batch of
+ * 256 inputs × 4096-dim FP32 embeddings is already 4 MiB, so allow 64 MiB.
+ */
+const maxReceiveBytes = 64 * 1024 * 1024;
+/** ready() gives each target this long to answer ServerReady + ModelReady. */
+const readyTimeoutMs = 5_000;
+
+interface Target {
+  readonly address: string;
+  readonly client: InferenceClient;
+  outstanding: number;
+}
+
+export function createKServeBackend(options: KServeBackendOptions): Backend {
+  validate(options);
+  const { Client } = loadInferenceService();
+  const inputName = options.inputName ?? "text_input";
+  const outputName = options.outputName ?? "text_output";
+  const targets: Target[] = options.urls.map((url) => {
+    const { address, secure } = parseTarget(url, options.tls !== undefined);
+    const credentials = secure
+      ? grpc.credentials.createSsl(options.tls?.ca ? Buffer.from(options.tls.ca) : null)
+      : grpc.credentials.createInsecure();
+    return { address, client: new Client(address, credentials, { "grpc.max_receive_message_length": maxReceiveBytes }), outstanding: 0 };
+  });
+  /** Cancels of the calls in flight, so close() can abort them. */
+  const inFlight = new Set<() => void>();
+  let closed = false;
+  let rotation = 0;
+
+  /** Fewest calls in flight; ties go round-robin so idle targets share the load. */
+  function pick(): Target {
+    let best = targets[rotation % targets.length]!;
+    for (let i = 1; i < targets.length; i++) {
+      const candidate = targets[(rotation + i) % targets.length]!;
+      if (candidate.outstanding < best.outstanding) best = candidate;
+    }
+    rotation = (rotation + 1) % targets.length;
+    return best;
+  }
+
+  function modelInfer(target: Target, request: ModelInferRequest, signal: AbortSignal): Promise<ModelInferResponse | InferenceReply> {
+    return new Promise((resolve, reject) => {
+      let cancelledByUs = false;
+      const cancel = () => {
+        cancelledByUs = true;
+        call.cancel(); // RST_STREAM CANCEL; the server sees its call cancelled
+      };
+      const call = target.client.ModelInfer(request, new grpc.Metadata(), {}, (error, response) => {
+        signal.removeEventListener("abort", cancel);
+        inFlight.delete(cancel);
+        if (!error) return resolve(response!);
+        const outcome = outcomeOfGrpcError(error, request.id!, cancelledByUs);
+        return outcome instanceof TransportError ? reject(outcome) : resolve(outcome);
+      });
+      signal.addEventListener("abort", cancel, { once: true });
+      inFlight.add(cancel);
+    });
+  }
+
+  return {
+    name: options.name,
+
+    async infer({ endpoint, body, signal }: InferenceCall): Promise<InferenceReply> {
+      if (signal.aborted) throw new TransportError("aborted", "signal aborted before the call");
+      if (closed) throw new TransportError("aborted", `backend ${options.name} is closed`);
+      const requestId = randomUUID();
+      let mapped: ReturnType<typeof toInferRequest>;
+      try {
+        mapped = toInferRequest(endpoint, body, { modelName: options.modelName, modelVersion: options.modelVersion, inputName }, requestId);
+      } catch (error) {
+        if (!(error instanceof InvalidRequestError)) throw error;
+        return { status: 400, body: JSON.stringify({ error: { message: error.message, type: "invalid_request_error", code: "invalid_request" } }), requestId };
+      }
+      const target = pick();
+      target.outstanding++;
+      let answer: ModelInferResponse | InferenceReply;
+      try {
+        answer = await modelInfer(target, mapped.request, signal);
+      } finally {
+        target.outstanding--;
+      }
+      if ("status" in answer) return answer;
+      const replyId = answer.id || mapped.request.id!;
+      try {
+        const context = { requestId: replyId, outputName, outputNameGiven: options.outputName !== undefined, modelName: options.modelName, now: Math.floor(Date.now() / 1000) };
+        return { status: 200, body: toAnswerBody(mapped.plan, answer, context), requestId: replyId };
+      } catch (error) {
+        if (error instanceof TransportError) throw error;
+        throw new TransportError("protocol", `cannot read ModelInfer answer: ${(error as Error).message}`, { cause: error });
+      }
+    },
+
+    async ready(): Promise<boolean> {
+      if (closed) return false;
+      const answers = await Promise.all(targets.map(async ({ client }) => {
+        const deadline = Date.now() + readyTimeoutMs;
+        const ask = <Req>(method: "ServerReady" | "ModelReady", request: Req) =>
+          new Promise<boolean>((resolve) => {
+            (client[method] as InferenceClient["ModelReady"]).call(client, request as never, new grpc.Metadata(), { deadline },
+              (error, response) => resolve(!error && response?.ready === true));
+          });
+        return (await ask("ServerReady", {})) && (await ask("ModelReady", { name: options.modelName, version: options.modelVersion ?? "" }));
+      }));
+      return answers.some(Boolean);
+    },
+
+    async close(): Promise<void> {
+      closed = true;
+      for (const cancel of [...inFlight]) cancel();
+      for (const { client } of targets) client.close();
+    },
+  };
+}
+
+function validate(options: KServeBackendOptions): void {
+  const found = (value: unknown) => JSON.stringify(value) ?? String(value);
+  if (typeof options.name !== "string" || options.name === "") throw new TypeError(`Expected \`name\` to be a non-empty string, got ${found(options.name)}`);
+  if (!Array.isArray(options.urls) || options.urls.length === 0) throw new TypeError(`Expected \`urls\` to be a non-empty array of host:port targets, got ${found(options.urls)}`);
+  if (typeof options.modelName !== "string" || options.modelName === "") throw new TypeError(`Expected \`modelName\` to be a non-empty string, got ${found(options.modelName)}`);
+  for (const key of ["modelVersion", "inputName", "outputName"] as const) {
+    const value = options[key];
+    if (value !== undefined && (typeof value !== "string" || (key !== "modelVersion" && value === ""))) {
+      throw new TypeError(`Expected \`${key}\` to be a non-empty string, got ${found(value)}`);
+    }
+  }
+  for (const url of options.urls) parseTarget(url, false);
+}
+
+/** "host:port" | "grpc://host:port" | "grpcs://host:port" (IPv6 hosts in brackets: "[::1]:8001"). */
+function parseTarget(url: string, tlsByDefault: boolean): { address: string; secure: boolean } {
+  const match = typeof url === "string" ? /^(?:(grpcs?):\/\/)?([^/\s]+:\d{1,5})\/?$/.exec(url) : null;
+  if (!match) throw new TypeError(`Expected each of \`urls\` to be "host:port", "grpc://host:port" or "grpcs://host:port", got ${JSON.stringify(url)}`);
+  const scheme = match[1];
+  return { address: match[2]!, secure: scheme === "grpcs" || (scheme === undefined && tlsByDefault) };
+}

@@ -1,0 +1,12 @@
+/** `lote`: one command for the server roles and the client. Exit codes are listed in src/cli/exit-codes.ts. */
+import { Command } from "commander";
+import { registerServerCommands } from "./server-commands.ts";
+
+const program = new Command()
+  .name("lote")
+  .description("Self-hosted gRPC batch inference: the OpenAI Batch API inside your own infrastructure.")
+  .showHelpAfterError();
+
+registerServerCommands(program);
+
+await program.parseAsync(process.argv);

@@ -1,0 +1,61 @@
+import type { Command } from "commander";
+import { installShutdown } from "../api/shutdown.ts";
+import { ConfigError, loadConfig } from "../config/config.ts";
+import { createLogger } from "../log/logger.ts";
+import { startLote, type Role } from "../runtime/start-lote.ts";
+import { createApiKey, openDatabase } from "../store/index.ts";
+
+function configOrExit(configPath: string | undefined) {
+  try {
+    return loadConfig({ configPath });
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`lote: invalid configuration: ${err.message}\n`);
+      process.exit(78); // EX_CONFIG
+    }
+    throw err;
+  }
+}
+
+async function runRole(role: Role, opts: { config?: string }): Promise<void> {
+  const config = configOrExit(opts.config);
+  const logger = createLogger({ level: config.logLevel });
+  const node = await startLote(config, role, logger);
+  installShutdown({ close: (graceMs) => node.api?.close(graceMs) ?? Promise.resolve() }, () => node.close(), { graceMs: config.shutdownGraceMs, logger });
+  // One machine-readable line on stdout so scripts and tests know where the API is.
+  process.stdout.write(`${JSON.stringify({ listening: node.api?.url ?? null, role })}\n`);
+}
+
+export function registerServerCommands(program: Command): void {
+  const roles: [Role, string][] = [
+    ["serve", "run the API and a worker pool (the default single-node setup)"],
+    ["api", "run only the gRPC/Connect API"],
+    ["worker", "run only a worker pool"],
+  ];
+  for (const [role, description] of roles) {
+    program.command(role).description(description)
+      .option("-c, --config <file>", "YAML/JSON config file (env LOTE_CONFIG)")
+      .action((opts) => runRole(role, opts));
+  }
+  const keys = program.command("keys").description("manage API keys (talks to the database directly)");
+  keys.command("create").description("create an API key for a tenant; prints the key once")
+    .requiredOption("--tenant <id>", "tenant the key belongs to")
+    .option("--label <text>", "a note to recognise the key by", "")
+    .option("-c, --config <file>", "config file")
+    .action(async (opts) => {
+      const config = configOrExit(opts.config);
+      const logger = createLogger({ level: "warn" });
+      const db = await openDatabase({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, embeddedPort: config.embeddedPostgresPort, logger });
+      try {
+        process.stdout.write(`${await createApiKey(db.pool, opts.tenant, opts.label)}\n`);
+      } finally {
+        await db.close();
+      }
+    });
+  program.command("simulate").description("run the simulated OpenAI-compatible backend (tests, demos, benchmarks)")
+    .allowUnknownOption(true).helpOption(false)
+    .action(async (_opts, cmd: Command) => {
+      const { runSimulatorCli } = await import("../simulator/index.ts");
+      await runSimulatorCli(cmd.args);
+    });
+}

@@ -1,0 +1,86 @@
+import type pg from "pg";
+import type { Logger } from "pino";
+import { completeItems, type Completion } from "../store/index.ts";
+
+export interface CompleterOptions {
+  readonly pool: pg.Pool;
+  readonly logger: Logger;
+  /** Flush when this many completions are waiting. */
+  readonly batchSize: number;
+  /** …or this long after the first one arrived. */
+  readonly flushMs: number;
+  /** Called after each successful flush with the batches it touched. */
+  readonly onFlushed: (touched: { batchId: string; finished: boolean }[]) => void;
+}
+
+/**
+ * Batches completions into one `lote.complete_items` call (River's jobcompleter, graphile-worker's completeJobs):
+ * at zero backend latency a node finishes thousands of calls a second, and one statement per call would make
+ * Postgres the bottleneck. One flush runs at a time; what arrives meanwhile goes into the next.
+ *
+ * We MUST NOT drop a completion: a failed flush keeps its rows and retries with backoff. If the node dies first,
+ * the items' leases expire and the rescuer runs them again (at-least-once calls, exactly-once results).
+ */
+export class Completer {
+  private buffer: Completion[] = [];
+  private flushing: Promise<void> | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private failures = 0;
+  private flushedTotal = 0;
+
+  constructor(private readonly o: CompleterOptions) {}
+
+  push(c: Completion): void {
+    this.buffer.push(c);
+    if (this.flushing) return;
+    if (this.buffer.length >= this.o.batchSize) this.startFlush();
+    else this.timer ??= setTimeout(() => this.startFlush(), this.o.flushMs);
+  }
+
+  /** Completions not yet written; the producer stops claiming when this grows (backpressure). */
+  get backlog(): number {
+    return this.buffer.length;
+  }
+
+  get flushed(): number {
+    return this.flushedTotal;
+  }
+
+  private startFlush(): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    if (this.flushing || this.buffer.length === 0) return;
+    const rows = this.buffer.splice(0, Math.max(this.o.batchSize, 1));
+    this.flushing = this.write(rows).finally(() => {
+      this.flushing = undefined;
+      if (this.buffer.length > 0) {
+        if (this.failures > 0) this.timer ??= setTimeout(() => this.startFlush(), Math.min(5_000, 50 * 2 ** this.failures));
+        else this.startFlush();
+      }
+    });
+  }
+
+  private async write(rows: Completion[]): Promise<void> {
+    try {
+      const touched = await completeItems(this.o.pool, rows);
+      this.failures = 0;
+      this.flushedTotal += rows.length;
+      this.o.onFlushed(touched);
+    } catch (err) {
+      this.failures++;
+      this.o.logger.warn({ err: (err as Error).message, rows: rows.length, failures: this.failures }, "completion flush failed; will retry");
+      this.buffer.unshift(...rows);
+    }
+  }
+
+  /** Writes everything buffered (shutdown). Gives up after `timeoutMs`; leases cover what is left. */
+  async drain(timeoutMs = 10_000): Promise<void> {
+    const until = Date.now() + timeoutMs;
+    while ((this.buffer.length > 0 || this.flushing) && Date.now() < until) {
+      if (!this.flushing) this.startFlush();
+      await this.flushing;
+      if (this.failures > 0) await new Promise((r) => setTimeout(r, 50));
+    }
+    clearTimeout(this.timer);
+  }
+}

@@ -1,0 +1,199 @@
+import { EventEmitter } from "node:events";
+import type pg from "pg";
+import type { Logger } from "pino";
+import type { Backend } from "../backends/backend.ts";
+import type { ModelConfig, WorkerConfig } from "../config/config.ts";
+import { claimItems, heartbeat, type ClaimedItem, type Notifier } from "../store/index.ts";
+import { Completer } from "./completer.ts";
+import { executeCall } from "./execute-call.ts";
+import { InFlight } from "./in-flight.ts";
+import { Maintenance } from "./maintenance.ts";
+
+export interface DispatcherOptions {
+  readonly pool: pg.Pool;
+  readonly notifier: Notifier;
+  readonly backends: ReadonlyMap<string, Backend>;
+  readonly models: ReadonlyMap<string, ModelConfig>;
+  readonly worker: WorkerConfig;
+  /** Unique per process: leases and heartbeats are keyed by it. */
+  readonly workerId: string;
+  readonly logger: Logger;
+  /** Jitter source; injectable so tests can pin backoff. */
+  readonly random?: () => number;
+}
+
+interface ModelLoop {
+  readonly config: ModelConfig;
+  readonly backend: Backend;
+  inFlight: number;
+  wake: (() => void) | undefined;
+  running: Promise<void> | undefined;
+}
+
+export type DispatcherState = "idle" | "running" | "stopping" | "stopped";
+
+/**
+ * The worker pool of one node: per model a producer loop that claims at most its free slots (River's producer),
+ * an executor per claimed item, one completer batching results, and the maintenance loop (expiry, finalisation,
+ * lease rescue). Slots free when a call ends; the next claim takes all slots freed while the previous claim ran,
+ * so claims batch themselves under load and stay single-row when idle.
+ */
+export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; finished: boolean }[]] }> {
+  private readonly loops = new Map<string, ModelLoop>();
+  private readonly inFlight = new InFlight();
+  private readonly completer: Completer;
+  private readonly maintenance: Maintenance;
+  private status: DispatcherState = "idle";
+  private heartbeatTimer: NodeJS.Timeout | undefined;
+  private claimedTotal = 0;
+  private readonly random: () => number;
+  private readonly log: Logger;
+
+  constructor(private readonly o: DispatcherOptions) {
+    super();
+    this.random = o.random ?? Math.random;
+    this.log = o.logger.child({ workerId: o.workerId });
+    this.completer = new Completer({
+      pool: o.pool, logger: this.log, batchSize: o.worker.completionBatchSize, flushMs: o.worker.completionFlushMs,
+      onFlushed: (touched) => {
+        const finished = touched.filter((t) => t.finished).map((t) => t.batchId);
+        if (finished.length > 0) this.maintenance.finishSoon(finished);
+        // Flushed rows no longer count as running fleet-wide: a claim that came back short may now get more.
+        this.wakeAll();
+        this.emit("flushed", touched);
+      },
+    });
+    this.maintenance = new Maintenance({
+      pool: o.pool, models: o.models, inFlight: this.inFlight, logger: this.log, intervalMs: o.worker.maintenanceIntervalMs,
+    });
+    for (const [name, config] of o.models) {
+      const backend = o.backends.get(name);
+      if (backend) this.loops.set(name, { config, backend, inFlight: 0, wake: undefined, running: undefined });
+    }
+  }
+
+  start(): void {
+    if (this.status !== "idle") throw new Error(`Expected the dispatcher to be idle, got ${this.status}`);
+    this.status = "running";
+    this.o.notifier.on("notification", this.onNotification);
+    this.o.notifier.on("reconnected", this.wakeAll);
+    for (const loop of this.loops.values()) loop.running = this.run(loop);
+    // Renew leases three times per lease: two heartbeats can be lost before another node rescues our items.
+    this.heartbeatTimer = setInterval(() => {
+      heartbeat(this.o.pool, this.o.workerId, this.o.worker.leaseMs).catch((err) =>
+        this.log.warn({ err: (err as Error).message }, "heartbeat failed"));
+    }, Math.max(100, Math.floor(this.o.worker.leaseMs / 3)));
+    this.heartbeatTimer.unref();
+    this.maintenance.start();
+    this.log.info({ models: [...this.loops.keys()], concurrency: this.o.worker.concurrency }, "dispatcher started");
+  }
+
+  private readonly onNotification = (channel: string, payload: string): void => {
+    if (channel === "lote_work") this.loops.get(payload)?.wake?.();
+    else if (channel === "lote_batch" && this.inFlight.has(payload)) this.maintenance.checkAborts([payload]);
+  };
+
+  private readonly wakeAll = (): void => {
+    for (const loop of this.loops.values()) loop.wake?.();
+  };
+
+  private waitForWake(loop: ModelLoop, ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => done(), ms);
+      const done = () => {
+        clearTimeout(timer);
+        loop.wake = undefined;
+        resolve();
+      };
+      loop.wake = done;
+    });
+  }
+
+  private async run(loop: ModelLoop): Promise<void> {
+    const { config } = loop;
+    let errors = 0;
+    while (this.status === "running") {
+      const free = Math.min(this.o.worker.concurrency - this.inFlight.size, config.maxConcurrency - loop.inFlight);
+      // Backpressure: if Postgres falls behind on completions, stop taking new work until it catches up.
+      if (free <= 0 || this.completer.backlog > 4 * this.o.worker.completionBatchSize) {
+        await this.waitForWake(loop, this.o.worker.pollIntervalMs);
+        continue;
+      }
+      let claimed: ClaimedItem[];
+      try {
+        claimed = await claimItems(this.o.pool, {
+          model: config.name, limit: free, workerId: this.o.workerId, leaseMs: this.o.worker.leaseMs,
+          maxConcurrency: config.maxConcurrency, requestsPerMinute: config.requestsPerMinute, tokensPerMinute: config.tokensPerMinute,
+        });
+        errors = 0;
+      } catch (err) {
+        errors++;
+        this.log.warn({ err: (err as Error).message, model: config.name }, "claim failed");
+        await this.waitForWake(loop, Math.min(5_000, 100 * 2 ** errors));
+        continue;
+      }
+      this.claimedTotal += claimed.length;
+      for (const item of claimed) this.execute(loop, item);
+      // Fewer than asked: the queue is empty for now, or a fleet-wide limit is reached. Wait for a notification, a
+      // freed slot, or the poll interval (polling is the source of truth).
+      if (claimed.length < free) await this.waitForWake(loop, this.o.worker.pollIntervalMs);
+    }
+  }
+
+  private execute(loop: ModelLoop, item: ClaimedItem): void {
+    const controller = new AbortController();
+    this.inFlight.add(item.batchId, controller);
+    loop.inFlight++;
+    executeCall(loop.backend, loop.config, item, controller, this.random)
+      .then((completion) => {
+        if (!completion) return;
+        this.completer.push(completion);
+        if (completion.outcome === "retry") {
+          // Come back for it when its backoff ends, not only at the next poll.
+          setTimeout(() => loop.wake?.(), completion.retryDelayMs + 20).unref();
+        } else if (completion.outcome === "cancelled") {
+          this.maintenance.finishSoon([item.batchId]);
+        }
+      })
+      .finally(() => {
+        this.inFlight.remove(item.batchId, controller);
+        loop.inFlight--;
+        loop.wake?.();
+      });
+  }
+
+  /** Observable internals for tests and metrics. */
+  state() {
+    return {
+      status: this.status,
+      inFlight: this.inFlight.size,
+      claimed: this.claimedTotal,
+      completed: this.completer.flushed,
+      backlog: this.completer.backlog,
+      models: Object.fromEntries([...this.loops].map(([name, l]) => [name, { inFlight: l.inFlight }])),
+    };
+  }
+
+  /**
+   * Stops claiming, lets calls in flight finish for up to `graceMs`, aborts the rest (they go back to pending at
+   * once), and writes every completion before returning.
+   */
+  async stop(graceMs = 10_000): Promise<void> {
+    if (this.status !== "running") return;
+    this.status = "stopping";
+    this.wakeAll();
+    this.o.notifier.off("notification", this.onNotification);
+    this.o.notifier.off("reconnected", this.wakeAll);
+    clearInterval(this.heartbeatTimer);
+    this.maintenance.stop();
+    await Promise.all([...this.loops.values()].map((l) => l.running));
+    const until = Date.now() + graceMs;
+    while (this.inFlight.size > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
+    this.inFlight.abortAll("shutdown");
+    while (this.inFlight.size > 0) await new Promise((r) => setTimeout(r, 5));
+    await this.completer.drain();
+    await this.maintenance.idle();
+    this.status = "stopped";
+    this.log.info("dispatcher stopped");
+  }
+}

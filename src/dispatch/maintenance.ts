@@ -1,0 +1,118 @@
+import type pg from "pg";
+import type { Logger } from "pino";
+import type { ModelConfig } from "../config/config.ts";
+import {
+  completeItems, expireDueBatches, findExpiredLeases, finishBatches, pruneModelUsage, type Completion,
+} from "../store/index.ts";
+import type { InFlight } from "./in-flight.ts";
+
+export interface MaintenanceOptions {
+  readonly pool: pg.Pool;
+  readonly models: ReadonlyMap<string, ModelConfig>;
+  readonly inFlight: InFlight;
+  readonly logger: Logger;
+  readonly intervalMs: number;
+}
+
+/**
+ * The periodic work of every node (River's maintenance services, idempotent so several nodes may run it at once):
+ * expire batches past their window, move finished batches on (FINALIZING -> COMPLETED, CANCELLING -> CANCELLED),
+ * rescue items whose lease ran out (their worker died), and abort local calls of batches cancelled or expired
+ * elsewhere when a notification was missed.
+ */
+export class Maintenance {
+  private timer: NodeJS.Timeout | undefined;
+  private running: Promise<void> = Promise.resolve();
+  private ticks = 0;
+  private readonly pendingFinish = new Set<string>();
+  private finishScheduled = false;
+
+  constructor(private readonly o: MaintenanceOptions) {}
+
+  start(): void {
+    this.timer = setInterval(() => {
+      this.running = this.running.then(() => this.tick());
+    }, this.o.intervalMs);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+  }
+
+  idle(): Promise<void> {
+    return this.running;
+  }
+
+  /** Batches that may have just finished: checked right away instead of at the next tick. */
+  finishSoon(batchIds: readonly string[]): void {
+    for (const id of batchIds) this.pendingFinish.add(id);
+    if (this.finishScheduled) return;
+    this.finishScheduled = true;
+    this.running = this.running.then(async () => {
+      this.finishScheduled = false;
+      const ids = [...this.pendingFinish];
+      this.pendingFinish.clear();
+      await this.guard("finish", () => finishBatches(this.o.pool, ids));
+    });
+  }
+
+  /** Aborts this node's calls for batches that are no longer running (cancelled or expired). */
+  checkAborts(batchIds: readonly string[]): void {
+    this.running = this.running.then(() => this.guard("abort check", async () => {
+      if (batchIds.length === 0) return;
+      const { rows } = await this.o.pool.query("SELECT id, status FROM lote.batches WHERE id = ANY($1::text[])", [batchIds]);
+      for (const { id, status } of rows) {
+        if (status === "cancelling" || status === "cancelled") this.o.inFlight.abortBatch(id, "cancelled");
+        else if (status === "expired") this.o.inFlight.abortBatch(id, "expired");
+      }
+    }));
+  }
+
+  private async tick(): Promise<void> {
+    this.ticks++;
+    await this.guard("expire", async () => {
+      const expired = await expireDueBatches(this.o.pool);
+      for (const id of expired) this.o.inFlight.abortBatch(id, "expired");
+      if (expired.length > 0) this.o.logger.info({ batches: expired }, "batches expired");
+    });
+    await this.guard("finish", () => finishBatches(this.o.pool));
+    await this.guard("rescue", () => this.rescue());
+    if (this.o.inFlight.size > 0) this.checkAborts(this.o.inFlight.batchIds());
+    if (this.ticks % 30 === 0) await this.guard("prune", () => pruneModelUsage(this.o.pool));
+  }
+
+  /**
+   * Items whose lease expired go back to pending (or fail at their model's max_attempts, or are cancelled when
+   * their batch is cancelling), written through the same attempt-fenced completion as any call: if the original
+   * worker was only slow and completes first, the rescue matches nothing.
+   */
+  private async rescue(): Promise<void> {
+    const lost = await findExpiredLeases(this.o.pool, 1_000);
+    if (lost.length === 0) return;
+    const completions: Completion[] = lost.map((l) => {
+      const base = { batchId: l.batchId, idx: l.idx, attempt: l.attempt, statusCode: l.lastError?.status_code ?? 0 };
+      if (l.batchStatus === "cancelling" || l.batchStatus === "cancelled") {
+        return { ...base, outcome: "cancelled", requestId: "", errorCode: "batch_cancelled", errorMessage: "The batch was cancelled while this request ran." };
+      }
+      const maxAttempts = this.o.models.get(l.model)?.maxAttempts ?? 5;
+      const errorCode = "lease_expired";
+      const errorMessage = "the worker running this request stopped renewing its lease (crashed or partitioned)";
+      if (l.attempt >= maxAttempts) {
+        return { ...base, outcome: "failed", requestId: "", errorCode: l.lastError?.code ?? errorCode, errorMessage: l.lastError?.message ?? errorMessage };
+      }
+      return { ...base, outcome: "retry", errorCode, errorMessage, retryDelayMs: 0 };
+    });
+    const touched = await completeItems(this.o.pool, completions);
+    this.o.logger.warn({ items: lost.length }, "rescued items with expired leases");
+    await finishBatches(this.o.pool, touched.map((t) => t.batchId));
+  }
+
+  private async guard(what: string, work: () => Promise<unknown>): Promise<void> {
+    try {
+      await work();
+    } catch (err) {
+      this.o.logger.warn({ err: (err as Error).message, task: what }, "maintenance task failed");
+    }
+  }
+}

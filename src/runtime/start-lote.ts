@@ -1,0 +1,76 @@
+/**
+ * The composition root: builds a lote node from its config. `serve` runs the API and a worker pool; `api` and
+ * `worker` run one role each so a fleet of nodes can share one Postgres.
+ */
+import { hostname } from "node:os";
+import type { Logger } from "pino";
+import { BatchService } from "../../gen/lote/v1/batch_service_pb.ts";
+import { Authenticator } from "../api/auth.ts";
+import { batchServiceImpl } from "../api/batch-service.ts";
+import { listen, type ApiServer } from "../api/listen.ts";
+import { closeBackends, createBackends } from "../backends/index.ts";
+import { BatchEvents } from "../batch/batch-events.ts";
+import { newId } from "../batch/ids.ts";
+import type { Config } from "../config/config.ts";
+import { Dispatcher } from "../dispatch/index.ts";
+import { Notifier, openDatabase, type Database } from "../store/index.ts";
+
+export type Role = "serve" | "api" | "worker";
+
+export interface LoteNode {
+  readonly db: Database;
+  readonly api?: ApiServer;
+  readonly dispatcher?: Dispatcher;
+  close(): Promise<void>;
+}
+
+export async function startLote(config: Config, role: Role, logger: Logger): Promise<LoteNode> {
+  const db = await openDatabase({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, embeddedPort: config.embeddedPostgresPort, logger });
+  const notifier = new Notifier({ connectionString: db.url, logger });
+  await notifier.start();
+  let api: ApiServer | undefined;
+  let dispatcher: Dispatcher | undefined;
+  const backends = role === "api" ? new Map() : await createBackends(config.models);
+  try {
+    if (role !== "api") {
+      const workerId = newId(`w_${hostname().slice(0, 20).replace(/[^a-zA-Z0-9-]/g, "")}_${process.pid}`);
+      dispatcher = new Dispatcher({ pool: db.pool, notifier, backends, models: config.models, worker: config.worker, workerId, logger });
+      dispatcher.start();
+    }
+    if (role !== "worker") {
+      const auth = new Authenticator({ required: config.authRequired, pool: db.pool });
+      const events = new BatchEvents(notifier);
+      api = await listen({
+        host: config.host,
+        port: config.port,
+        readMaxBytes: config.maxMessageBytes,
+        tls: config.tls ? { cert: config.tls.cert, key: config.tls.key, ca: config.tls.ca, requireClientCert: config.tls.requireClientCert } : undefined,
+        routes: (router) => router.service(BatchService, batchServiceImpl({ pool: db.pool, config, auth, events, logger })),
+        health: { check: () => db.ping() },
+        logger,
+      });
+      logger.info({ url: api.url, auth: config.authRequired ? "required" : "off", tls: Boolean(config.tls) }, "lote API listening");
+      if (!config.authRequired) {
+        logger.warn({ host: config.host }, "authentication is off: allowed only because the API listens on loopback");
+      }
+    }
+  } catch (err) {
+    await dispatcher?.stop(0);
+    await notifier.close();
+    await closeBackends(backends);
+    await db.close();
+    throw err;
+  }
+  return {
+    db,
+    api,
+    dispatcher,
+    async close() {
+      await api?.close(config.shutdownGraceMs);
+      await dispatcher?.stop(config.shutdownGraceMs);
+      await closeBackends(backends);
+      await notifier.close();
+      await db.close();
+    },
+  };
+}

@@ -1,0 +1,84 @@
+import { execFile } from "node:child_process";
+import { promisify } from "node:util";
+import * as grpc from "@grpc/grpc-js";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createTestDatabase, type TestDatabase } from "../support/database.ts";
+import { batchServiceClient, call, collect } from "../support/grpc-client.ts";
+import { startLoteProcess, type LoteProcess } from "../support/lote-process.ts";
+
+const run = promisify(execFile);
+const root = new URL("../../", import.meta.url).pathname;
+
+async function createKey(databaseUrl: string, tenant: string): Promise<string> {
+  const { stdout } = await run(process.execPath, ["--import", "tsx", "src/cli/main.ts", "keys", "create", "--tenant", tenant], {
+    cwd: root, env: { ...process.env, DATABASE_URL: databaseUrl },
+  });
+  return stdout.trim();
+}
+
+function bearer(key: string): grpc.Metadata {
+  const md = new grpc.Metadata();
+  md.set("authorization", `Bearer ${key}`);
+  return md;
+}
+
+describe("API keys and tenants", () => {
+  let db: TestDatabase;
+  let lote: LoteProcess;
+  let client: any;
+  let keyA: string;
+  let keyB: string;
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    lote = await startLoteProcess({ databaseUrl: db.url, env: { LOTE_AUTH_REQUIRED: "true" } });
+    [keyA, keyB] = await Promise.all([createKey(db.url, "acme"), createKey(db.url, "globex")]);
+    client = batchServiceClient(`127.0.0.1:${lote.port}`);
+  });
+  afterAll(async () => {
+    client?.close();
+    await lote?.stop();
+    await db?.drop();
+  });
+
+  const request = { endpoint: "ENDPOINT_CLASSIFY", requests: [{ customId: "a", bodyJson: Buffer.from('{"model":"lote-sentiment","input":"bom"}') }] };
+
+  it("refuses a call without a key, or with an unknown one, as UNAUTHENTICATED", async () => {
+    await expect(call(client, "listBatches", {})).rejects.toMatchObject({ code: grpc.status.UNAUTHENTICATED });
+    await expect(call(client, "listBatches", {}, bearer("lote_not-a-key"))).rejects.toMatchObject({ code: grpc.status.UNAUTHENTICATED });
+  });
+
+  it("keeps each tenant's batches invisible to every other tenant", async () => {
+    const batch = await call(client, "createBatch", request, bearer(keyA));
+    expect((await call(client, "getBatch", { id: batch.id }, bearer(keyA))).id).toBe(batch.id);
+    await expect(call(client, "getBatch", { id: batch.id }, bearer(keyB))).rejects.toMatchObject({ code: grpc.status.NOT_FOUND });
+    await expect(call(client, "cancelBatch", { id: batch.id }, bearer(keyB))).rejects.toMatchObject({ code: grpc.status.NOT_FOUND });
+    await expect(collect(client.streamResults({ batchId: batch.id }, bearer(keyB)))).rejects.toMatchObject({ code: grpc.status.NOT_FOUND });
+    await expect(collect(client.watchBatch({ id: batch.id }, bearer(keyB)))).rejects.toMatchObject({ code: grpc.status.NOT_FOUND });
+    const listedByB = await call(client, "listBatches", {}, bearer(keyB));
+    expect(listedByB.batches.map((b: any) => b.id)).not.toContain(batch.id);
+    const listedByA = await call(client, "listBatches", {}, bearer(keyA));
+    expect(listedByA.batches.map((b: any) => b.id)).toContain(batch.id);
+  });
+
+  it("scopes request_id idempotency to the tenant", async () => {
+    const a = await call(client, "createBatch", { ...request, requestId: "same" }, bearer(keyA));
+    const b = await call(client, "createBatch", { ...request, requestId: "same" }, bearer(keyB));
+    expect(b.id).not.toBe(a.id);
+  });
+
+  it("never writes a key into its logs", () => {
+    expect(lote.logs()).not.toContain(keyA);
+    expect(lote.logs()).not.toContain(keyB);
+  });
+});
+
+describe("start-up safety", () => {
+  it("refuses to run without authentication on a non-loopback address", async () => {
+    const err = await run(process.execPath, ["--import", "tsx", "src/cli/main.ts", "serve"], {
+      cwd: root, env: { ...process.env, LOTE_HOST: "0.0.0.0", DATABASE_URL: "postgres://127.0.0.1:1/none" },
+    }).then(() => undefined, (e) => e);
+    expect(err?.code).toBe(78);
+    expect(err?.stderr).toContain("auth_required is false but host is 0.0.0.0");
+  });
+});

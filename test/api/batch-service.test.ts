@@ -1,0 +1,207 @@
+import * as grpc from "@grpc/grpc-js";
+import pg from "pg";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createTestDatabase, type TestDatabase } from "../support/database.ts";
+import { batchServiceClient, call, chatRequest, collect, fieldViolations } from "../support/grpc-client.ts";
+import { startLoteProcess, type LoteProcess } from "../support/lote-process.ts";
+
+const sentiment = (customId: string, text: string) => ({ customId, bodyJson: Buffer.from(JSON.stringify({ model: "lote-sentiment", input: text })) });
+const texts = ["Eu amo estudar IA!", "Estou muito cansado hoje", "Esse filme foi terrível", "I love this", "I hate this"];
+
+async function until<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 20_000): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await probe();
+    if (v !== undefined) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+describe("BatchService over gRPC (grpc-js client, server as a child process)", () => {
+  let db: TestDatabase;
+  let lote: LoteProcess;
+  let client: any;
+  let pool: pg.Pool;
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    lote = await startLoteProcess({ databaseUrl: db.url });
+    client = batchServiceClient(`127.0.0.1:${lote.port}`);
+    pool = new pg.Pool({ connectionString: db.url });
+  });
+  afterAll(async () => {
+    client?.close();
+    await lote?.stop();
+    await pool?.end();
+    await db?.drop();
+  });
+
+  it("creates a batch, gets it, and runs it to COMPLETED with one result per custom_id", async () => {
+    const created = await call(client, "createBatch", {
+      endpoint: "ENDPOINT_CLASSIFY", requests: texts.map((t, i) => sentiment(`s${i}`, t)), metadata: { team: "ml" },
+    });
+    expect(created.id).toMatch(/^batch_[0-9a-z]{26}$/);
+    expect(created.model).toBe("lote-sentiment");
+    expect(created.requestCounts.total).toBe("5");
+    const done = await until("completion", async () => {
+      const b = await call(client, "getBatch", { id: created.id });
+      return b.status === "BATCH_STATUS_COMPLETED" ? b : undefined;
+    });
+    expect(done.requestCounts.completed).toBe("5");
+    expect(done.completedAt).toBeTruthy();
+    expect(done.finalizingAt).toBeTruthy();
+    const results = await collect(client.streamResults({ batchId: created.id }));
+    expect(results.map((r: any) => r.result.customId).sort()).toEqual(["s0", "s1", "s2", "s3", "s4"]);
+    const first = results.find((r: any) => r.result.customId === "s0")!.result;
+    expect(first.response.statusCode).toBe(200);
+    expect(first.response.body.fields.data.listValue.values[0].structValue.fields.label.stringValue).toBe("positive");
+  });
+
+  it("streams results while the batch runs and resumes from a cursor with no gap and no duplicate", async () => {
+    const n = 300;
+    const created = await call(client, "createBatch", {
+      endpoint: "ENDPOINT_CLASSIFY", requests: Array.from({ length: n }, (_, i) => sentiment(`r${i}`, texts[i % texts.length]!)),
+    });
+    // Read the first 40 results of a following stream, then drop the stream.
+    const firstPart: any[] = await new Promise((resolve, reject) => {
+      const got: any[] = [];
+      const stream = client.streamResults({ batchId: created.id, follow: true, rawJson: true });
+      stream.on("data", (m: any) => {
+        got.push(m.result);
+        if (got.length === 40) {
+          stream.cancel();
+          resolve(got);
+        }
+      });
+      stream.on("error", (err: grpc.ServiceError) => (err.code === grpc.status.CANCELLED ? undefined : reject(err)));
+    });
+    const rest = await collect(client.streamResults({ batchId: created.id, follow: true, rawJson: true, after: firstPart.at(-1).cursor }));
+    const ids = [...firstPart.map((r) => r.customId), ...rest.map((m: any) => m.result.customId)];
+    expect(ids).toHaveLength(n);
+    expect(new Set(ids).size).toBe(n);
+    expect(JSON.parse(Buffer.from(rest[0].result.response.bodyJson).toString()).object).toBe("list");
+  });
+
+  it("watches a batch from IN_PROGRESS to COMPLETED and ends the stream", async () => {
+    const created = await call(client, "createBatch", { endpoint: "ENDPOINT_CLASSIFY", requests: texts.map((t, i) => sentiment(`w${i}`, t)) });
+    const updates = await collect(client.watchBatch({ id: created.id }));
+    expect(updates.length).toBeGreaterThanOrEqual(1);
+    expect(updates.at(-1).batch.status).toBe("BATCH_STATUS_COMPLETED");
+    expect(updates.at(-1).batch.requestCounts.completed).toBe("5");
+  });
+
+  it("lists newest first with opaque page tokens and filters by status and metadata", async () => {
+    for (let i = 0; i < 3; i++) {
+      await call(client, "createBatch", { endpoint: "ENDPOINT_CLASSIFY", requests: [sentiment("x", "ok")], metadata: { run: "paging" } });
+    }
+    const seen: string[] = [];
+    let token = "";
+    do {
+      const page = await call(client, "listBatches", { pageSize: 2, pageToken: token, metadataKey: "run", metadataValue: "paging" });
+      expect(page.batches.length).toBeLessThanOrEqual(2);
+      seen.push(...page.batches.map((b: any) => b.id));
+      token = page.nextPageToken;
+    } while (token);
+    expect(seen).toHaveLength(3);
+    expect(new Set(seen).size).toBe(3);
+    const created = await Promise.all(seen.map((id) => call(client, "getBatch", { id })));
+    const times = created.map((b: any) => Number(b.createdAt.seconds) * 1e9 + b.createdAt.nanos);
+    expect([...times].sort((a, b) => b - a)).toEqual(times);
+    await expect(call(client, "listBatches", { pageToken: "garbage" })).rejects.toMatchObject({ code: grpc.status.INVALID_ARGUMENT });
+  });
+
+  it("cancels a running batch and refuses to cancel it again", async () => {
+    const created = await call(client, "createBatch", {
+      endpoint: "ENDPOINT_CLASSIFY", requests: Array.from({ length: 2000 }, (_, i) => sentiment(`c${i}`, "texto")),
+    });
+    const cancelled = await call(client, "cancelBatch", { id: created.id });
+    expect(["BATCH_STATUS_CANCELLING", "BATCH_STATUS_CANCELLED"]).toContain(cancelled.status);
+    const final = await until("cancelled", async () => {
+      const b = await call(client, "getBatch", { id: created.id });
+      return b.status === "BATCH_STATUS_CANCELLED" ? b : undefined;
+    });
+    const c = final.requestCounts;
+    expect(Number(c.completed) + Number(c.failed) + Number(c.cancelled)).toBe(2000);
+    expect(Number(c.cancelled)).toBeGreaterThan(0);
+    await expect(call(client, "cancelBatch", { id: created.id })).rejects.toMatchObject({ code: grpc.status.FAILED_PRECONDITION });
+  });
+
+  it("returns the same batch for a repeated request_id instead of a second copy", async () => {
+    const req = { endpoint: "ENDPOINT_CLASSIFY", requests: [sentiment("a", "bom")], requestId: "idem-42" };
+    const [a, b] = await Promise.all([call(client, "createBatch", req), call(client, "createBatch", req)]);
+    expect(b.id).toBe(a.id);
+    const { rows } = await pool.query("SELECT count(*)::int AS n FROM lote.batches WHERE request_id = 'idem-42'");
+    expect(rows[0].n).toBe(1);
+  });
+
+  it("answers NOT_FOUND for an unknown batch on every call that takes an id", async () => {
+    for (const [method, req] of [["getBatch", { id: "batch_nope" }], ["cancelBatch", { id: "batch_nope" }], ["retryBatch", { id: "batch_nope" }]] as const) {
+      await expect(call(client, method, req)).rejects.toMatchObject({ code: grpc.status.NOT_FOUND });
+    }
+    await expect(collect(client.streamResults({ batchId: "batch_nope" }))).rejects.toMatchObject({ code: grpc.status.NOT_FOUND });
+    await expect(collect(client.watchBatch({ id: "batch_nope" }))).rejects.toMatchObject({ code: grpc.status.NOT_FOUND });
+  });
+
+  describe("bad input gets INVALID_ARGUMENT naming the field, and stores nothing", () => {
+    const good = () => sentiment("ok", "bom");
+    const cases: [string, Record<string, unknown>, string, string][] = [
+      ["an empty batch", { endpoint: "ENDPOINT_CLASSIFY", requests: [] }, "requests", "EMPTY_BATCH"],
+      ["a duplicate custom_id", { endpoint: "ENDPOINT_CLASSIFY", requests: [good(), good()] }, "requests[1].custom_id", "DUPLICATE_CUSTOM_ID"],
+      ["a missing body", { endpoint: "ENDPOINT_CLASSIFY", requests: [good(), { customId: "b" }] }, "requests[1].body", "MISSING_BODY"],
+      ["a body that is not JSON", { endpoint: "ENDPOINT_CLASSIFY", requests: [{ customId: "b", bodyJson: Buffer.from("{nope") }] }, "requests[0].body_json", "INVALID_JSON"],
+      ["a body that is an array", { endpoint: "ENDPOINT_CLASSIFY", requests: [{ customId: "b", bodyJson: Buffer.from("[1]") }] }, "requests[0].body_json", "BODY_NOT_OBJECT"],
+      ["a model that differs from the batch", { endpoint: "ENDPOINT_CLASSIFY", requests: [good(), { customId: "b", bodyJson: Buffer.from('{"model":"lote-embed","input":"x"}') }] }, "requests[1].body_json.model", "MODEL_MISMATCH"],
+      ["an unknown endpoint", { requests: [good()] }, "endpoint", "ENDPOINT_UNSPECIFIED"],
+      ["a model no backend serves", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: [chatRequest("a", "gpt-nope", "hi")] }, "requests[0].body_json.model", "UNKNOWN_MODEL"],
+      ["too many metadata pairs", { endpoint: "ENDPOINT_CLASSIFY", requests: [good()], metadata: Object.fromEntries(Array.from({ length: 17 }, (_, i) => [`k${i}`, "v"])) }, "metadata", "TOO_MANY_METADATA_PAIRS"],
+      ["a metadata value over 512 characters", { endpoint: "ENDPOINT_CLASSIFY", requests: [good()], metadata: { k: "v".repeat(513) } }, 'metadata["k"]', "METADATA_VALUE_TOO_LONG"],
+      ["a window under a minute", { endpoint: "ENDPOINT_CLASSIFY", requests: [good()], completionWindow: { seconds: 59 } }, "completion_window", "WINDOW_OUT_OF_RANGE"],
+      ["a window over 7 days", { endpoint: "ENDPOINT_CLASSIFY", requests: [good()], completionWindow: { seconds: 7 * 86400 + 1 } }, "completion_window", "WINDOW_OUT_OF_RANGE"],
+      ["an oversized custom_id", { endpoint: "ENDPOINT_CLASSIFY", requests: [{ ...good(), customId: "x".repeat(65) }] }, "requests[0].custom_id", "CUSTOM_ID_TOO_LONG"],
+      ["an oversized body", { endpoint: "ENDPOINT_CLASSIFY", requests: [{ customId: "b", bodyJson: Buffer.from(JSON.stringify({ model: "lote-sentiment", input: "x".repeat(1024 * 1024) })) }] }, "requests[0].body_json", "BODY_TOO_LARGE"],
+    ];
+    for (const [what, req, field, reason] of cases) {
+      it(`refuses ${what}`, async () => {
+        const before = (await pool.query("SELECT (SELECT count(*) FROM lote.batches) + (SELECT count(*) FROM lote.items) AS n")).rows[0].n;
+        const err: grpc.ServiceError = await call(client, "createBatch", req).then(() => { throw new Error("accepted"); }, (e) => e);
+        expect(err.code).toBe(grpc.status.INVALID_ARGUMENT);
+        const violations = fieldViolations(err);
+        expect(violations).toContainEqual(expect.objectContaining({ field, reason }));
+        expect(err.details).toContain(field);
+        const after = (await pool.query("SELECT (SELECT count(*) FROM lote.batches) + (SELECT count(*) FROM lote.items) AS n")).rows[0].n;
+        expect(after).toBe(before);
+      });
+    }
+
+    it("refuses a message larger than the limit with RESOURCE_EXHAUSTED", async () => {
+      const big = Array.from({ length: 300 }, (_, i) => ({ customId: `b${i}`, bodyJson: Buffer.alloc(1024 * 1024, 32) }));
+      await expect(call(client, "createBatch", { endpoint: "ENDPOINT_CLASSIFY", requests: big })).rejects.toMatchObject({ code: grpc.status.RESOURCE_EXHAUSTED });
+    });
+  });
+
+  it("serves Connect JSON over plain HTTP/1.1 on the same port", async () => {
+    const res = await fetch(`${lote.url}/lote.v1.BatchService/CreateBatch`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ endpoint: "ENDPOINT_CLASSIFY", requests: [{ customId: "j1", body: { model: "lote-sentiment", input: "Eu amo estudar IA!" } }] }),
+    });
+    expect(res.status).toBe(200);
+    const batch = await res.json();
+    expect(batch.id).toMatch(/^batch_/);
+    const got = await fetch(`${lote.url}/lote.v1.BatchService/GetBatch`, {
+      method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ id: batch.id }),
+    });
+    expect((await got.json()).id).toBe(batch.id);
+    const missing = await fetch(`${lote.url}/lote.v1.BatchService/GetBatch`, {
+      method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ id: "batch_missing" }),
+    });
+    expect(missing.status).toBe(404);
+    expect((await missing.json()).code).toBe("not_found");
+  });
+
+  it("never logs request bodies", () => {
+    expect(lote.logs()).not.toContain("Eu amo estudar");
+    expect(lote.logs()).toContain('"batch created"');
+  });
+});

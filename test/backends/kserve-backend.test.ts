@@ -1,0 +1,292 @@
+import { EventEmitter, once } from "node:events";
+import * as grpc from "@grpc/grpc-js";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { TransportError, type Backend, type EndpointPath } from "../../src/backends/backend.ts";
+import {
+  createKServeBackend,
+  loadInferenceService,
+  type InferTensor,
+  type ModelInferRequest,
+  type ModelInferResponse,
+} from "../../src/backends/kserve/index.ts";
+
+/**
+ * A real GRPCInferenceService on 127.0.0.1, served from the same vendored proto. The model name picks the
+ * behaviour: "echo" upper-cases text, "echo-raw" does too but answers in raw_output_contents like Triton,
+ * "embedder" returns [length, count of "a", first char code, 0.1] per text, "classifier" returns probabilities,
+ * "tensors" echoes its inputs, "busy"/"invalid" fail, "slow" never answers.
+ */
+interface InferenceServer {
+  readonly url: string;
+  readonly requests: ModelInferRequest[];
+  /** "call" (request) when ModelInfer starts, "cancelled" (request id) when the client cancels it. */
+  readonly events: EventEmitter;
+  stop(): void;
+}
+
+const models = new Set(["echo", "echo-raw", "embedder", "classifier", "tensors", "busy", "invalid", "slow"]);
+
+function textsIn(request: ModelInferRequest): string[] {
+  return (request.inputs[0]?.contents?.bytes_contents ?? []).map((b) => b.toString("utf8"));
+}
+
+function lengthPrefixed(texts: string[]): Buffer {
+  return Buffer.concat(texts.flatMap((text) => {
+    const bytes = Buffer.from(text, "utf8");
+    const length = Buffer.alloc(4);
+    length.writeUInt32LE(bytes.length);
+    return [length, bytes];
+  }));
+}
+
+function answer(request: ModelInferRequest, outputs: InferTensor[], raw: Buffer[] = []): Partial<ModelInferResponse> {
+  return { model_name: request.model_name, model_version: "1", id: request.id, outputs, raw_output_contents: raw };
+}
+
+async function startInferenceServer(): Promise<InferenceServer> {
+  const server = new grpc.Server();
+  const requests: ModelInferRequest[] = [];
+  const events = new EventEmitter();
+  server.addService(loadInferenceService().definition, {
+    ServerReady: (_call: unknown, callback: grpc.sendUnaryData<object>) => callback(null, { ready: true }),
+    ModelReady: (call: grpc.ServerUnaryCall<{ name: string }, object>, callback: grpc.sendUnaryData<object>) =>
+      callback(null, { ready: models.has(call.request.name) }),
+    ModelInfer: (call: grpc.ServerUnaryCall<ModelInferRequest, ModelInferResponse>, callback: grpc.sendUnaryData<Partial<ModelInferResponse>>) => {
+      const request = call.request;
+      requests.push(request);
+      events.emit("call", request);
+      const texts = textsIn(request);
+      switch (request.model_name) {
+        case "echo":
+          return callback(null, answer(request, [{ name: "text_output", datatype: "BYTES", shape: [texts.length], contents: { bytes_contents: texts.map((t) => Buffer.from(t.toUpperCase())) } }]));
+        case "echo-raw":
+          return callback(null, answer(request, [
+            { name: "text_output", datatype: "BYTES", shape: [texts.length] },
+            { name: "byte_lengths", datatype: "INT64", shape: [texts.length] },
+            { name: "scores", datatype: "FP32", shape: [texts.length] },
+          ], [
+            lengthPrefixed(texts.map((t) => t.toUpperCase())),
+            Buffer.from(new BigInt64Array(texts.map((t) => BigInt(Buffer.byteLength(t)))).buffer),
+            Buffer.from(new Float32Array(texts.map((_, i) => 1 / (i + 2))).buffer),
+          ]));
+        case "embedder": {
+          const vectors = texts.flatMap((t) => [t.length, t.split("a").length - 1, t.charCodeAt(0), 0.1]);
+          return callback(null, answer(request, [{ name: "embedding", datatype: "FP32", shape: [texts.length, 4], contents: { fp32_contents: vectors } }]));
+        }
+        case "classifier": {
+          const probs = texts.flatMap((t) => [0, 1, 2].map((k) => (k === t.length % 3 ? 0.5 : 0.25)));
+          return callback(null, answer(request, [{ name: "probs", datatype: "FP32", shape: [texts.length, 3], contents: { fp32_contents: probs } }]));
+        }
+        case "tensors":
+          return callback(null, { ...answer(request, request.inputs.map((input) => ({ ...input, name: `${input.name}_out` }))), parameters: request.parameters });
+        case "busy": {
+          const metadata = new grpc.Metadata();
+          metadata.set("grpc-retry-pushback-ms", "1500");
+          return callback({ code: grpc.status.RESOURCE_EXHAUSTED, details: "queue full", metadata });
+        }
+        case "invalid":
+          return callback({ code: grpc.status.INVALID_ARGUMENT, details: "unexpected shape for input 'text_input'" });
+        case "slow":
+          call.on("cancelled", () => events.emit("cancelled", request.id));
+          return; // never answers
+      }
+      return callback({ code: grpc.status.NOT_FOUND, details: `unknown model ${request.model_name}` });
+    },
+  });
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (error, bound) => (error ? reject(error) : resolve(bound))));
+  return { url: `grpc://127.0.0.1:${port}`, requests, events, stop: () => server.forceShutdown() };
+}
+
+function infer(backend: Backend, endpoint: EndpointPath, body: unknown, signal = new AbortController().signal) {
+  return backend.infer({ endpoint, body: JSON.stringify(body), signal });
+}
+
+describe("KServe v2 gRPC backend", () => {
+  let server: InferenceServer;
+  const backends: Backend[] = [];
+  const backendFor = (modelName: string, urls = [server.url]) => {
+    const backend = createKServeBackend({ name: `kserve:${modelName}`, urls, modelName });
+    backends.push(backend);
+    return backend;
+  };
+  beforeAll(async () => { server = await startInferenceServer(); });
+  afterAll(async () => {
+    await Promise.all(backends.map((b) => b.close()));
+    server.stop();
+  });
+
+  it("answers a chat completion with the model's text_output and sends sampling fields as parameters", async () => {
+    const reply = await infer(backendFor("echo"), "/v1/chat/completions", {
+      model: "llama",
+      messages: [{ role: "system", content: "be loud" }, { role: "user", content: [{ type: "text", text: "hello" }] }],
+      max_tokens: 16,
+      temperature: 0.5,
+    });
+    expect(reply.status).toBe(200);
+    const body = JSON.parse(reply.body);
+    expect(body).toMatchObject({ object: "chat.completion", model: "echo", id: `chatcmpl-${reply.requestId}` });
+    expect(body.choices[0].message).toEqual({ role: "assistant", content: "BE LOUD\nHELLO" });
+    // "be loud\nhello" is 13 characters: 4 tokens at ~4 characters a token, both ways.
+    expect(body.usage).toEqual({ prompt_tokens: 4, completion_tokens: 4, total_tokens: 8 });
+    const sent = server.requests.at(-1)!;
+    expect(sent.inputs[0]).toMatchObject({ name: "text_input", datatype: "BYTES", shape: [1] });
+    expect(sent.parameters?.max_tokens).toMatchObject({ int64_param: 16 });
+    expect(sent.parameters?.temperature).toMatchObject({ string_param: "0.5" });
+  });
+
+  it("returns one embedding of the model's dimension per input, as floats or base64", async () => {
+    const backend = backendFor("embedder");
+    const input = ["hello", "banana", "x"];
+    const reply = await infer(backend, "/v1/embeddings", { model: "e", input });
+    const body = JSON.parse(reply.body);
+    expect(body.object).toBe("list");
+    expect(body.data).toHaveLength(3);
+    expect(body.data.map((d: { index: number }) => d.index)).toEqual([0, 1, 2]);
+    // 0.1 went over the wire as float32; the answer prints it as 0.1, not 0.10000000149011612.
+    expect(body.data[1].embedding).toEqual([6, 3, 98, 0.1]);
+    expect(server.requests.at(-1)!.inputs[0]!.shape).toEqual([3]);
+
+    const base64 = JSON.parse((await infer(backend, "/v1/embeddings", { input, encoding_format: "base64" })).body);
+    const floats = new Float32Array(Uint8Array.from(Buffer.from(base64.data[1].embedding, "base64")).buffer);
+    expect([...floats].map((f) => Number(f.toPrecision(6)))).toEqual([6, 3, 98, 0.1]);
+  });
+
+  it("answers /classify with probabilities, the argmax label and the class count per input", async () => {
+    const reply = await infer(backendFor("classifier"), "/classify", { model: "c", input: ["ab", "abcd"] });
+    const body = JSON.parse(reply.body);
+    expect(body).toMatchObject({ object: "list", model: "classifier", id: `classify-${reply.requestId}` });
+    expect(body.data).toEqual([
+      { index: 0, label: "LABEL_2", probs: [0.25, 0.25, 0.5], num_classes: 3 },
+      { index: 1, label: "LABEL_1", probs: [0.25, 0.5, 0.25], num_classes: 3 },
+    ]);
+  });
+
+  it("passes v2 tensors through with typed contents and answers in the v2 JSON shape", async () => {
+    const reply = await infer(backendFor("tensors"), "/v1/completions", {
+      id: "req-7",
+      inputs: [
+        { name: "matrix", shape: [2, 2], datatype: "FP32", data: [[1, 2.5], [3, 4]] },
+        { name: "ids", shape: [3], datatype: "INT64", data: [7, 8, 9] },
+        { name: "flags", shape: [2], datatype: "BOOL", data: [true, false] },
+        { name: "words", shape: [1], datatype: "BYTES", data: ["héllo"] },
+      ],
+      parameters: { priority: 2, note: "x" },
+    });
+    expect(reply).toMatchObject({ status: 200, requestId: "req-7" });
+    const sent = server.requests.at(-1)!;
+    expect(sent.inputs[0]!.contents!.fp32_contents).toEqual([1, 2.5, 3, 4]);
+    expect(sent.inputs[1]!.contents!.int64_contents).toEqual([7, 8, 9]);
+    expect(JSON.parse(reply.body)).toEqual({
+      model_name: "tensors",
+      model_version: "1",
+      id: "req-7",
+      parameters: { priority: 2, note: "x" },
+      outputs: [
+        { name: "matrix_out", datatype: "FP32", shape: [2, 2], data: [1, 2.5, 3, 4] },
+        { name: "ids_out", datatype: "INT64", shape: [3], data: [7, 8, 9] },
+        { name: "flags_out", datatype: "BOOL", shape: [2], data: [true, false] },
+        { name: "words_out", datatype: "BYTES", shape: [1], data: ["héllo"] },
+      ],
+    });
+  });
+
+  it("decodes raw_output_contents: length-prefixed BYTES, little-endian INT64 and FP32", async () => {
+    const backend = backendFor("echo-raw");
+    const tensors = JSON.parse((await infer(backend, "/v1/completions", {
+      inputs: [{ name: "text_input", shape: [2], datatype: "BYTES", data: ["ab", "héllo"] }],
+    })).body);
+    expect(tensors.outputs).toEqual([
+      { name: "text_output", datatype: "BYTES", shape: [2], data: ["AB", "HÉLLO"] },
+      { name: "byte_lengths", datatype: "INT64", shape: [2], data: [2, 6] },
+      { name: "scores", datatype: "FP32", shape: [2], data: [0.5, 0.33333334] },
+    ]);
+    const completion = JSON.parse((await infer(backend, "/v1/completions", { prompt: ["ab", "héllo"] })).body);
+    expect(completion.object).toBe("text_completion");
+    expect(completion.choices.map((c: { text: string }) => c.text)).toEqual(["AB", "HÉLLO"]);
+  });
+
+  it("maps RESOURCE_EXHAUSTED to 429 with the server's retry pushback", async () => {
+    const reply = await infer(backendFor("busy"), "/v1/chat/completions", { messages: [{ role: "user", content: "hi" }] });
+    expect(reply.status).toBe(429);
+    expect(reply.retryAfterMs).toBe(1500);
+    expect(JSON.parse(reply.body).error).toMatchObject({ message: "queue full", code: "RESOURCE_EXHAUSTED" });
+  });
+
+  it("maps INVALID_ARGUMENT to 400 with the server's message", async () => {
+    const reply = await infer(backendFor("invalid"), "/v1/completions", { prompt: "hi" });
+    expect(reply.status).toBe(400);
+    expect(JSON.parse(reply.body).error).toMatchObject({ message: "unexpected shape for input 'text_input'", code: "INVALID_ARGUMENT" });
+  });
+
+  it("answers 400 without calling the server for a body the protocol cannot carry", async () => {
+    const before = server.requests.length;
+    const reply = await infer(backendFor("echo"), "/v1/completions", { prompt: [1, 2, 3] });
+    expect(reply.status).toBe(400);
+    expect(JSON.parse(reply.body).error.message).toMatch(/Token-id `prompt`/);
+    expect(server.requests.length).toBe(before);
+  });
+
+  it("rejects with a connection_refused TransportError once the server has stopped", async () => {
+    const doomed = await startInferenceServer();
+    const backend = backendFor("echo", [doomed.url]);
+    expect((await infer(backend, "/v1/completions", { prompt: "up" })).status).toBe(200);
+    doomed.stop();
+    const error = await infer(backend, "/v1/completions", { prompt: "down" }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(TransportError);
+    expect((error as TransportError).kind).toBe("connection_refused");
+  });
+
+  it("cancels the server-side call when the signal aborts mid-call", async () => {
+    const controller = new AbortController();
+    const started = once(server.events, "call");
+    const pending = infer(backendFor("slow"), "/v1/completions", { prompt: "wait" }, controller.signal);
+    const [request] = (await started) as [ModelInferRequest];
+    const cancelled = once(server.events, "cancelled");
+    controller.abort();
+    await expect(pending).rejects.toMatchObject({ name: "TransportError", kind: "aborted" });
+    expect(await cancelled).toEqual([request.id]);
+  });
+
+  it("aborts calls in flight on close()", async () => {
+    const backend = createKServeBackend({ name: "kserve:closing", urls: [server.url], modelName: "slow" });
+    const started = once(server.events, "call");
+    const pending = infer(backend, "/v1/completions", { prompt: "wait" });
+    await started;
+    const cancelled = once(server.events, "cancelled");
+    await backend.close();
+    await expect(pending).rejects.toMatchObject({ kind: "aborted" });
+    await cancelled;
+  });
+
+  it("sends concurrent calls to the target with the fewest in flight", async () => {
+    const other = await startInferenceServer();
+    try {
+      const backend = backendFor("slow", [server.url, other.url]);
+      const seen = { first: 0, second: 0 };
+      const count = (key: keyof typeof seen) => () => { seen[key]++; };
+      server.events.on("call", count("first"));
+      other.events.on("call", count("second"));
+      const controller = new AbortController();
+      const calls = [1, 2, 3, 4].map(() => infer(backend, "/v1/completions", { prompt: "wait" }, controller.signal).catch((e: unknown) => e));
+      const deadline = Date.now() + 5_000;
+      while (seen.first + seen.second < 4 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+      expect(seen).toEqual({ first: 2, second: 2 });
+      controller.abort();
+      for (const error of await Promise.all(calls)) expect(error).toMatchObject({ kind: "aborted" });
+      server.events.removeAllListeners("call");
+    } finally {
+      other.stop();
+    }
+  });
+
+  it("is ready when the server and the model are, and not for a model the server lacks", async () => {
+    expect(await backendFor("echo").ready()).toBe(true);
+    expect(await backendFor("no-such-model").ready()).toBe(false);
+  });
+
+  it("refuses options it cannot use, saying what it expected", () => {
+    expect(() => createKServeBackend({ name: "k", urls: [], modelName: "m" })).toThrow(/Expected `urls` to be a non-empty array/);
+    expect(() => createKServeBackend({ name: "k", urls: ["http://h:1"], modelName: "m" })).toThrow(/grpcs:\/\/host:port/);
+  });
+});

@@ -1,0 +1,72 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import { writeFileSync, mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { stringify } from "yaml";
+import { freePort } from "./ports.ts";
+
+export interface LoteProcess {
+  readonly child: ChildProcess;
+  /** "http://127.0.0.1:PORT" when the role serves the API. */
+  readonly url: string;
+  readonly port: number;
+  /** Everything the process wrote to stderr (its pino logs). */
+  logs(): string;
+  /** Resolves with the exit code (or signal name) when the process ends. */
+  readonly exited: Promise<number | string>;
+  /** SIGTERM and wait for exit. */
+  stop(): Promise<number | string>;
+}
+
+const root = new URL("../../", import.meta.url).pathname;
+
+/** Writes a config object to a temp YAML file and returns its path. */
+export function writeConfig(config: Record<string, unknown>): string {
+  const dir = mkdtempSync(join(tmpdir(), "lote-cfg-"));
+  const path = join(dir, "lote.yaml");
+  writeFileSync(path, stringify(config));
+  return path;
+}
+
+/**
+ * Starts `lote <role>` as a child process (the real CLI, real sockets) and resolves once it printed its
+ * {"listening": ...} line.
+ */
+export async function startLoteProcess(options: {
+  databaseUrl: string;
+  role?: "serve" | "api" | "worker";
+  config?: Record<string, unknown>;
+  env?: Record<string, string>;
+}): Promise<LoteProcess> {
+  const port = await freePort();
+  const args = ["--import", "tsx", join(root, "src/cli/main.ts"), options.role ?? "serve"];
+  if (options.config) args.push("--config", writeConfig(options.config));
+  const child = spawn(process.execPath, args, {
+    cwd: root,
+    env: { ...process.env, DATABASE_URL: options.databaseUrl, LOTE_PORT: String(port), LOTE_LOG_LEVEL: "info", ...options.env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let stderr = "";
+  child.stderr!.on("data", (d) => (stderr += d));
+  const exited = new Promise<number | string>((resolve) => child.on("exit", (code, signal) => resolve(code ?? signal ?? -1)));
+  const lines = createInterface({ input: child.stdout! });
+  const ready = new Promise<void>((resolve, reject) => {
+    lines.on("line", (line) => {
+      if (line.startsWith("{") && line.includes('"listening"')) resolve();
+    });
+    exited.then((code) => reject(new Error(`lote exited (${code}) before it was ready:\n${stderr.slice(-4000)}`)));
+  });
+  await ready;
+  return {
+    child,
+    url: `http://127.0.0.1:${port}`,
+    port,
+    logs: () => stderr,
+    exited,
+    async stop() {
+      if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
+      return exited;
+    },
+  };
+}
