@@ -5,9 +5,9 @@
 import { hostname } from "node:os";
 import type { Logger } from "pino";
 import { BatchService } from "../../gen/lote/v1/batch_service_pb.ts";
-import { Authenticator } from "../api/auth.ts";
-import { batchServiceImpl } from "../api/batch-service.ts";
-import { listen, type ApiServer } from "../api/listen.ts";
+import { Authenticator } from "../api/index.ts";
+import { batchServiceImpl } from "../api/index.ts";
+import { listen, type ApiServer } from "../api/index.ts";
 import { closeBackends, createBackends } from "../backends/index.ts";
 import { BatchEvents } from "../batch/batch-events.ts";
 import { newId } from "../batch/ids.ts";

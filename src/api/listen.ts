@@ -1,0 +1,327 @@
+import { randomUUID } from "node:crypto";
+import { createServer as createHttp1Server, type IncomingMessage, type ServerResponse } from "node:http";
+import {
+  createSecureServer,
+  createServer as createHttp2Server,
+  type Http2ServerRequest,
+  type Http2ServerResponse,
+  type Http2Session,
+} from "node:http2";
+import { type AddressInfo, createServer as createNetServer, type Server, type Socket } from "node:net";
+import type { TLSSocket } from "node:tls";
+import type { FileDescriptorSet } from "@bufbuild/protobuf/wkt";
+import {
+  type ConnectRouter,
+  ConnectError,
+  createContextKey,
+  createContextValues,
+  type HandlerContext,
+  type Interceptor,
+} from "@connectrpc/connect";
+import { codeToString } from "@connectrpc/connect/protocol-connect";
+import { connectNodeAdapter } from "@connectrpc/connect-node";
+import type { Logger } from "pino";
+import { Health } from "../../gen/grpc/health/v1/health_pb.ts";
+import { HealthMonitor, type HealthReporter, healthService } from "./health.ts";
+import { loadDescriptorSet, registerReflection } from "./reflection.ts";
+import { ConnectionTracker, shutdownInterceptor } from "./shutdown.ts";
+
+export interface TlsOptions {
+  /** PEM certificate chain of the server. */
+  cert: string;
+  /** PEM private key of the server. */
+  key: string;
+  /** PEM CA bundle that client certificates must chain to. Required with requireClientCert. */
+  ca?: string;
+  /** mTLS: refuse the handshake of a client without a certificate signed by `ca`. Default false. */
+  requireClientCert?: boolean;
+}
+
+export interface ListenOptions {
+  /** Interface to bind. Default "127.0.0.1"; "0.0.0.0" or "::" to serve other machines. */
+  host?: string;
+  /** TCP port. Default 50051 (gRPC's customary port); 0 lets the OS pick one (see ApiServer.port). */
+  port?: number;
+  /** Registers the application's services (BatchService). */
+  routes: (router: ConnectRouter) => void;
+  /** Answers grpc.health.v1.Health for "" and every service `routes` registers. */
+  health: HealthReporter;
+  /** How often an open health Watch re-asks the reporter. Default 1000 ms. */
+  healthPollMs?: number;
+  /**
+   * Largest request message accepted, after decompression; bigger ones get RESOURCE_EXHAUSTED before they are
+   * parsed. Default 256 MiB: a 50,000-request chat batch is 25-50 MB. (grpc-go: MaxRecvMsgSize, default 4 MiB.)
+   */
+  readMaxBytes?: number;
+  /** Serve HTTPS (h2 and HTTP/1.1 by ALPN) instead of cleartext. */
+  tls?: TlsOptions;
+  /** Run around every handler (inside the shutdown handling, which must stay outermost). */
+  interceptors?: Interceptor[];
+  /** Runs before a request body is read (cheap authentication); throw a ConnectError to refuse the call. */
+  requestGate?: (context: HandlerContext) => void | Promise<void>;
+  /** Descriptors served by reflection. Default gen/lote.binpb. */
+  descriptorSet?: FileDescriptorSet;
+  logger: Logger;
+}
+
+export interface ApiServer {
+  readonly host: string;
+  /** The bound port (the OS's choice when `port` was 0). */
+  readonly port: number;
+  /** Base URL for clients, e.g. "http://127.0.0.1:50051". */
+  readonly url: string;
+  /**
+   * Stops accepting connections, refuses new calls with UNAVAILABLE, lets unary calls finish, ends streams (their
+   * `ctx.signal` aborts; clients see UNAVAILABLE), sends GOAWAY, and destroys what is left after `graceMs`
+   * (default 5000). Health reports NOT_SERVING from the start. Resolves when every connection is closed.
+   */
+  close(graceMs?: number): Promise<void>;
+}
+
+/**
+ * The request id of a call: the client's `x-request-id` when it sent a sane one, else a UUID. Handlers read it
+ * with `ctx.values.get(requestIdKey)`; it is echoed in the `x-request-id` response header and logged.
+ */
+export const requestIdKey = createContextKey<string>("", { description: "lote request id" });
+
+type NodeServerRequest = IncomingMessage | Http2ServerRequest;
+type NodeServerResponse = ServerResponse | Http2ServerResponse;
+
+/** Per-request state shared by the node handler, the request gate and the log line. */
+interface Call {
+  readonly requestId: string;
+  context?: HandlerContext;
+}
+const callKey = createContextKey<Call | undefined>(undefined, { description: "lote api call" });
+
+const HTTP2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+/** Stream window 4 MiB, connection window 16 MiB: at 64 KiB (the HTTP/2 default) a 50 MB upload over a 50 ms
+ * round trip would crawl at 1.3 MB/s; at 4 MiB it can reach 80 MB/s. */
+const HTTP2_SETTINGS = { initialWindowSize: 4 << 20 };
+const HTTP2_CONNECTION_WINDOW = 16 << 20;
+/** nghttp2 refuses new streams past this (MB, default 10), which full 16 MiB windows could exceed. */
+const HTTP2_MAX_SESSION_MEMORY = 64;
+/** A cleartext connection silent this long before its first bytes is dropped: Node's own headersTimeout. */
+const SNIFF_TIMEOUT_MS = 60_000;
+
+/**
+ * Decides a cleartext connection's protocol from its first bytes: "h2" for the HTTP/2 client preface (h2c with
+ * prior knowledge, RFC 9113 §3.3), "http1" for anything else. No HTTP/1.1 method starts with "PRI ", so 4 bytes
+ * decide; undefined while fewer have arrived and they still match.
+ */
+export function sniffProtocol(head: Uint8Array): "h2" | "http1" | undefined {
+  const n = Math.min(head.length, 4);
+  for (let i = 0; i < n; i++) if (head[i] !== HTTP2_PREFACE[i]) return "http1";
+  return n === 4 ? "h2" : undefined;
+}
+
+/** Serves the routes, health and reflection on one port, over gRPC, gRPC-Web and Connect, HTTP/2 and HTTP/1.1. */
+export async function listen(options: ListenOptions): Promise<ApiServer> {
+  const { host, port, readMaxBytes } = validateListenOptions(options);
+  const log = options.logger.child({ component: "api" });
+  const tracker = new ConnectionTracker();
+  const monitor = new HealthMonitor({ reporter: options.health, pollMs: options.healthPollMs });
+  const descriptorSet = options.descriptorSet ?? loadDescriptorSet();
+  const calls = new WeakMap<NodeServerRequest, Call>();
+
+  const adapter = connectNodeAdapter({
+    readMaxBytes,
+    interceptors: [shutdownInterceptor(tracker), ...(options.interceptors ?? [])],
+    routes(router) {
+      options.routes(router);
+      const services = new Set(["", ...router.handlers.map((h) => h.service.typeName)]);
+      router.service(Health, healthService(monitor, () => services));
+      registerReflection(router, descriptorSet);
+    },
+    contextValues(req) {
+      const values = createContextValues();
+      const call = calls.get(req);
+      if (call) values.set(requestIdKey, call.requestId).set(callKey, call);
+      return values;
+    },
+    async requestGate(context) {
+      const call = context.values.get(callKey);
+      if (call) {
+        call.context = context;
+        context.responseHeader.set("x-request-id", call.requestId);
+      }
+      if (tracker.isDraining) throw tracker.shutdownError;
+      await options.requestGate?.(context);
+    },
+  });
+
+  function handle(req: NodeServerRequest, res: NodeServerResponse): void {
+    const started = performance.now();
+    const call: Call = { requestId: requestIdFrom(req.headers["x-request-id"]) };
+    calls.set(req, call);
+    if (req.httpVersionMajor === 1) {
+      tracker.http1Request(req.socket, (listener) => res.once("close", listener));
+      if (tracker.isDraining) res.setHeader("connection", "close");
+    }
+    res.once("close", () => {
+      const durationMs = Math.round(performance.now() - started);
+      const { context } = call;
+      if (context) {
+        const procedure = `${context.service.typeName}/${context.method.name}`;
+        const code = callOutcome(context, res);
+        log.info({ requestId: call.requestId, procedure, protocol: context.protocolName, http: req.httpVersion, code, durationMs }, "rpc");
+      } else {
+        // Not an RPC: unknown path, wrong method or content type. Logged so that nothing reaches the port unseen.
+        const path = (req.url ?? "").split("?", 1)[0]!.slice(0, 200);
+        log.info({ requestId: call.requestId, path, http: req.httpVersion, status: res.statusCode, durationMs }, "request");
+      }
+    });
+    adapter(req, res);
+  }
+
+  const server = options.tls ? secureServer(options.tls, handle, tracker, log) : cleartextServer(handle, tracker);
+  await new Promise<void>((resolve, reject) => {
+    const fail = (err: Error) => {
+      server.close(); // runs the cleanup of the inner HTTP servers
+      reject(err);
+    };
+    server.once("error", fail);
+    server.listen({ host, port }, () => {
+      server.off("error", fail);
+      resolve();
+    });
+  });
+  const bound = (server.address() as AddressInfo).port;
+  const url = `${options.tls ? "https" : "http"}://${host.includes(":") ? `[${host}]` : host}:${bound}`;
+  log.debug({ url, tls: Boolean(options.tls), readMaxBytes }, "API listening");
+
+  let closing: Promise<void> | undefined;
+  return {
+    host,
+    port: bound,
+    url,
+    close(graceMs = 5000) {
+      closing ??= (async () => {
+        monitor.shutdown();
+        const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+        tracker.drain();
+        const deadline = setTimeout(() => tracker.destroyAll(), graceMs);
+        await closed;
+        clearTimeout(deadline);
+        log.info("API closed");
+      })();
+      return closing;
+    },
+  };
+}
+
+type Handler = (req: NodeServerRequest, res: NodeServerResponse) => void;
+
+function trackSession(tracker: ConnectionTracker) {
+  return (session: Http2Session) => {
+    tracker.addSession(session);
+    session.setLocalWindowSize(HTTP2_CONNECTION_WINDOW);
+  };
+}
+
+/** HTTPS: h2 and http/1.1 chosen by ALPN, so curl and fetch work on the gRPC port too. */
+function secureServer(tls: TlsOptions, handle: Handler, tracker: ConnectionTracker, log: Logger): Server {
+  const { cert, key, ca, requireClientCert = false } = tls;
+  const server = createSecureServer(
+    {
+      cert, key, ca,
+      requestCert: requireClientCert,
+      rejectUnauthorized: requireClientCert,
+      allowHTTP1: true,
+      settings: HTTP2_SETTINGS,
+      maxSessionMemory: HTTP2_MAX_SESSION_MEMORY,
+    },
+    handle,
+  );
+  server.on("connection", (socket: Socket) => tracker.addSocket(socket, false));
+  server.on("secureConnection", (socket: TLSSocket) => {
+    if (socket.alpnProtocol === "h2") tracker.markHttp2(socket);
+    else tracker.markHttp1(socket);
+  });
+  server.on("session", trackSession(tracker));
+  server.on("tlsClientError", (err) => log.debug({ err: err.message }, "TLS handshake failed"));
+  return server;
+}
+
+/**
+ * Cleartext: Node's HTTP/2 server has no HTTP/1.1 fallback, so a plain TCP server reads each connection's first
+ * bytes, puts them back, and hands the socket to the HTTP/2 or the HTTP/1.1 server with the same handler.
+ */
+function cleartextServer(handle: Handler, tracker: ConnectionTracker): Server {
+  const http1 = createHttp1Server(handle);
+  const http2 = createHttp2Server({ settings: HTTP2_SETTINGS, maxSessionMemory: HTTP2_MAX_SESSION_MEMORY }, handle);
+  http2.on("session", trackSession(tracker));
+  const server = createNetServer((socket) => {
+    tracker.addSocket(socket, true);
+    socket.on("error", () => {}); // resets before the hand-over; the HTTP servers handle later ones
+    const onTimeout = () => socket.destroy();
+    socket.setTimeout(SNIFF_TIMEOUT_MS);
+    socket.once("timeout", onTimeout);
+    let head = Buffer.alloc(0);
+    const onData = (chunk: Buffer) => {
+      head = Buffer.concat([head, chunk]);
+      const protocol = sniffProtocol(head);
+      if (!protocol) return;
+      socket.off("data", onData).off("timeout", onTimeout).setTimeout(0);
+      socket.pause();
+      socket.unshift(head);
+      if (protocol === "h2") {
+        // The HTTP/2 session reads what the socket has buffered, then consumes the handle natively.
+        tracker.markHttp2(socket);
+        http2.emit("connection", socket);
+      } else {
+        tracker.markHttp1(socket);
+        http1.emit("connection", socket);
+        // Node's HTTP/1.1 connection listener leaves a paused socket paused: without this the request never parses.
+        socket.resume();
+      }
+    };
+    socket.on("data", onData);
+  });
+  // Neither HTTP server listens, but closing them stops the HTTP/1.1 server's connection-checking timer.
+  server.once("close", () => {
+    http1.close();
+    http2.close();
+  });
+  return server;
+}
+
+/** Loud validation at startup, in the form "Expected `x` to be …, got …". */
+function validateListenOptions(options: ListenOptions): { host: string; port: number; readMaxBytes: number } {
+  const { host = "127.0.0.1", port = 50051, readMaxBytes = 256 * 1024 * 1024 } = options;
+  const expect = (ok: boolean, name: string, wanted: string, got: unknown) => {
+    if (!ok) throw new TypeError(`Expected \`${name}\` to be ${wanted}, got ${JSON.stringify(got) ?? String(got)}`);
+  };
+  expect(typeof host === "string" && host.length > 0, "host", "a non-empty string", host);
+  expect(Number.isInteger(port) && port >= 0 && port <= 65535, "port", "an integer from 0 to 65535", port);
+  // 2^32 - 1: the largest size a gRPC length prefix can state, and connect's own ceiling.
+  const most = 0xffffffff;
+  const sane = Number.isInteger(readMaxBytes) && readMaxBytes > 0 && readMaxBytes <= most;
+  expect(sane, "readMaxBytes", `an integer from 1 to ${most}`, readMaxBytes);
+  expect(typeof options.routes === "function", "routes", "a function", typeof options.routes);
+  expect(typeof options.health?.check === "function", "health", "an object with a check() function", typeof options.health);
+  if (options.tls) {
+    const { cert, key, ca, requireClientCert } = options.tls;
+    expect(typeof cert === "string" && cert.includes("-----BEGIN"), "tls.cert", "a PEM string", typeof cert);
+    expect(typeof key === "string" && key.includes("-----BEGIN"), "tls.key", "a PEM string", typeof key);
+    expect(!requireClientCert || typeof ca === "string", "tls.ca", "a PEM string when tls.requireClientCert is true", typeof ca);
+  }
+  return { host, port, readMaxBytes };
+}
+
+/** The client's id when it is short and plain (it goes into logs), else a fresh UUID. */
+function requestIdFrom(header: string | string[] | undefined): string {
+  return typeof header === "string" && /^[\w.:/+=@-]{1,128}$/.test(header) ? header : randomUUID();
+}
+
+/**
+ * The status code the client saw. Connect aborts the handler context with the error that ended the call, or with
+ * no reason when it succeeded; a response that never ended means the client went away.
+ */
+function callOutcome(context: HandlerContext, res: NodeServerResponse): string {
+  const { aborted, reason } = context.signal;
+  if (aborted && reason instanceof ConnectError) return codeToString(reason.code);
+  if (!res.writableEnded) return "canceled";
+  if (aborted && !(reason instanceof DOMException && reason.name === "AbortError")) return "internal";
+  return "ok";
+}
