@@ -48,7 +48,8 @@ export async function runBatch(deps: BatchServiceDeps, req: RunBatchRequest, ctx
       if (rows.length > 0) after = rows[rows.length - 1]!.seq;
       if (rows.length < 1000) break;
     }
-    if (byIdx.size === checked.requests.length || isTerminal(status)) break;
+    // All results in is not enough: wait the few ms until the batch is COMPLETED so the answer shows it.
+    if (isTerminal(status)) break;
     const left = deadline - Date.now();
     if (left <= 0 || ctx.signal.aborted) break;
     await deps.events.wait(batch.id, Math.min(left, 1_000), ctx.signal);

@@ -187,17 +187,17 @@ describe("BatchService over gRPC (grpc-js client, server as a child process)", (
       body: JSON.stringify({ endpoint: "ENDPOINT_CLASSIFY", requests: [{ customId: "j1", body: { model: "lote-sentiment", input: "Eu amo estudar IA!" } }] }),
     });
     expect(res.status).toBe(200);
-    const batch = await res.json();
+    const batch = (await res.json()) as { id: string };
     expect(batch.id).toMatch(/^batch_/);
     const got = await fetch(`${lote.url}/lote.v1.BatchService/GetBatch`, {
       method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ id: batch.id }),
     });
-    expect((await got.json()).id).toBe(batch.id);
+    expect(((await got.json()) as { id: string }).id).toBe(batch.id);
     const missing = await fetch(`${lote.url}/lote.v1.BatchService/GetBatch`, {
       method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ id: "batch_missing" }),
     });
     expect(missing.status).toBe(404);
-    expect((await missing.json()).code).toBe("not_found");
+    expect(((await missing.json()) as { code: string }).code).toBe("not_found");
   });
 
   it("never logs request bodies", () => {
