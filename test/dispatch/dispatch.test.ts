@@ -1,0 +1,227 @@
+import * as grpc from "@grpc/grpc-js";
+import pg from "pg";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { startSimulator, type Simulator } from "../../src/simulator/index.ts";
+import { createTestDatabase, type TestDatabase } from "../support/database.ts";
+import { batchServiceClient, call, chatRequest, collect } from "../support/grpc-client.ts";
+import { startLoteProcess, type LoteProcess } from "../support/lote-process.ts";
+
+async function until<T>(what: string, probe: () => Promise<T | undefined> | T | undefined, timeoutMs = 60_000): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await probe();
+    if (v !== undefined) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+function modelConfig(sim: Simulator, extra: Record<string, unknown> = {}) {
+  return { name: "sim-model", backend: { kind: "openai", urls: [sim.h2cUrl] }, max_concurrency: 64, timeout_ms: 30_000, ...extra };
+}
+
+const requests = (n: number, prefix = "r", extra: Record<string, unknown> = {}) =>
+  Array.from({ length: n }, (_, i) => chatRequest(`${prefix}${i}`, "sim-model", `hello ${i}`, extra));
+
+describe("dispatch against the simulated backend (real processes, sockets and Postgres)", () => {
+  let db: TestDatabase;
+  let sim: Simulator;
+  let pool: pg.Pool;
+  const processes: LoteProcess[] = [];
+  const clients: any[] = [];
+
+  async function start(role: "serve" | "api" | "worker", config: Record<string, unknown>) {
+    const p = await startLoteProcess({ databaseUrl: db.url, role, config });
+    processes.push(p);
+    return p;
+  }
+  function clientOf(p: LoteProcess) {
+    const c = batchServiceClient(`127.0.0.1:${p.port}`);
+    clients.push(c);
+    return c;
+  }
+  async function waitForStatus(client: any, id: string, status: string, timeoutMs = 60_000) {
+    return until(`batch ${id} ${status}`, async () => {
+      const b = await call(client, "getBatch", { id });
+      return b.status === status ? b : undefined;
+    }, timeoutMs);
+  }
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    pool = new pg.Pool({ connectionString: db.url });
+  });
+  afterEach(async () => {
+    for (const c of clients.splice(0)) c.close();
+    await Promise.all(processes.splice(0).map((p) => p.stop()));
+    await sim?.close();
+  });
+  afterAll(async () => {
+    await pool.end();
+    await db.drop();
+  });
+
+  it("completes a 10,000-request batch with exactly one result per custom_id", async () => {
+    sim = await startSimulator({ port: 0 });
+    const lote = await start("serve", { models: [modelConfig(sim, { max_concurrency: 128 })] });
+    const client = clientOf(lote);
+    const batch = await call(client, "createBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: requests(10_000) });
+    const done = await waitForStatus(client, batch.id, "BATCH_STATUS_COMPLETED", 120_000);
+    expect(done.requestCounts).toMatchObject({ total: "10000", completed: "10000", failed: "0" });
+    expect(Number(done.usage.totalTokens)).toBeGreaterThan(0);
+    const results = await collect(client.streamResults({ batchId: batch.id, rawJson: true }));
+    const ids = results.map((r: any) => r.result.customId);
+    expect(ids).toHaveLength(10_000);
+    expect(new Set(ids).size).toBe(10_000);
+    const { rows } = await pool.query("SELECT count(*)::int AS n, count(DISTINCT custom_id)::int AS d FROM lote.results WHERE batch_id = $1", [batch.id]);
+    expect(rows[0]).toEqual({ n: 10_000, d: 10_000 });
+  });
+
+  it("finishes a batch with none lost and none duplicated when a worker process is SIGKILLed mid-batch", async () => {
+    sim = await startSimulator({ port: 0, latency: { kind: "fixed", ms: 20 } });
+    const config = { models: [modelConfig(sim, { max_concurrency: 64 })], worker: { lease_ms: 2_000, concurrency: 32, maintenance_interval_ms: 200 } };
+    const api = await start("api", config);
+    const [victim] = await Promise.all([start("worker", config), start("worker", config)]);
+    const client = clientOf(api);
+    const batch = await call(client, "createBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: requests(2_000) });
+    await until("a third of the batch", async () => {
+      const b = await call(client, "getBatch", { id: batch.id });
+      return Number(b.requestCounts.completed) > 600 ? b : undefined;
+    });
+    victim!.child.kill("SIGKILL");
+    expect(await victim!.exited).toBe("SIGKILL");
+    const done = await waitForStatus(client, batch.id, "BATCH_STATUS_COMPLETED", 90_000);
+    expect(done.requestCounts).toMatchObject({ total: "2000", completed: "2000", failed: "0" });
+    const { rows } = await pool.query("SELECT count(*)::int AS n, count(DISTINCT idx)::int AS d FROM lote.results WHERE batch_id = $1", [batch.id]);
+    expect(rows[0]).toEqual({ n: 2_000, d: 2_000 });
+  });
+
+  it("never exceeds max_concurrency, measured at the backend, with two worker processes", async () => {
+    sim = await startSimulator({ port: 0, latency: { kind: "fixed", ms: 30 } });
+    const config = { models: [modelConfig(sim, { max_concurrency: 5 })], worker: { concurrency: 50 } };
+    const api = await start("api", config);
+    await Promise.all([start("worker", config), start("worker", config)]);
+    const client = clientOf(api);
+    const batch = await call(client, "createBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: requests(300) });
+    await waitForStatus(client, batch.id, "BATCH_STATUS_COMPLETED");
+    expect(sim.stats().requests).toBe(300);
+    expect(sim.stats().maxInFlight).toBeLessThanOrEqual(5);
+    expect(sim.stats().maxInFlight).toBeGreaterThanOrEqual(3);
+  });
+
+  it("retries a 429 after the Retry-After it was given, fails a 400 at once, and bounds 5xx retries", async () => {
+    sim = await startSimulator({ port: 0 });
+    const lote = await start("serve", { models: [modelConfig(sim, { max_attempts: 3 })] });
+    const client = clientOf(lote);
+    const started = Date.now();
+    const batch = await call(client, "createBatch", {
+      endpoint: "ENDPOINT_CHAT_COMPLETIONS",
+      requests: [
+        chatRequest("limited", "sim-model", "a", { sim: { fail_first: 2, status: 429, retry_after: "1" } }),
+        chatRequest("bad", "sim-model", "b", { sim: { fail_first: 99, status: 400 } }),
+        chatRequest("broken", "sim-model", "c", { sim: { fail_first: 99, status: 500, retry_after: "0" } }),
+      ],
+    });
+    const done = await waitForStatus(client, batch.id, "BATCH_STATUS_COMPLETED");
+    const elapsed = Date.now() - started;
+    expect(done.requestCounts).toMatchObject({ completed: "1", failed: "2" });
+    const results = Object.fromEntries((await collect(client.streamResults({ batchId: batch.id }))).map((m: any) => [m.result.customId, m.result]));
+    expect(results.limited.attempts).toBe(3);
+    expect(results.limited.response.statusCode).toBe(200);
+    // Two Retry-After: 1 waits happened before the third attempt.
+    expect(elapsed).toBeGreaterThanOrEqual(2_000);
+    expect(results.bad.attempts).toBe(1);
+    expect(results.bad.error).toMatchObject({ statusCode: 400 });
+    expect(results.broken.attempts).toBe(3);
+    expect(results.broken.error).toMatchObject({ code: "server_error", statusCode: 500 });
+  });
+
+  it("cancels a running batch: pending items at once, in-flight calls aborted at the backend", async () => {
+    sim = await startSimulator({ port: 0, latency: { kind: "fixed", ms: 20_000 } });
+    const lote = await start("serve", { models: [modelConfig(sim, { max_concurrency: 8 })] });
+    const client = clientOf(lote);
+    const batch = await call(client, "createBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: requests(50) });
+    await until("calls in flight", () => (sim.stats().inFlight === 8 ? true : undefined));
+    const cancelling = await call(client, "cancelBatch", { id: batch.id });
+    expect(cancelling.status).toBe("BATCH_STATUS_CANCELLING");
+    expect(cancelling.requestCounts.cancelled).toBe("42");
+    const done = await waitForStatus(client, batch.id, "BATCH_STATUS_CANCELLED", 10_000);
+    expect(done.requestCounts.cancelled).toBe("50");
+    await until("backend sees the aborts", () => (sim.stats().inFlight === 0 ? true : undefined), 5_000);
+    const results = await collect(client.streamResults({ batchId: batch.id }));
+    expect(results).toHaveLength(50);
+    expect(results.every((m: any) => m.result.error.code === "batch_cancelled")).toBe(true);
+  });
+
+  it("expires a batch at expires_at: unfinished items get batch_expired, finished ones stay", async () => {
+    sim = await startSimulator({ port: 0 });
+    const lote = await start("serve", { models: [modelConfig(sim, { max_concurrency: 4 })], worker: { maintenance_interval_ms: 100 } });
+    const client = clientOf(lote);
+    const batch = await call(client, "createBatch", {
+      endpoint: "ENDPOINT_CHAT_COMPLETIONS",
+      requests: [...requests(3, "fast"), ...requests(5, "slow", { sim: { hang: true } })],
+    });
+    await until("fast ones done", async () => {
+      const b = await call(client, "getBatch", { id: batch.id });
+      return b.requestCounts.completed === "3" ? b : undefined;
+    });
+    // The window is at least a minute; move the deadline instead of waiting for it.
+    await pool.query("UPDATE lote.batches SET expires_at = now() WHERE id = $1", [batch.id]);
+    const done = await waitForStatus(client, batch.id, "BATCH_STATUS_EXPIRED", 10_000);
+    expect(done.requestCounts).toMatchObject({ completed: "3", expired: "5" });
+    const results = await collect(client.streamResults({ batchId: batch.id }));
+    const byId = Object.fromEntries(results.map((m: any) => [m.result.customId, m.result]));
+    expect(byId.fast0.response.statusCode).toBe(200);
+    expect(byId.slow0.error.code).toBe("batch_expired");
+    await until("hung calls aborted", () => (sim.stats().inFlight === 0 ? true : undefined), 5_000);
+  });
+
+  it("finishes a 10-request batch submitted behind a 20,000-request one while the big one still runs", async () => {
+    sim = await startSimulator({ port: 0, latency: { kind: "fixed", ms: 10 } });
+    const lote = await start("serve", { models: [modelConfig(sim, { max_concurrency: 16 })] });
+    const client = clientOf(lote);
+    const big = await call(client, "createBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: requests(20_000, "big") });
+    await until("big batch running", async () => {
+      const b = await call(client, "getBatch", { id: big.id });
+      return Number(b.requestCounts.completed) > 100 ? b : undefined;
+    });
+    const small = await call(client, "createBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: requests(10, "small") });
+    await waitForStatus(client, small.id, "BATCH_STATUS_COMPLETED", 10_000);
+    const bigNow = await call(client, "getBatch", { id: big.id });
+    expect(bigNow.status).toBe("BATCH_STATUS_IN_PROGRESS");
+    expect(Number(bigNow.requestCounts.completed)).toBeLessThan(20_000);
+    await call(client, "cancelBatch", { id: big.id });
+  });
+
+  it("classifies the three Portuguese sentences with the built-in model", async () => {
+    sim = await startSimulator({ port: 0 });
+    const lote = await start("serve", {});
+    const client = clientOf(lote);
+    const sentences = ["Eu amo estudar IA!", "Estou muito cansado hoje", "Esse filme foi terrível"];
+    const batch = await call(client, "createBatch", {
+      endpoint: "ENDPOINT_CLASSIFY",
+      requests: sentences.map((input, i) => ({ customId: `pt${i}`, bodyJson: Buffer.from(JSON.stringify({ model: "lote-sentiment", input })) })),
+    });
+    await waitForStatus(client, batch.id, "BATCH_STATUS_COMPLETED");
+    const results = await collect(client.streamResults({ batchId: batch.id, rawJson: true }));
+    const labels = Object.fromEntries(results.map((m: any) => {
+      const data = JSON.parse(Buffer.from(m.result.response.bodyJson).toString()).data[0];
+      expect(data.confidence).toBeGreaterThan(0.5);
+      return [m.result.customId, data.label];
+    }));
+    expect(labels).toEqual({ pt0: "positive", pt1: "negative", pt2: "negative" });
+  });
+
+  it("keeps accepted requests when the node is stopped: SIGTERM exits 0 and a new node finishes the batch", async () => {
+    sim = await startSimulator({ port: 0, latency: { kind: "fixed", ms: 50 } });
+    const config = { models: [modelConfig(sim, { max_concurrency: 8 })], shutdown_grace_ms: 200 };
+    const first = await start("serve", config);
+    const batch = await call(clientOf(first), "createBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: requests(200) });
+    await until("some progress", () => (sim.stats().requests > 20 ? true : undefined));
+    expect(await first.stop()).toBe(0);
+    const second = await start("serve", config);
+    const done = await waitForStatus(clientOf(second), batch.id, "BATCH_STATUS_COMPLETED");
+    expect(done.requestCounts.completed).toBe("200");
+    void grpc;
+  });
+});
