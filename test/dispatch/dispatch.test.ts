@@ -136,6 +136,44 @@ describe("dispatch against the simulated backend (real processes, sockets and Po
     expect(results.broken.error).toMatchObject({ code: "server_error", statusCode: 500 });
   });
 
+  it("retries a connection reset and a per-request timeout, then succeeds", async () => {
+    sim = await startSimulator({ port: 0 });
+    const lote = await start("serve", { models: [modelConfig(sim, { timeout_ms: 300 })] });
+    const client = clientOf(lote);
+    const batch = await call(client, "createBatch", {
+      endpoint: "ENDPOINT_CHAT_COMPLETIONS",
+      requests: [
+        chatRequest("reset", "sim-model", "a", { sim: { fail_first: 1, reset: true } }),
+        chatRequest("slow", "sim-model", "b", { sim: { fail_first: 1, hang: true } }),
+      ],
+    });
+    await waitForStatus(client, batch.id, "BATCH_STATUS_COMPLETED");
+    const results = Object.fromEntries((await collect(client.streamResults({ batchId: batch.id }))).map((m: any) => [m.result.customId, m.result]));
+    expect(results.reset).toMatchObject({ attempts: 2, response: expect.objectContaining({ statusCode: 200 }) });
+    expect(results.slow).toMatchObject({ attempts: 2, response: expect.objectContaining({ statusCode: 200 }) });
+  });
+
+  it("answers RunBatch inline in input order, and at the call's deadline returns what is unfinished as errors", async () => {
+    sim = await startSimulator({ port: 0 });
+    const lote = await start("serve", { models: [modelConfig(sim)] });
+    const client = clientOf(lote);
+    const fast = await call(client, "runBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: requests(20, "run") });
+    expect(fast.batch.status).toBe("BATCH_STATUS_COMPLETED");
+    expect(fast.results.map((r: any) => r.customId)).toEqual(Array.from({ length: 20 }, (_, i) => `run${i}`));
+    expect(fast.results.every((r: any) => r.response?.statusCode === 200)).toBe(true);
+
+    const started = Date.now();
+    const slow = await call(client, "runBatch", {
+      endpoint: "ENDPOINT_CHAT_COMPLETIONS",
+      requests: [chatRequest("quick", "sim-model", "q"), chatRequest("stuck", "sim-model", "s", { sim: { hang: true } })],
+    }, new grpc.Metadata(), { deadline: Date.now() + 1_500 });
+    expect(Date.now() - started).toBeLessThan(1_500);
+    expect(slow.results[0]).toMatchObject({ customId: "quick", response: expect.objectContaining({ statusCode: 200 }) });
+    expect(slow.results[1]).toMatchObject({ customId: "stuck", error: expect.objectContaining({ code: "deadline_exceeded" }) });
+    // Nothing keeps running for a call nobody waits on any more.
+    await waitForStatus(client, slow.batch.id, "BATCH_STATUS_CANCELLED", 10_000);
+  });
+
   it("cancels a running batch: pending items at once, in-flight calls aborted at the backend", async () => {
     sim = await startSimulator({ port: 0, latency: { kind: "fixed", ms: 20_000 } });
     const lote = await start("serve", { models: [modelConfig(sim, { max_concurrency: 8 })] });
@@ -222,6 +260,5 @@ describe("dispatch against the simulated backend (real processes, sockets and Po
     const second = await start("serve", config);
     const done = await waitForStatus(clientOf(second), batch.id, "BATCH_STATUS_COMPLETED");
     expect(done.requestCounts.completed).toBe("200");
-    void grpc;
   });
 });

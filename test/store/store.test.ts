@@ -111,6 +111,29 @@ describe("store", () => {
     expect(after?.expired).toBe(3);
   });
 
+  it("claims a higher-priority batch's items first", async () => {
+    await pool.query("UPDATE lote.items SET status = 'cancelled' WHERE status IN ('pending', 'running')");
+    const low = await createBatch(pool, newBatch(3, { priority: 0 }));
+    const high = await createBatch(pool, newBatch(3, { priority: 5 }));
+    const claimed = await claim(pool, 3);
+    expect(claimed.map((c) => c.batchId)).toEqual([high.batch.id, high.batch.id, high.batch.id]);
+    expect((await claim(pool, 3)).map((c) => c.batchId)).toEqual([low.batch.id, low.batch.id, low.batch.id]);
+  });
+
+  it("holds requests_per_minute and tokens_per_minute across claims within the window", async () => {
+    await pool.query("UPDATE lote.items SET status = 'cancelled' WHERE status IN ('pending', 'running')");
+    await createBatch(pool, newBatch(20));
+    const limited = (limit: number, rpm: number, tpm: number) => claimItems(pool, {
+      model: "m1", limit, workerId: "w", leaseMs: 30_000, maxConcurrency: 1000, requestsPerMinute: rpm, tokensPerMinute: tpm,
+    });
+    expect(await limited(4, 6, 0)).toHaveLength(4);
+    expect(await limited(4, 6, 0)).toHaveLength(2);
+    expect(await limited(4, 6, 0)).toHaveLength(0);
+    // Each item is estimated at 10 tokens; 6 items (60 tokens) already started this minute.
+    expect(await limited(10, 0, 90)).toHaveLength(3);
+    expect(await limited(10, 0, 90)).toHaveLength(0);
+  });
+
   it("lists newest first, filtered by status and metadata", async () => {
     const page = await listBatches(pool, { tenantId: "t1", limit: 2 });
     expect(page).toHaveLength(2);

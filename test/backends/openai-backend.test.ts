@@ -1,0 +1,328 @@
+import { execFile } from "node:child_process";
+import { once } from "node:events";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { createSecureServer, createServer as createH2Server, constants as h2, type Http2Server, type Http2SecureServer } from "node:http2";
+import type { AddressInfo } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { TransportError, type InferenceReply } from "../../src/backends/backend.ts";
+import { createOpenAIBackend, parseRetryAfter, type OpenAIBackend, type OpenAIBackendOptions } from "../../src/backends/openai/index.ts";
+import { startSimulator, type Simulator, type SimulatorOptions } from "../../src/simulator/index.ts";
+import { freePort } from "../support/ports.ts";
+
+/** A throwaway self-signed certificate for 127.0.0.1, made by openssl for this run; never committed. */
+async function selfSignedCert(): Promise<{ cert: string; key: string }> {
+  const dir = await mkdtemp(join(tmpdir(), "lote-openai-tls-"));
+  try {
+    await promisify(execFile)("openssl", [
+      "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
+      "-keyout", join(dir, "key.pem"), "-out", join(dir, "cert.pem"),
+      "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+    ]);
+    return { cert: await readFile(join(dir, "cert.pem"), "utf8"), key: await readFile(join(dir, "key.pem"), "utf8") };
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/** Polls `check` until it holds, failing after `ms`: waits on the observable state, never on a guessed delay. */
+async function waitFor(check: () => boolean, ms = 5_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`condition not met within ${ms} ms`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+function rejection(p: Promise<unknown>): Promise<TransportError> {
+  return p.then(
+    () => { throw new Error("expected a rejection"); },
+    (e: unknown) => {
+      expect(e).toBeInstanceOf(TransportError);
+      return e as TransportError;
+    },
+  );
+}
+
+let cert: { cert: string; key: string };
+const backends: OpenAIBackend[] = [];
+const sims: Simulator[] = [];
+
+function backend(o: Partial<OpenAIBackendOptions> & Pick<OpenAIBackendOptions, "urls">): OpenAIBackend {
+  const b = createOpenAIBackend({ name: "openai:test", tls: { ca: cert.cert }, ejectBaseMs: 1_000, ...o });
+  backends.push(b);
+  return b;
+}
+
+async function simulator(o: SimulatorOptions = {}): Promise<Simulator> {
+  const s = await startSimulator({ seed: 7, tls: cert, ...o });
+  sims.push(s);
+  return s;
+}
+
+function call(b: OpenAIBackend, body: object, signal = new AbortController().signal): Promise<InferenceReply> {
+  return b.infer({ endpoint: "/v1/chat/completions", body: JSON.stringify({ model: "llama-3", messages: [{ role: "user", content: "hi" }], ...body }), signal });
+}
+
+beforeAll(async () => {
+  cert = await selfSignedCert();
+});
+afterEach(async () => {
+  await Promise.all(backends.splice(0).map((b) => b.close()));
+  await Promise.all(sims.splice(0).map((s) => s.close()));
+});
+
+const modes = [
+  { name: "HTTP/1.1", wire: "http1", alpn: undefined, url: (s: Simulator) => s.url },
+  { name: "h2c", wire: "h2", alpn: undefined, url: (s: Simulator) => s.h2cUrl },
+  { name: "TLS with ALPN h2", wire: "h2", alpn: ["h2", "http/1.1"], url: (s: Simulator) => s.httpsUrl! },
+  { name: "TLS falling back to HTTP/1.1", wire: "http1", alpn: ["http/1.1"], url: (s: Simulator) => s.httpsUrl! },
+] as const;
+
+describe.each(modes)("over $name", (mode) => {
+  let sim: Simulator;
+  beforeEach(async () => {
+    sim = await simulator({ tls: { ...cert, alpn: mode.alpn } });
+  });
+  const deadUrl = async () => mode.url(sim).replace(`:${sim.port}`, `:${await freePort()}`);
+
+  it("gets the 200 answer with usage over the expected protocol", async () => {
+    const b = backend({ urls: [mode.url(sim)] });
+    const reply = await call(b, {});
+    expect(reply.status).toBe(200);
+    expect(reply.requestId).toMatch(/^sim-\d+$/);
+    const body = JSON.parse(reply.body);
+    expect(body.model).toBe("llama-3");
+    expect(body.usage.completion_tokens).toBe(16);
+    expect(body.usage.total_tokens).toBe(body.usage.prompt_tokens + 16);
+    expect(sim.stats().byProtocol[mode.wire]).toBe(1);
+    expect(b.state()[0]!.protocol).toBe(mode.wire);
+  });
+
+  it("returns a 429 with the Retry-After it was given, in ms", async () => {
+    const reply = await call(backend({ urls: [mode.url(sim)] }), { sim: { status: 429, retry_after: "3" } });
+    expect(reply.status).toBe(429);
+    expect(reply.retryAfterMs).toBe(3_000);
+    expect(JSON.parse(reply.body).error.code).toBe("rate_limit_exceeded");
+  });
+
+  it("turns a reset into connection_reset and keeps serving afterwards", async () => {
+    const b = backend({ urls: [mode.url(sim)] });
+    expect((await rejection(call(b, { sim: { reset: true } }))).kind).toBe("connection_reset");
+    expect((await call(b, {})).status).toBe(200);
+  });
+
+  it("rejects aborted when the signal fires mid-call, and the simulator sees the request end", async () => {
+    const b = backend({ urls: [mode.url(sim)] });
+    const ac = new AbortController();
+    const pending = rejection(call(b, { sim: { hang: true } }, ac.signal));
+    await waitFor(() => sim.stats().inFlight === 1);
+    ac.abort();
+    expect((await pending).kind).toBe("aborted");
+    await waitFor(() => sim.stats().inFlight === 0);
+    expect((await call(b, {})).status).toBe(200);
+  });
+
+  it("sends calls to the replica with the fewest outstanding, ties round-robin", async () => {
+    const other = await simulator({ tls: { ...cert, alpn: mode.alpn } });
+    const b = backend({ urls: [mode.url(sim), mode.url(other)] });
+    const slow = call(b, { sim: { latency_ms: 300 } });
+    for (let i = 0; i < 6; i++) expect((await call(b, { n: i })).status).toBe(200);
+    expect(sim.stats().requests).toBe(1);
+    expect(other.stats().requests).toBe(6);
+    await slow;
+    sim.resetStats();
+    other.resetStats();
+    await Promise.all(Array.from({ length: 20 }, (_, i) => call(b, { n: i, sim: { latency_ms: 30 } })));
+    expect([sim.stats().requests, other.stats().requests]).toEqual([10, 10]);
+  });
+
+  it("ejects a dead replica and still answers every call from the live one", async () => {
+    const b = backend({ urls: [await deadUrl(), mode.url(sim)] });
+    for (let i = 0; i < 5; i++) expect((await call(b, { n: i })).status).toBe(200);
+    expect(sim.stats().requests).toBe(5);
+    const [dead, live] = b.state();
+    expect(dead!.ejectedForMs).toBeGreaterThan(0);
+    expect(dead!.consecutiveFailures).toBe(1);
+    expect(live!.ejectedForMs).toBe(0);
+  });
+
+  it("aborts calls in flight when closed", async () => {
+    const b = backend({ urls: [mode.url(sim)] });
+    const pending = rejection(call(b, { sim: { hang: true } }));
+    await waitFor(() => sim.stats().inFlight === 1);
+    await b.close();
+    expect((await pending).kind).toBe("aborted");
+    await waitFor(() => sim.stats().inFlight === 0);
+  });
+
+  it("sends the API key and never puts it in an error", async () => {
+    const key = "sk-lote-test-0123456789-secret";
+    sim.configure({ requireApiKey: key });
+    expect((await call(backend({ urls: [mode.url(sim)], apiKey: key }), {})).status).toBe(200);
+    expect((await call(backend({ urls: [mode.url(sim)], apiKey: "sk-wrong" }), {})).status).toBe(401);
+    const b = backend({ urls: [await deadUrl()], apiKey: key });
+    const errors = [
+      await rejection(call(backend({ urls: [mode.url(sim)], apiKey: key }), { sim: { reset: true } })),
+      await rejection(call(b, {})),
+    ];
+    for (const e of errors) {
+      const cause = e.cause as Error | undefined;
+      expect(`${e.message} ${e.stack} ${cause?.message} ${cause?.stack} ${JSON.stringify(e)}`).not.toContain(key);
+    }
+  });
+});
+
+describe("HTTP/2 sessions", () => {
+  it("never opens more streams than the server's SETTINGS_MAX_CONCURRENT_STREAMS", async () => {
+    const sim = await simulator({ h2MaxConcurrentStreams: 4 });
+    const b = backend({ urls: [sim.h2cUrl] });
+    const replies = await Promise.all(Array.from({ length: 20 }, (_, i) => call(b, { n: i, sim: { latency_ms: 20 } })));
+    expect(replies.map((r) => r.status)).toEqual(Array(20).fill(200));
+    expect(sim.stats().maxInFlight).toBe(4);
+    expect(sim.stats().connections).toBe(1);
+  });
+
+  it("opens up to connectionsPerReplica sessions when the first is full", async () => {
+    const sim = await simulator({ h2MaxConcurrentStreams: 4 });
+    const b = backend({ urls: [sim.h2cUrl], connectionsPerReplica: 2 });
+    await Promise.all(Array.from({ length: 16 }, (_, i) => call(b, { n: i, sim: { latency_ms: 30 } })));
+    expect(sim.stats().connections).toBe(2);
+    expect(sim.stats().maxInFlight).toBe(8);
+  });
+
+  describe.each(["h2c", "TLS"] as const)("GOAWAY over %s", (kind) => {
+    let server: Http2Server | Http2SecureServer;
+    let url: string;
+    let sessions = 0;
+    let graceful = false;
+    beforeEach(async () => {
+      sessions = 0;
+      server = kind === "h2c" ? createH2Server() : createSecureServer({ cert: cert.cert, key: cert.key });
+      server.on("session", () => sessions++);
+      server.on("stream", (stream) => {
+        stream.resume();
+        const first = sessions === 1 && stream.id === 1;
+        if (first && !graceful) {
+          // lastStreamID 0: "I processed nothing", so stream 1 is refused (RFC 9113 §6.8).
+          stream.session!.goaway(h2.NGHTTP2_NO_ERROR, 0);
+          return;
+        }
+        stream.respond({ ":status": 200, "content-type": "application/json" });
+        stream.end(`{"session":${sessions}}`);
+        if (first) stream.session!.goaway(h2.NGHTTP2_NO_ERROR, stream.id);
+      });
+      server.listen(0, "127.0.0.1");
+      await once(server, "listening");
+      url = `${kind === "h2c" ? "h2c" : "https"}://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    });
+    afterEach(async () => {
+      graceful = false;
+      await new Promise((r) => server.close(r));
+    });
+
+    it("maps a stream refused by GOAWAY to goaway, and the next call uses a fresh session", async () => {
+      const b = backend({ urls: [url] });
+      expect((await rejection(call(b, {}))).kind).toBe("goaway");
+      const reply = await call(b, {});
+      expect(JSON.parse(reply.body)).toEqual({ session: 2 });
+      await b.close();
+    });
+
+    it("keeps the answer of a stream the server finished before its GOAWAY", async () => {
+      graceful = true;
+      const b = backend({ urls: [url] });
+      expect(JSON.parse((await call(b, {})).body)).toEqual({ session: 1 });
+      expect(JSON.parse((await call(b, {})).body)).toEqual({ session: 2 });
+      await b.close();
+    });
+  });
+});
+
+describe("replica ejection", () => {
+  it("doubles the ejection of a replica that keeps failing to connect, and tries it again when it ends", async () => {
+    let now = 0;
+    const sim = await simulator();
+    const b = backend({ urls: [`http://127.0.0.1:${await freePort()}`, sim.url], now: () => now });
+    expect((await call(b, {})).status).toBe(200);
+    expect(b.state()[0]).toMatchObject({ ejectedForMs: 1_000, consecutiveFailures: 1 });
+    now = 500;
+    expect((await call(b, {})).status).toBe(200);
+    expect(b.state()[0]).toMatchObject({ ejectedForMs: 500, consecutiveFailures: 1 });
+    now = 1_000;
+    expect((await call(b, {})).status).toBe(200);
+    expect(b.state()[0]).toMatchObject({ ejectedForMs: 2_000, consecutiveFailures: 2 });
+    expect(sim.stats().requests).toBe(3);
+  });
+
+  it("tries an ejected replica rather than failing outright when every replica is ejected", async () => {
+    const [a, bPort] = [await freePort(), await freePort()];
+    const b = backend({ urls: [`http://127.0.0.1:${a}`, `http://127.0.0.1:${bPort}`] });
+    expect((await rejection(call(b, {}))).kind).toBe("connection_refused");
+    expect(b.state().every((r) => r.ejectedForMs > 0)).toBe(true);
+    const revived = await simulator({ port: bPort });
+    expect((await call(b, {})).status).toBe(200);
+    expect(revived.stats().requests).toBe(1);
+    expect(b.state()[1]!.ejectedForMs).toBe(0);
+  });
+});
+
+describe("OpenAI backend", () => {
+  it("keeps HTTP/1.1 connections alive across calls", async () => {
+    const sim = await simulator();
+    const b = backend({ urls: [sim.url] });
+    for (let i = 0; i < 10; i++) await call(b, { n: i });
+    expect(sim.stats().connections).toBe(1);
+  });
+
+  it("POSTs to the URL's path prefix, dropping a trailing /v1", async () => {
+    const sim = await simulator();
+    const reply = await call(backend({ urls: [`${sim.url}/v1/`] }), {});
+    expect(reply.status).toBe(200);
+    const prefixed = await call(backend({ urls: [`${sim.url}/proxy`] }), {});
+    expect(prefixed.status).toBe(404);
+    expect(JSON.parse(prefixed.body).error.message).toContain("/proxy/v1/chat/completions");
+  });
+
+  it("rejects timeout when requestTimeoutMs passes with no answer", async () => {
+    const sim = await simulator();
+    const e = await rejection(call(backend({ urls: [sim.h2cUrl], requestTimeoutMs: 50 }), { sim: { hang: true } }));
+    expect(e.kind).toBe("timeout");
+    await waitFor(() => sim.stats().inFlight === 0);
+  });
+
+  it("refuses a certificate it cannot verify as connection_refused", async () => {
+    const sim = await simulator();
+    const e = await rejection(call(backend({ urls: [sim.httpsUrl!], tls: {} }), {}));
+    expect(e.kind).toBe("connection_refused");
+  });
+
+  it("is ready when a replica answers its health probe, and not when none listens", async () => {
+    const sim = await simulator();
+    expect(await backend({ urls: [`http://127.0.0.1:${await freePort()}`, sim.h2cUrl] }).ready()).toBe(true);
+    expect(await backend({ urls: [`http://127.0.0.1:${await freePort()}`] }).ready()).toBe(false);
+  });
+
+  it("reads a Retry-After given as an HTTP date", async () => {
+    const sim = await simulator();
+    const at = new Date(Date.now() + 10_000).toUTCString();
+    const reply = await call(backend({ urls: [sim.url] }), { sim: { status: 503, retry_after: at } });
+    expect(reply.retryAfterMs).toBeGreaterThan(8_000);
+    expect(reply.retryAfterMs).toBeLessThanOrEqual(10_000);
+    expect(parseRetryAfter("soon")).toBeUndefined();
+  });
+
+  it("validates its options loudly, without echoing credentials", () => {
+    expect(() => createOpenAIBackend({ name: "x", urls: [] })).toThrow("Expected `urls` to be a non-empty array of URLs, got []");
+    expect(() => createOpenAIBackend({ name: "x", urls: ["ftp://h"] })).toThrow("Expected `urls[0]` to be an http://, https:// or h2c:// URL");
+    expect(() => createOpenAIBackend({ name: "x", urls: ["https://h"], protocol: "h2c" })).toThrow("h2c is cleartext");
+    expect(() => createOpenAIBackend({ name: "x", urls: ["http://u:sk-hidden@h"] })).toThrow(/credentials/);
+    expect(() => createOpenAIBackend({ name: "x", urls: ["http://u:sk-hidden@h"] })).not.toThrow(/sk-hidden/);
+  });
+});
+
+afterAll(async () => {
+  await Promise.all(sims.map((s) => s.close()));
+});

@@ -1,0 +1,368 @@
+import { execFile, spawn } from "node:child_process";
+import { mkdtempSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import pg from "pg";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createTestDatabase, type TestDatabase } from "../support/database.ts";
+import { startLoteProcess, type LoteProcess } from "../support/lote-process.ts";
+import { freePort } from "../support/ports.ts";
+
+const root = new URL("../../", import.meta.url).pathname;
+const dir = mkdtempSync(join(tmpdir(), "lote-cli-"));
+const execFileP = promisify(execFile);
+
+interface Run {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Starts `lote ARGS` (the real CLI, a child process); `lines` sees stdout line by line as it is written. */
+function startLote(args: string[], env: Record<string, string> = {}, onLine?: (line: string) => void) {
+  const child = spawn(process.execPath, ["--import", "tsx", "src/cli/main.ts", ...args], {
+    cwd: root, env: { ...process.env, LOTE_API_KEY: "", LOTE_CA: "", ...env }, stdio: ["ignore", "pipe", "pipe"],
+  });
+  let stdout = "";
+  let stderr = "";
+  let partial = "";
+  child.stdout.on("data", (d: Buffer) => {
+    stdout += d;
+    partial += d;
+    const lines = partial.split("\n");
+    partial = lines.pop()!;
+    for (const l of lines) onLine?.(l);
+  });
+  child.stderr.on("data", (d) => (stderr += d));
+  const done = new Promise<Run>((resolve) => child.on("close", (code) => resolve({ code, stdout, stderr })));
+  return { child, done };
+}
+
+/** Writes an OpenAI batch input file from line objects (or raw strings) and returns its path. */
+function inputFile(name: string, lines: (object | string)[]): string {
+  const path = join(dir, name);
+  writeFileSync(path, lines.map((l) => (typeof l === "string" ? l : JSON.stringify(l))).join("\n") + "\n");
+  return path;
+}
+
+const classify = (customId: string, input: string) => ({ custom_id: customId, method: "POST", url: "/classify", body: { model: "lote-sentiment", input } });
+const portuguese = ["Eu amo estudar IA!", "Estou muito cansado hoje", "Esse filme foi terrível"];
+
+async function until<T>(what: string, probe: () => T | undefined | Promise<T | undefined>, timeoutMs = 20_000): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await probe();
+    if (v !== undefined) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+/** Bytes in a file so far; 0 while it does not exist yet. */
+function sizeOf(path: string): number {
+  try {
+    return statSync(path).size;
+  } catch {
+    return 0;
+  }
+}
+
+function jsonLines(path: string): any[] {
+  const text = readFileSync(path, "utf8");
+  return text === "" ? [] : text.trimEnd().split("\n").map((l) => JSON.parse(l));
+}
+
+describe("lote client commands (real server and CLI as child processes)", () => {
+  let db: TestDatabase;
+  let server: LoteProcess;
+  let pool: pg.Pool;
+  const lote = (args: string[], env: Record<string, string> = {}) => startLote(args, { LOTE_SERVER: server.url, ...env }).done;
+  const batchCount = async () => (await pool.query("SELECT count(*)::int AS n FROM lote.batches")).rows[0].n as number;
+  const status = async (id: string) => JSON.parse((await lote(["status", id, "--json"])).stdout);
+  const bigFile = (name: string, n: number) => inputFile(name, Array.from({ length: n }, (_, i) => classify(`r${i}`, `${portuguese[i % 3]} ${i}`)));
+
+  // Requests a stopped server had claimed wait for their lease to run out before another server takes them over;
+  // 2 s instead of the default 30 s keeps the restart test short.
+  const config = { worker: { lease_ms: 2_000 } };
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    server = await startLoteProcess({ databaseUrl: db.url, config });
+    pool = new pg.Pool({ connectionString: db.url });
+  });
+  afterAll(async () => {
+    await server?.stop();
+    await pool?.end();
+    await db?.drop();
+  });
+
+  it("submits the Portuguese sentences with --wait, prints only the id on stdout and exits 0 when COMPLETED", async () => {
+    const file = inputFile("pt.jsonl", portuguese.map((t, i) => classify(`pt-${i + 1}`, t)));
+    const run = await lote(["submit", file, "--wait", "--metadata", "team=ml", "--metadata", "run=cli"]);
+    expect(run.code).toBe(0);
+    expect(run.stdout).toMatch(/^batch_[0-9a-z]{26}\n$/);
+    expect(run.stderr).toMatch(/completed: 3\/3 done, 3 completed, 0 failed/);
+    const batch = await status(run.stdout.trim());
+    expect(batch.status).toBe("BATCH_STATUS_COMPLETED");
+    expect(batch.metadata).toEqual({ team: "ml", run: "cli" });
+  });
+
+  it("sends each body byte for byte as written in the file", async () => {
+    const body = '{"model": "lote-sentiment",  "input": "bom", "seed": 12345678901234567891, "t": 1.0}';
+    const file = inputFile("exact.jsonl", [`{"custom_id": "x", "method": "POST", "url": "/classify", "body": ${body}}`]);
+    const run = await lote(["submit", file]);
+    expect(run.code).toBe(0);
+    const { rows } = await pool.query("SELECT body FROM lote.items WHERE batch_id = $1", [run.stdout.trim()]);
+    expect(rows[0].body).toBe(body);
+  });
+
+  it("returns the first batch again when submitted twice with the same --request-id", async () => {
+    const file = inputFile("idem.jsonl", [classify("i", "bom")]);
+    const first = await lote(["submit", file, "--request-id", "nightly-42", "--priority", "5"]);
+    const second = await lote(["submit", file, "--request-id", "nightly-42", "--priority", "5"]);
+    expect(first.code).toBe(0);
+    expect(second.stdout).toBe(first.stdout);
+    expect((await status(first.stdout.trim())).priority).toBe(5);
+  });
+
+  it("writes results and errors files in OpenAI's line shapes, one line per custom_id", async () => {
+    const file = inputFile("mixed.jsonl", [classify("ok-1", portuguese[0]!), classify("bad-1", ""), classify("ok-2", portuguese[2]!)]);
+    const id = (await lote(["submit", file, "--wait"])).stdout.trim();
+    const out = join(dir, "out.jsonl");
+    const errors = join(dir, "errors.jsonl");
+    const run = await lote(["results", id, "-o", out, "--errors", errors]);
+    expect(run.code).toBe(0);
+    expect(run.stderr).toContain("wrote 3 results (2 succeeded, 1 failed)");
+    const ok = jsonLines(out);
+    expect(ok.map((l) => l.custom_id).sort()).toEqual(["ok-1", "ok-2"]);
+    for (const l of ok) {
+      expect(Object.keys(l)).toEqual(["id", "custom_id", "response", "error"]);
+      expect(l.error).toBeNull();
+      expect(Object.keys(l.response)).toEqual(["status_code", "request_id", "body"]);
+      expect(l.response.status_code).toBe(200);
+      expect(l.response.body.data[0].label).toBe(l.custom_id === "ok-1" ? "positive" : "negative");
+    }
+    // OpenAI's separators (", " and ": "), with the body as the backend sent it.
+    expect(readFileSync(out, "utf8")).toMatch(/^\{"id": "res_\w+", "custom_id": "ok-\d", "response": \{"status_code": 200, "request_id": "\w+", "body": \{/);
+    const failed = jsonLines(errors);
+    expect(failed).toHaveLength(1);
+    expect(failed[0]).toMatchObject({ custom_id: "bad-1", response: null, error: { code: expect.any(String), message: expect.stringContaining("input") } });
+    expect(Object.keys(failed[0].error)).toEqual(["code", "message"]);
+  });
+
+  it("reports every invalid line with its line number, creates nothing and exits 65", async () => {
+    const before = await batchCount();
+    const file = inputFile("bad.jsonl", [
+      classify("a", "bom"),
+      "not json",
+      { ...classify("", "bom"), method: "GET" },
+      { ...classify("c", "bom"), url: "/v1/embeddings" },
+      { custom_id: "d", method: "POST", url: "/classify", body: [1] },
+    ]);
+    const run = await lote(["submit", file]);
+    expect(run.code).toBe(65);
+    expect(run.stdout).toBe("");
+    expect(run.stderr).toContain(`${file}:2: not JSON`);
+    expect(run.stderr).toContain(`${file}:3: expected "custom_id" to be a non-empty string`);
+    expect(run.stderr).toContain(`${file}:3: expected "method" to be "POST", got "GET"`);
+    expect(run.stderr).toContain(`${file}:4: expected "url" to be "/classify" like line 1`);
+    expect(run.stderr).toContain(`${file}:5: expected "body" to be a JSON object, got an array`);
+    expect(run.stderr.trimEnd().split("\n").at(-1)).toBe(`lote: ${file}: 4 invalid lines; nothing was sent`);
+    expect(await batchCount()).toBe(before);
+  });
+
+  it("maps the server's field violations back to file lines and exits 65", async () => {
+    const before = await batchCount();
+    const file = inputFile("server-bad.jsonl", ["", classify("a", "bom"), classify("a", "bom"), { ...classify("b", "x"), body: { model: "lote-embed", input: "x" } }]);
+    const run = await lote(["submit", file]);
+    expect(run.code).toBe(65);
+    // Line 1 is blank (skipped), so requests[1] is line 3 and requests[2] is line 4.
+    expect(run.stderr).toContain(`${file}:3: custom_id: duplicate custom_id "a", first used by line 2 (DUPLICATE_CUSTOM_ID)`);
+    expect(run.stderr).toMatch(new RegExp(`${file}:4: body\\.model: .*lote-embed.*\\(MODEL_MISMATCH\\)`));
+    expect(run.stderr).toContain("lote: INVALID_ARGUMENT:");
+    expect(await batchCount()).toBe(before);
+  });
+
+  it("lists batches in a table and as JSON, filtered by metadata", async () => {
+    const id = (await lote(["submit", inputFile("list.jsonl", [classify("l", "bom")]), "--metadata", "suite=list", "--wait"])).stdout.trim();
+    const table = await lote(["list"]);
+    expect(table.code).toBe(0);
+    const [header, ...rows] = table.stdout.trimEnd().split("\n");
+    expect(header!.split(/\s{2,}/)).toEqual(["ID", "STATUS", "MODEL", "DONE/TOTAL", "CREATED"]);
+    expect(rows[0]!.split(/\s{2,}/)).toEqual([id, "completed", "lote-sentiment", "1/1", expect.stringMatching(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/)]);
+    const json = JSON.parse((await lote(["list", "--json", "--metadata", "suite=list", "--status", "completed"])).stdout);
+    expect(json.map((b: any) => b.id)).toEqual([id]);
+    const limited = JSON.parse((await lote(["list", "--json", "--limit", "2"])).stdout);
+    expect(limited).toHaveLength(2);
+  });
+
+  it("watches with plain throttled lines when stdout is not a TTY, and exits 3 when the batch is cancelled", async () => {
+    const id = (await lote(["submit", bigFile("cancel.jsonl", 3000)])).stdout.trim();
+    const arrivals: number[] = [];
+    const watch = startLote(["watch", id], { LOTE_SERVER: server.url }, () => arrivals.push(Date.now()));
+    await until("a first progress line", () => (arrivals.length > 0 ? true : undefined));
+    await new Promise((r) => setTimeout(r, 1_500)); // long enough for a second, throttled line
+    const cancel = await lote(["cancel", id]);
+    expect(cancel.code).toBe(0);
+    expect(cancel.stdout).toMatch(new RegExp(`^${id} (cancelling|cancelled)\n$`));
+    const run = await watch.done;
+    expect(run.code).toBe(3);
+    const lines = run.stdout.trimEnd().split("\n");
+    expect(lines.length).toBeGreaterThanOrEqual(2);
+    for (const l of lines.slice(0, -1)) expect(l).toMatch(new RegExp(`^${id} (in_progress|cancelling): \\d+/3000 done, \\d+ completed, \\d+ failed, (-|[\\d.]+)/s, ETA \\S+$`));
+    expect(lines.at(-1)).toMatch(new RegExp(`^${id} cancelled: \\d+/3000 done, .* [1-9]\\d* cancelled`));
+    // At most one line a second, the final one excepted (700 ms allows for scheduling and pipe delays).
+    for (let i = 1; i < arrivals.length - 1; i++) expect(arrivals[i]! - arrivals[i - 1]!).toBeGreaterThanOrEqual(700);
+    expect((await lote(["cancel", id])).code).toBe(1);
+  });
+
+  it("draws a progress bar with counts, rate and ETA when stdout is a TTY", async () => {
+    const id = (await lote(["submit", bigFile("tty.jsonl", 2500)])).stdout.trim();
+    // util-linux `script` runs the command on a pseudo-terminal and copies what it draws to our pipe.
+    const command = [process.execPath, "--import", "tsx", "src/cli/main.ts", "watch", id].join(" ");
+    const run = await new Promise<Run>((resolve) => {
+      const child = spawn("script", ["-qfec", command, "/dev/null"], { cwd: root, env: { ...process.env, LOTE_SERVER: server.url, LOTE_API_KEY: "" }, stdio: ["ignore", "pipe", "pipe"] });
+      let stdout = "";
+      child.stdout.on("data", (d) => (stdout += d));
+      child.on("close", (code) => resolve({ code, stdout, stderr: "" }));
+    });
+    expect(run.code).toBe(0);
+    expect(run.stdout).toMatch(new RegExp(`${id} \u2588*\u2591* \\d+% \\| \\d+/2500 done \\| \\d+ completed, 0 failed \\| (-|[\\d.]+)/s \\| ETA \\S+ \\| in_progress`));
+    expect(run.stdout).toContain("\u2588".repeat(30) + " 100% | 2500/2500 done | 2500 completed, 0 failed");
+    expect(run.stdout).toMatch(new RegExp(`${id} completed: 2500/2500 done, 2500 completed, 0 failed, 0 cancelled, 0 expired`));
+  });
+
+  it("retries the failed requests as a batch with retried_from, and --chain keeps the final result per custom_id", async () => {
+    const file = inputFile("retry.jsonl", [classify("ok", portuguese[0]!), classify("empty-1", ""), classify("empty-2", "")]);
+    const original = (await lote(["submit", file, "--wait"])).stdout.trim();
+    const retry = await lote(["retry", original, "--wait"]);
+    expect(retry.code).toBe(0);
+    const retried = retry.stdout.trim();
+    expect(retried).toMatch(/^batch_[0-9a-z]{26}$/);
+    const batch = await status(retried);
+    expect(batch.retriedFrom).toBe(original);
+    expect(batch.requestCounts.total).toBe("2");
+    expect((await lote(["status", retried])).stdout).toContain(`retried from: ${original}`);
+    // From either end of the chain: the retry's results for what it re-ran, the original's successes otherwise.
+    for (const from of [retried, original]) {
+      const out = join(dir, `chain-${from}.jsonl`);
+      expect((await lote(["results", from, "--chain", "-o", out])).code).toBe(0);
+      const lines = jsonLines(out);
+      expect(lines.map((l) => l.custom_id).sort()).toEqual(["empty-1", "empty-2", "ok"]);
+      for (const l of lines) expect(l.id).toContain(l.custom_id === "ok" ? original.slice(6) : retried.slice(6));
+    }
+  });
+
+  it("writes results with --follow while the batch is still running, each exactly once", async () => {
+    const n = 2000;
+    const id = (await lote(["submit", bigFile("follow.jsonl", n)])).stdout.trim();
+    const out = join(dir, "follow-out.jsonl");
+    const follow = startLote(["results", id, "--follow", "-o", out], { LOTE_SERVER: server.url });
+    await until("the first results on disk", () => (sizeOf(out) > 0 ? true : undefined));
+    const { rows } = await pool.query("SELECT status FROM lote.batches WHERE id = $1", [id]);
+    expect(rows[0].status).not.toBe("completed");
+    const run = await follow.done;
+    expect(run.code).toBe(0);
+    const ids = jsonLines(out).map((l) => l.custom_id);
+    expect(ids).toHaveLength(n);
+    expect(new Set(ids).size).toBe(n);
+  });
+
+  it("estimates tokens and cost without creating a batch", async () => {
+    const before = await batchCount();
+    const run = await lote(["estimate", inputFile("estimate.jsonl", portuguese.map((t, i) => classify(`e${i}`, t)))]);
+    expect(run.code).toBe(0);
+    expect(run.stdout).toMatch(/^model: +lote-sentiment$/m);
+    expect(run.stdout).toMatch(/^requests: +3$/m);
+    expect(run.stdout).toMatch(/^input tokens: +[1-9]\d*$/m);
+    expect(run.stdout).toMatch(/^estimated cost: +unknown \(no prices configured for lote-sentiment\)$/m);
+    expect(await batchCount()).toBe(before);
+  });
+
+  it("runs a small batch synchronously and prints its output lines in input order", async () => {
+    const run = await lote(["run", inputFile("run.jsonl", portuguese.map((t, i) => classify(`s${i}`, t))), "--timeout", "30s"]);
+    expect(run.code).toBe(0);
+    const lines = run.stdout.trimEnd().split("\n").map((l) => JSON.parse(l));
+    expect(lines.map((l) => l.custom_id)).toEqual(["s0", "s1", "s2"]);
+    expect(lines.map((l) => l.response.body.data[0].label)).toEqual(["positive", "negative", "negative"]);
+  });
+
+  it("exits 69 naming the server and the gRPC code when nothing listens at LOTE_SERVER", async () => {
+    const dead = `http://127.0.0.1:${await freePort()}`;
+    for (const args of [["status", "batch_x"], ["watch", "batch_x"], ["results", "batch_x"]]) {
+      const run = await startLote(args, { LOTE_SERVER: dead }).done;
+      expect(run.code).toBe(69);
+      expect(run.stderr).toBe(`lote: cannot reach ${dead}: UNAVAILABLE: connect ECONNREFUSED ${dead.slice(7)}\n`);
+    }
+  });
+
+  it("exits 1 with NOT_FOUND and 2 on a bad flag, each as one lote: line", async () => {
+    const missing = await lote(["status", "batch_missing"]);
+    expect(missing).toMatchObject({ code: 1, stderr: 'lote: NOT_FOUND: batch "batch_missing" not found\n' });
+    const usage = await lote(["submit", "x.jsonl", "--window", "soon"]);
+    expect(usage.code).toBe(2);
+    expect(usage.stderr).toMatch(/^lote: option '--window <duration>' argument 'soon' is invalid\. expected a duration such as 90s, 30m, 24h or 7d, got "soon"\n$/);
+  });
+
+  // Last: it replaces the server.
+  it("resumes a results stream dropped by a server restart from the last cursor, with no duplicate", async () => {
+    const n = 3000;
+    const id = (await lote(["submit", bigFile("restart.jsonl", n)])).stdout.trim();
+    const out = join(dir, "restart-out.jsonl");
+    const follow = startLote(["results", id, "--follow", "-o", out], { LOTE_SERVER: server.url });
+    await until("the first results on disk", () => (sizeOf(out) > 0 ? true : undefined));
+    await server.stop();
+    server = await startLoteProcess({ databaseUrl: db.url, config, env: { LOTE_PORT: String(server.port) } });
+    const run = await follow.done;
+    expect(run.code).toBe(0);
+    expect(run.stderr).toMatch(/results stream dropped \(UNAVAILABLE: .*\); resuming in/);
+    const ids = jsonLines(out).map((l) => l.custom_id);
+    expect(ids).toHaveLength(n);
+    expect(new Set(ids).size).toBe(n);
+  });
+});
+
+describe("lote client over TLS with a private CA and API keys", () => {
+  let db: TestDatabase;
+  let server: LoteProcess;
+  let ca: string;
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    // A private CA and a server certificate for 127.0.0.1 signed by it.
+    const openssl = (...args: string[]) => execFileP("openssl", args, { cwd: dir });
+    await openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj", "/CN=lote test CA", "-keyout", "ca.key", "-out", "ca.pem");
+    await openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key", "-out", "server.csr");
+    writeFileSync(join(dir, "san.ext"), "subjectAltName=IP:127.0.0.1\n");
+    await openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "1", "-extfile", "san.ext", "-out", "server.pem");
+    ca = join(dir, "ca.pem");
+    server = await startLoteProcess({
+      databaseUrl: db.url,
+      config: { tls: { cert_file: join(dir, "server.pem"), key_file: join(dir, "server.key") } },
+      env: { LOTE_AUTH_REQUIRED: "true" },
+    });
+  });
+  afterAll(async () => {
+    await server?.stop();
+    await db?.drop();
+  });
+
+  it("connects with --ca and LOTE_API_KEY, exits 77 without a key and 69 when the certificate is not trusted", async () => {
+    const address = `https://127.0.0.1:${server.port}`;
+    const { stdout: key } = await execFileP(process.execPath, ["--import", "tsx", "src/cli/main.ts", "keys", "create", "--tenant", "acme"], {
+      cwd: root, env: { ...process.env, DATABASE_URL: db.url },
+    });
+    const file = inputFile("tls.jsonl", [classify("t", portuguese[0]!)]);
+    const ok = await startLote(["submit", file, "--wait", "--server", address, "--ca", ca], { LOTE_API_KEY: key.trim() }).done;
+    expect(ok.code).toBe(0);
+    expect(ok.stdout).toMatch(/^batch_\w+\n$/);
+    const noKey = await startLote(["list", "--server", address, "--ca", ca]).done;
+    expect(noKey.code).toBe(77);
+    expect(noKey.stderr).toMatch(/^lote: UNAUTHENTICATED: .* \(set LOTE_API_KEY\)\n$/);
+    const untrusted = await startLote(["list", "--server", address], { LOTE_API_KEY: key.trim() }).done;
+    expect(untrusted.code).toBe(69);
+    expect(untrusted.stderr).toBe(`lote: cannot reach ${address}: TLS: unable to verify the first certificate (trust the CA that signed its certificate with --ca FILE)\n`);
+    expect(server.logs()).not.toContain(key.trim());
+  });
+});
