@@ -1,5 +1,6 @@
 /** `lote`: one command for the server roles and the client. Exit codes are listed in src/cli/exit-codes.ts. */
 import { Command } from "commander";
+import { registerClientCommands } from "./register-client-commands.ts";
 import { registerServerCommands } from "./server-commands.ts";
 
 const program = new Command()
@@ -8,5 +9,6 @@ const program = new Command()
   .showHelpAfterError();
 
 registerServerCommands(program);
+registerClientCommands(program);
 
 await program.parseAsync(process.argv);

@@ -1,0 +1,104 @@
+/**
+ * Reads an OpenAI batch input file (JSONL, one request per line:
+ * {"custom_id": "...", "method": "POST", "url": "/v1/chat/completions", "body": {...}}) into CreateBatch requests.
+ * The file is read line by line, so only the requests themselves are held, never the file's text. Every bad line is
+ * reported, not just the first, so one run shows everything there is to fix.
+ */
+import { createReadStream } from "node:fs";
+import { createInterface } from "node:readline";
+import { create } from "@bufbuild/protobuf";
+import { Endpoint, RequestSchema, type Request } from "../../gen/lote/v1/batch_pb.ts";
+import { CliError, ExitCode } from "./exit-codes.ts";
+import { rawMember } from "./raw-json-member.ts";
+
+/** The `url` values of the OpenAI input format and the endpoint each one means. */
+export const endpointOfUrl: ReadonlyMap<string, Endpoint> = new Map([
+  ["/v1/chat/completions", Endpoint.CHAT_COMPLETIONS],
+  ["/v1/completions", Endpoint.COMPLETIONS],
+  ["/v1/embeddings", Endpoint.EMBEDDINGS],
+  ["/v1/responses", Endpoint.RESPONSES],
+  ["/classify", Endpoint.CLASSIFY],
+]);
+
+export interface BatchFile {
+  readonly endpoint: Endpoint;
+  readonly requests: Request[];
+  /** lineOf[i] is the 1-based line of the file that requests[i] came from (blank lines are skipped). */
+  readonly lineOf: number[];
+}
+
+export interface LineProblem {
+  readonly line: number;
+  readonly message: string;
+}
+
+const encoder = new TextEncoder();
+
+export async function readBatchFile(path: string): Promise<BatchFile> {
+  const requests: Request[] = [];
+  const lineOf: number[] = [];
+  const problems: LineProblem[] = [];
+  let url: string | undefined;
+  let urlLine = 0;
+  let line = 0;
+  const input = createReadStream(path, { encoding: "utf8" });
+  const opened = new Promise<void>((resolve, reject) => {
+    input.once("open", () => resolve());
+    input.once("error", reject);
+  });
+  try {
+    await opened;
+  } catch (err) {
+    throw new CliError(`cannot read ${path}: ${(err as Error).message}`, ExitCode.DataError);
+  }
+  for await (const raw of createInterface({ input, crlfDelay: Infinity })) {
+    line++;
+    const text = line === 1 ? raw.replace(/^\uFEFF/, "") : raw;
+    if (text.trim() === "") continue; // a trailing or stray blank line carries no request
+    const bad = (message: string) => problems.push({ line, message });
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(text);
+    } catch (err) {
+      bad(`not JSON: ${(err as Error).message}`);
+      continue;
+    }
+    if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
+      bad(`expected a JSON object, got ${describe(parsed)}`);
+      continue;
+    }
+    const o = parsed as Record<string, unknown>;
+    const before = problems.length;
+    if (typeof o.custom_id !== "string" || o.custom_id === "") bad(`expected "custom_id" to be a non-empty string, got ${describe(o.custom_id)}`);
+    if (o.method !== "POST") bad(`expected "method" to be "POST", got ${describe(o.method)}`);
+    if (typeof o.url !== "string" || !endpointOfUrl.has(o.url)) {
+      bad(`expected "url" to be one of ${[...endpointOfUrl.keys()].join(", ")}, got ${describe(o.url)}`);
+    } else if (url === undefined) {
+      url = o.url;
+      urlLine = line;
+    } else if (o.url !== url) {
+      // OpenAI's rule too: a batch has one endpoint.
+      bad(`expected "url" to be ${JSON.stringify(url)} like line ${urlLine} (one endpoint per batch), got ${JSON.stringify(o.url)}`);
+    }
+    if (typeof o.body !== "object" || o.body === null || Array.isArray(o.body)) bad(`expected "body" to be a JSON object, got ${describe(o.body)}`);
+    if (problems.length > before) continue;
+    requests.push(create(RequestSchema, { customId: o.custom_id as string, bodyJson: encoder.encode(rawMember(text, "body")!) }));
+    lineOf.push(line);
+  }
+  if (problems.length === 0 && requests.length === 0) throw new CliError(`${path}: no requests: the file is empty`, ExitCode.DataError);
+  if (problems.length > 0) {
+    const n = new Set(problems.map((p) => p.line)).size;
+    throw new CliError(`${path}: ${n} invalid line${n === 1 ? "" : "s"}; nothing was sent`, ExitCode.DataError,
+      problems.map((p) => `${path}:${p.line}: ${p.message}`));
+  }
+  return { endpoint: endpointOfUrl.get(url!)!, requests, lineOf };
+}
+
+function describe(v: unknown): string {
+  if (v === undefined) return "nothing";
+  if (v === null) return "null";
+  if (Array.isArray(v)) return "an array";
+  if (typeof v === "object") return "an object";
+  const s = JSON.stringify(v);
+  return s.length > 40 ? `${s.slice(0, 40)}…` : s;
+}
