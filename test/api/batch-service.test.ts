@@ -4,19 +4,11 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestDatabase, type TestDatabase } from "../support/database.ts";
 import { batchServiceClient, call, chatRequest, collect, fieldViolations } from "../support/grpc-client.ts";
 import { startLoteProcess, type LoteProcess } from "../support/lote-process.ts";
+import { until } from "../support/until.ts";
 
 const sentiment = (customId: string, text: string) => ({ customId, bodyJson: Buffer.from(JSON.stringify({ model: "lote-sentiment", input: text })) });
 const texts = ["Eu amo estudar IA!", "Estou muito cansado hoje", "Esse filme foi terrível", "I love this", "I hate this"];
 
-async function until<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 20_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe();
-    if (v !== undefined) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 describe("BatchService over gRPC (grpc-js client, server as a child process)", () => {
   let db: TestDatabase;

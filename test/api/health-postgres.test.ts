@@ -4,6 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestDatabase, type TestDatabase } from "../support/database.ts";
 import { startLoteProcess, type LoteProcess } from "../support/lote-process.ts";
 import { TcpProxy } from "../support/tcp-proxy.ts";
+import { until } from "../support/until.ts";
 
 const protoDir = new URL("../../proto/", import.meta.url).pathname;
 
@@ -16,13 +17,6 @@ function healthClient(port: number): any {
 const check = (client: any): Promise<string> =>
   new Promise((resolve, reject) => client.check({ service: "" }, (err: Error | null, res: any) => (err ? reject(err) : resolve(res.status))));
 
-async function until(probe: () => Promise<boolean>, timeoutMs = 20_000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!(await probe())) {
-    if (Date.now() > end) throw new Error("timed out");
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 describe("health follows Postgres", () => {
   let db: TestDatabase;
@@ -51,8 +45,8 @@ describe("health follows Postgres", () => {
     expect(await check(client)).toBe("SERVING");
     const port = proxy.port;
     await proxy.cut();
-    await until(async () => (await check(client)) === "NOT_SERVING");
+    await until("NOT_SERVING", async () => (await check(client)) === "NOT_SERVING", 20_000, 100);
     await proxy.start(port);
-    await until(async () => (await check(client)) === "SERVING");
+    await until("SERVING again", async () => (await check(client)) === "SERVING", 20_000, 100);
   });
 });

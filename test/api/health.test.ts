@@ -9,6 +9,7 @@ import { BatchSchema } from "../../gen/lote/v1/batch_pb.ts";
 import { BatchService } from "../../gen/lote/v1/batch_service_pb.ts";
 import { HealthMonitor } from "../../src/api/health.ts";
 import { type ApiServer, listen } from "../../src/api/listen.ts";
+import { until } from "../support/until.ts";
 
 const protoDir = new URL("../../proto", import.meta.url).pathname;
 const definition = protoLoader.loadSync("grpc/health/v1/health.proto", { includeDirs: [protoDir], enums: String });
@@ -36,13 +37,6 @@ function watch(client: Client, service: string) {
   return { call, seen, ended };
 }
 
-async function until(probe: () => boolean, what: string, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!probe()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
-}
 
 describe("grpc.health.v1.Health", () => {
   let server: ApiServer;
@@ -74,11 +68,11 @@ describe("grpc.health.v1.Health", () => {
   it("watches: sends the status at once, then each change", async () => {
     reporter.healthy = true;
     const w = watch(client, "lote.v1.BatchService");
-    await until(() => w.seen.length === 1, "first status");
+    await until("first status", () => w.seen.length === 1, 5_000, 5);
     reporter.healthy = false;
-    await until(() => w.seen.length === 2, "NOT_SERVING");
+    await until("NOT_SERVING", () => w.seen.length === 2, 5_000, 5);
     reporter.healthy = true;
-    await until(() => w.seen.length === 3, "SERVING again");
+    await until("SERVING again", () => w.seen.length === 3, 5_000, 5);
     expect(w.seen).toEqual(["SERVING", "NOT_SERVING", "SERVING"]);
     w.call.cancel();
     expect((await w.ended).code).toBe(grpc.status.CANCELLED);
@@ -86,7 +80,7 @@ describe("grpc.health.v1.Health", () => {
 
   it("watches an unknown service as SERVICE_UNKNOWN and keeps the stream open", async () => {
     const w = watch(client, "lote.v1.Nope");
-    await until(() => w.seen.length === 1, "first status");
+    await until("first status", () => w.seen.length === 1, 5_000, 5);
     expect(w.seen).toEqual(["SERVICE_UNKNOWN"]);
     w.call.cancel();
     expect((await w.ended).code).toBe(grpc.status.CANCELLED);
@@ -98,7 +92,7 @@ describe("health during shutdown", () => {
     const server = await listen({ port: 0, routes, health: { check: async () => true }, logger: pino({ level: "silent" }) });
     const client = new HealthClient(`127.0.0.1:${server.port}`, grpc.credentials.createInsecure()) as Client;
     const w = watch(client, "");
-    await until(() => w.seen.length === 1, "first status");
+    await until("first status", () => w.seen.length === 1, 5_000, 5);
     await server.close(2000);
     expect(w.seen).toEqual(["SERVING", "NOT_SERVING"]);
     expect((await w.ended).code).toBe(grpc.status.UNAVAILABLE);
@@ -121,7 +115,7 @@ describe("HealthMonitor", () => {
     const statuses = monitor.watch(watching.signal);
     expect(await statuses.next()).toEqual({ done: false, value: ServingStatus.SERVING });
     expect(monitor.polling).toBe(true);
-    await until(() => calls >= 3, "two polls after the first check");
+    await until("two polls after the first check", () => calls >= 3, 5_000, 5);
     watching.abort();
     expect(await statuses.next()).toEqual({ done: true, value: undefined });
     expect(monitor.polling).toBe(false);

@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestDatabase, type TestDatabase } from "../support/database.ts";
 import { startLoteProcess, type LoteProcess } from "../support/lote-process.ts";
 import { freePort } from "../support/ports.ts";
+import { until } from "../support/until.ts";
 
 const root = new URL("../../", import.meta.url).pathname;
 const dir = mkdtempSync(join(tmpdir(), "lote-cli-"));
@@ -49,15 +50,6 @@ function inputFile(name: string, lines: (object | string)[]): string {
 const classify = (customId: string, input: string) => ({ custom_id: customId, method: "POST", url: "/classify", body: { model: "lote-sentiment", input } });
 const portuguese = ["Eu amo estudar IA!", "Estou muito cansado hoje", "Esse filme foi terrível"];
 
-async function until<T>(what: string, probe: () => T | undefined | Promise<T | undefined>, timeoutMs = 20_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe();
-    if (v !== undefined) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
 
 /** Bytes in a file so far; 0 while it does not exist yet. */
 function sizeOf(path: string): number {

@@ -5,16 +5,8 @@ import { startSimulator, type Simulator } from "../../src/simulator/index.ts";
 import { createTestDatabase, type TestDatabase } from "../support/database.ts";
 import { batchServiceClient, call, chatRequest, collect } from "../support/grpc-client.ts";
 import { startLoteProcess, type LoteProcess } from "../support/lote-process.ts";
+import { until } from "../support/until.ts";
 
-async function until<T>(what: string, probe: () => Promise<T | undefined> | T | undefined, timeoutMs = 60_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe();
-    if (v !== undefined) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
 
 function modelConfig(sim: Simulator, extra: Record<string, unknown> = {}) {
   return { name: "sim-model", backend: { kind: "openai", urls: [sim.h2cUrl] }, max_concurrency: 64, timeout_ms: 30_000, ...extra };
