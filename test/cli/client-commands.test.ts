@@ -190,11 +190,11 @@ describe("lote client commands (real server and CLI as child processes)", () => 
   });
 
   it("watches with plain throttled lines when stdout is not a TTY, and exits 3 when the batch is cancelled", async () => {
-    const id = (await lote(["submit", bigFile("cancel.jsonl", 3000)])).stdout.trim();
+    const id = (await lote(["submit", bigFile("cancel.jsonl", 20_000)])).stdout.trim();
     const arrivals: number[] = [];
     const watch = startLote(["watch", id], { LOTE_SERVER: server.url }, () => arrivals.push(Date.now()));
-    await until("a first progress line", () => (arrivals.length > 0 ? true : undefined));
-    await new Promise((r) => setTimeout(r, 1_500)); // long enough for a second, throttled line
+    // Two lines show the throttle at work; 20,000 built-in requests take several seconds, so the cancel lands mid-run.
+    await until("a second, throttled progress line", () => (arrivals.length >= 2 ? true : undefined));
     const cancel = await lote(["cancel", id]);
     expect(cancel.code).toBe(0);
     expect(cancel.stdout).toMatch(new RegExp(`^${id} (cancelling|cancelled)\n$`));
@@ -202,8 +202,8 @@ describe("lote client commands (real server and CLI as child processes)", () => 
     expect(run.code).toBe(3);
     const lines = run.stdout.trimEnd().split("\n");
     expect(lines.length).toBeGreaterThanOrEqual(2);
-    for (const l of lines.slice(0, -1)) expect(l).toMatch(new RegExp(`^${id} (in_progress|cancelling): \\d+/3000 done, \\d+ completed, \\d+ failed, (-|[\\d.]+)/s, ETA \\S+$`));
-    expect(lines.at(-1)).toMatch(new RegExp(`^${id} cancelled: \\d+/3000 done, .* [1-9]\\d* cancelled`));
+    for (const l of lines.slice(0, -1)) expect(l).toMatch(new RegExp(`^${id} (in_progress|cancelling): \\d+/20000 done, \\d+ completed, \\d+ failed, (-|[\\d.]+)/s, ETA \\S+$`));
+    expect(lines.at(-1)).toMatch(new RegExp(`^${id} cancelled: \\d+/20000 done, .* [1-9]\\d* cancelled`));
     // At most one line a second, the final one excepted (700 ms allows for scheduling and pipe delays).
     for (let i = 1; i < arrivals.length - 1; i++) expect(arrivals[i]! - arrivals[i - 1]!).toBeGreaterThanOrEqual(700);
     expect((await lote(["cancel", id])).code).toBe(1);
