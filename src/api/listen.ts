@@ -1,14 +1,7 @@
 import { randomUUID } from "node:crypto";
-import { createServer as createHttp1Server, type IncomingMessage, type ServerResponse } from "node:http";
-import {
-  createSecureServer,
-  createServer as createHttp2Server,
-  type Http2ServerRequest,
-  type Http2ServerResponse,
-  type Http2Session,
-} from "node:http2";
-import { type AddressInfo, createServer as createNetServer, type Server, type Socket } from "node:net";
-import type { TLSSocket } from "node:tls";
+import type { IncomingMessage, ServerResponse } from "node:http";
+import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
+import type { AddressInfo } from "node:net";
 import type { FileDescriptorSet } from "@bufbuild/protobuf/wkt";
 import {
   type ConnectRouter,
@@ -24,7 +17,10 @@ import type { Logger } from "pino";
 import { Health } from "../../gen/grpc/health/v1/health_pb.ts";
 import { HealthMonitor, type HealthReporter, healthService } from "./health.ts";
 import { loadDescriptorSet, registerReflection } from "./reflection.ts";
+import { cleartextServer, secureServer } from "./protocol-servers.ts";
 import { ConnectionTracker, shutdownInterceptor } from "./shutdown.ts";
+
+export { sniffProtocol } from "./protocol-servers.ts";
 
 export interface TlsOptions {
   /** PEM certificate chain of the server. */
@@ -93,27 +89,6 @@ interface Call {
   context?: HandlerContext;
 }
 const callKey = createContextKey<Call | undefined>(undefined, { description: "lote api call" });
-
-const HTTP2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
-/** Stream window 4 MiB, connection window 16 MiB: at 64 KiB (the HTTP/2 default) a 50 MB upload over a 50 ms
- * round trip would crawl at 1.3 MB/s; at 4 MiB it can reach 80 MB/s. */
-const HTTP2_SETTINGS = { initialWindowSize: 4 << 20 };
-const HTTP2_CONNECTION_WINDOW = 16 << 20;
-/** nghttp2 refuses new streams past this (MB, default 10), which full 16 MiB windows could exceed. */
-const HTTP2_MAX_SESSION_MEMORY = 64;
-/** A cleartext connection silent this long before its first bytes is dropped: Node's own headersTimeout. */
-const SNIFF_TIMEOUT_MS = 60_000;
-
-/**
- * Decides a cleartext connection's protocol from its first bytes: "h2" for the HTTP/2 client preface (h2c with
- * prior knowledge, RFC 9113 §3.3), "http1" for anything else. No HTTP/1.1 method starts with "PRI ", so 4 bytes
- * decide; undefined while fewer have arrived and they still match.
- */
-export function sniffProtocol(head: Uint8Array): "h2" | "http1" | undefined {
-  const n = Math.min(head.length, 4);
-  for (let i = 0; i < n; i++) if (head[i] !== HTTP2_PREFACE[i]) return "http1";
-  return n === 4 ? "h2" : undefined;
-}
 
 /** Serves the routes, health and reflection on one port, over gRPC, gRPC-Web and Connect, HTTP/2 and HTTP/1.1. */
 export async function listen(options: ListenOptions): Promise<ApiServer> {
@@ -208,82 +183,6 @@ export async function listen(options: ListenOptions): Promise<ApiServer> {
       return closing;
     },
   };
-}
-
-type Handler = (req: NodeServerRequest, res: NodeServerResponse) => void;
-
-function trackSession(tracker: ConnectionTracker) {
-  return (session: Http2Session) => {
-    tracker.addSession(session);
-    session.setLocalWindowSize(HTTP2_CONNECTION_WINDOW);
-  };
-}
-
-/** HTTPS: h2 and http/1.1 chosen by ALPN, so curl and fetch work on the gRPC port too. */
-function secureServer(tls: TlsOptions, handle: Handler, tracker: ConnectionTracker, log: Logger): Server {
-  const { cert, key, ca, requireClientCert = false } = tls;
-  const server = createSecureServer(
-    {
-      cert, key, ca,
-      requestCert: requireClientCert,
-      rejectUnauthorized: requireClientCert,
-      allowHTTP1: true,
-      settings: HTTP2_SETTINGS,
-      maxSessionMemory: HTTP2_MAX_SESSION_MEMORY,
-    },
-    handle,
-  );
-  server.on("connection", (socket: Socket) => tracker.addSocket(socket, false));
-  server.on("secureConnection", (socket: TLSSocket) => {
-    if (socket.alpnProtocol === "h2") tracker.markHttp2(socket);
-    else tracker.markHttp1(socket);
-  });
-  server.on("session", trackSession(tracker));
-  server.on("tlsClientError", (err) => log.debug({ err: err.message }, "TLS handshake failed"));
-  return server;
-}
-
-/**
- * Cleartext: Node's HTTP/2 server has no HTTP/1.1 fallback, so a plain TCP server reads each connection's first
- * bytes, puts them back, and hands the socket to the HTTP/2 or the HTTP/1.1 server with the same handler.
- */
-function cleartextServer(handle: Handler, tracker: ConnectionTracker): Server {
-  const http1 = createHttp1Server(handle);
-  const http2 = createHttp2Server({ settings: HTTP2_SETTINGS, maxSessionMemory: HTTP2_MAX_SESSION_MEMORY }, handle);
-  http2.on("session", trackSession(tracker));
-  const server = createNetServer((socket) => {
-    tracker.addSocket(socket, true);
-    socket.on("error", () => {}); // resets before the hand-over; the HTTP servers handle later ones
-    const onTimeout = () => socket.destroy();
-    socket.setTimeout(SNIFF_TIMEOUT_MS);
-    socket.once("timeout", onTimeout);
-    let head = Buffer.alloc(0);
-    const onData = (chunk: Buffer) => {
-      head = Buffer.concat([head, chunk]);
-      const protocol = sniffProtocol(head);
-      if (!protocol) return;
-      socket.off("data", onData).off("timeout", onTimeout).setTimeout(0);
-      socket.pause();
-      socket.unshift(head);
-      if (protocol === "h2") {
-        // The HTTP/2 session reads what the socket has buffered, then consumes the handle natively.
-        tracker.markHttp2(socket);
-        http2.emit("connection", socket);
-      } else {
-        tracker.markHttp1(socket);
-        http1.emit("connection", socket);
-        // Node's HTTP/1.1 connection listener leaves a paused socket paused: without this the request never parses.
-        socket.resume();
-      }
-    };
-    socket.on("data", onData);
-  });
-  // Neither HTTP server listens, but closing them stops the HTTP/1.1 server's connection-checking timer.
-  server.once("close", () => {
-    http1.close();
-    http2.close();
-  });
-  return server;
 }
 
 /** Loud validation at startup, in the form "Expected `x` to be …, got …". */
