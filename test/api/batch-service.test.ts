@@ -172,6 +172,35 @@ describe("BatchService over gRPC (grpc-js client, server as a child process)", (
     });
   });
 
+  it("estimates tokens without queueing anything, and refuses bad input as CreateBatch does", async () => {
+    const before = (await pool.query("SELECT count(*)::int AS n FROM lote.batches")).rows[0].n;
+    const estimate = await call(client, "estimateBatch", { endpoint: "ENDPOINT_CLASSIFY", requests: texts.map((t, i) => sentiment(`e${i}`, t)) });
+    expect(estimate.model).toBe("lote-sentiment");
+    expect(estimate.requests).toHaveLength(5);
+    expect(Number(estimate.totalInputTokens)).toBe(estimate.requests.reduce((n: number, r: any) => n + Number(r.inputTokens), 0));
+    expect(Number(estimate.totalInputTokens)).toBeGreaterThan(0);
+    const err = await call(client, "estimateBatch", { endpoint: "ENDPOINT_CLASSIFY", requests: [sentiment("d", "x"), sentiment("d", "y")] }).catch((e) => e);
+    expect(err.code).toBe(grpc.status.INVALID_ARGUMENT);
+    expect(fieldViolations(err)).toContainEqual(expect.objectContaining({ field: "requests[1].custom_id", reason: "DUPLICATE_CUSTOM_ID" }));
+    expect((await pool.query("SELECT count(*)::int AS n FROM lote.batches")).rows[0].n).toBe(before);
+  });
+
+  it("re-runs only the failed requests of a finished batch as a new batch linked to it", async () => {
+    const created = await call(client, "createBatch", {
+      endpoint: "ENDPOINT_CLASSIFY",
+      // The built-in model answers 400 to an empty input: that request fails, the other succeeds.
+      requests: [sentiment("good", "bom"), { customId: "bad", bodyJson: Buffer.from('{"model":"lote-sentiment","input":""}') }],
+    });
+    await until("completion", async () => {
+      const b = await call(client, "getBatch", { id: created.id });
+      return b.status === "BATCH_STATUS_COMPLETED" ? b : undefined;
+    });
+    const retry = await call(client, "retryBatch", { id: created.id });
+    expect(retry.retriedFrom).toBe(created.id);
+    expect(retry.requestCounts.total).toBe("1");
+    await expect(call(client, "retryBatch", { id: retry.id })).rejects.toMatchObject({ code: grpc.status.FAILED_PRECONDITION });
+  });
+
   it("serves Connect JSON over plain HTTP/1.1 on the same port", async () => {
     const res = await fetch(`${lote.url}/lote.v1.BatchService/CreateBatch`, {
       method: "POST",
