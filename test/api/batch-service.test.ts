@@ -166,6 +166,17 @@ describe("BatchService over gRPC (grpc-js client, server as a child process)", (
       });
     }
 
+    it("refuses a large batch whose mistake is found late, while its rows are being copied, and stores nothing", async () => {
+      const before = (await pool.query("SELECT (SELECT count(*) FROM lote.batches) + (SELECT count(*) FROM lote.items) AS n")).rows[0].n;
+      const requests = Array.from({ length: 6_000 }, (_, i) => sentiment(`late${i}`, "bom"));
+      requests[5_999] = sentiment("late10", "bom");
+      const err: grpc.ServiceError = await call(client, "createBatch", { endpoint: "ENDPOINT_CLASSIFY", requests }).then(() => { throw new Error("accepted"); }, (e) => e);
+      expect(err.code).toBe(grpc.status.INVALID_ARGUMENT);
+      expect(fieldViolations(err)).toContainEqual(expect.objectContaining({ field: "requests[5999].custom_id", reason: "DUPLICATE_CUSTOM_ID" }));
+      const after = (await pool.query("SELECT (SELECT count(*) FROM lote.batches) + (SELECT count(*) FROM lote.items) AS n")).rows[0].n;
+      expect(after).toBe(before);
+    });
+
     it("refuses a message larger than the limit with RESOURCE_EXHAUSTED", async () => {
       const big = Array.from({ length: 300 }, (_, i) => ({ customId: `b${i}`, bodyJson: Buffer.alloc(1024 * 1024, 32) }));
       await expect(call(client, "createBatch", { endpoint: "ENDPOINT_CLASSIFY", requests: big })).rejects.toMatchObject({ code: grpc.status.RESOURCE_EXHAUSTED });
