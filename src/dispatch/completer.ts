@@ -9,8 +9,8 @@ export interface CompleterOptions {
   readonly batchSize: number;
   /** …or this long after the first one arrived. */
   readonly flushMs: number;
-  /** Called after each successful flush with the batches it touched. */
-  readonly onFlushed: (touched: { batchId: string; finished: boolean }[]) => void;
+  /** Called after each successful flush with the batches it touched and the completions it wrote. */
+  readonly onFlushed: (touched: { batchId: string; finished: boolean }[], rows: readonly Completion[]) => void;
 }
 
 /**
@@ -65,7 +65,7 @@ export class Completer {
       const touched = await completeItems(this.o.pool, rows);
       this.failures = 0;
       this.flushedTotal += rows.length;
-      this.o.onFlushed(touched);
+      this.o.onFlushed(touched, rows);
     } catch (err) {
       this.failures++;
       this.o.logger.warn({ err: (err as Error).message, rows: rows.length, failures: this.failures }, "completion flush failed; will retry");

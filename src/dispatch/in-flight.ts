@@ -9,6 +9,7 @@ export type AbortReason = "timeout" | "cancelled" | "expired" | "shutdown";
 export class InFlight {
   private readonly byBatch = new Map<string, Set<AbortController>>();
   private count = 0;
+  private emptyWaiters: (() => void)[] = [];
 
   add(batchId: string, controller: AbortController): void {
     let set = this.byBatch.get(batchId);
@@ -22,6 +23,12 @@ export class InFlight {
     if (!set?.delete(controller)) return;
     this.count--;
     if (set.size === 0) this.byBatch.delete(batchId);
+    if (this.count === 0) for (const resolve of this.emptyWaiters.splice(0)) resolve();
+  }
+
+  /** Resolves when no call is in flight (at once if none is). */
+  whenEmpty(): Promise<void> {
+    return this.count === 0 ? Promise.resolve() : new Promise((resolve) => this.emptyWaiters.push(resolve));
   }
 
   abortBatch(batchId: string, reason: AbortReason): number {

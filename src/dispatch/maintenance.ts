@@ -2,7 +2,7 @@ import type pg from "pg";
 import type { Logger } from "pino";
 import type { ModelConfig } from "../config/config.ts";
 import {
-  completeItems, expireDueBatches, findExpiredLeases, finishBatches, pruneModelUsage, type Completion,
+  completeItems, expireDueBatches, findExpiredLeases, finishBatches, pruneModelUsage, vacuumItems, type Completion,
 } from "../store/index.ts";
 import type { InFlight } from "./in-flight.ts";
 
@@ -26,6 +26,7 @@ export class Maintenance {
   private ticks = 0;
   private readonly pendingFinish = new Set<string>();
   private finishScheduled = false;
+  private vacuumScheduled = false;
 
   constructor(private readonly o: MaintenanceOptions) {}
 
@@ -54,6 +55,16 @@ export class Maintenance {
       const ids = [...this.pendingFinish];
       this.pendingFinish.clear();
       await this.guard("finish", () => finishBatches(this.o.pool, ids));
+    });
+  }
+
+  /** Vacuums lote.items (see vacuumItems), at most one at a time, between the other tasks. */
+  vacuumSoon(): void {
+    if (this.vacuumScheduled) return;
+    this.vacuumScheduled = true;
+    this.running = this.running.then(async () => {
+      await this.guard("vacuum", () => vacuumItems(this.o.pool));
+      this.vacuumScheduled = false;
     });
   }
 

@@ -22,7 +22,8 @@ export type Completion =
 
 /**
  * Writes many completions in one call of lote.complete_items (migration 002): one `unnest` over parallel arrays,
- * fenced by attempt. Returns the batches it touched and whether each now has every result.
+ * fenced by attempt. Returns the batches it touched and whether each now has every result; the function also
+ * notifies `lote_batch` once per touched batch, at commit.
  */
 export async function completeItems(pool: pg.Pool, completions: readonly Completion[]): Promise<{ batchId: string; finished: boolean }[]> {
   const n = completions.length;
@@ -54,9 +55,5 @@ export async function completeItems(pool: pg.Pool, completions: readonly Complet
       cols.errorCode, cols.errorMessage, cols.delay, cols.inTok, cols.outTok, cols.totTok],
     rowMode: "array",
   });
-  if (rows.length > 0) {
-    // Wake StreamResults/WatchBatch on every node; one notification per batch per flush.
-    await pool.query("SELECT pg_notify('lote_batch', id) FROM unnest($1::text[]) AS id", [rows.map((r) => r[0])]);
-  }
   return rows.map((r) => ({ batchId: r[0], finished: r[1] }));
 }

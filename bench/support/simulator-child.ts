@@ -1,0 +1,58 @@
+/**
+ * The simulated backend as its own process for the dispatch benchmark: the real simulator (startSimulator, the
+ * code `src/simulator/main.ts` runs), plus a clock on every call it receives. The clock hangs off node's
+ * `http2.server.stream.start` diagnostics channel, so the simulator itself is not changed and costs the same
+ * as in `lote simulate`: one counter and two timestamps per stream.
+ *
+ * argv[2]: latency in ms (fixed). Prints `{"h2c": "h2c://127.0.0.1:PORT"}` when listening, then answers IPC
+ * messages from the parent (see simulator-process.ts): "mark" starts a new window, "report" sends its figures,
+ * "announce"/"quiet" switch a message per arriving call on or off (latency probes).
+ */
+import { subscribe } from "node:diagnostics_channel";
+import type { IncomingHttpHeaders } from "node:http2";
+import { startSimulator } from "../../src/simulator/index.ts";
+import { monoMs } from "./clocks.ts";
+
+const latencyMs = Number(process.argv[2] ?? 0);
+const sim = await startSimulator({ port: 0, latency: { kind: "fixed", ms: latencyMs }, seed: 1 });
+
+let calls = 0;
+let firstAt = 0;
+let lastAt = 0;
+let announce = false;
+// Calls in flight, and their sum over arrivals: inFlightSum / calls is the mean concurrency an arriving call
+// finds, i.e. how many of the client's slots are really at the backend.
+let inFlight = 0;
+let inFlightSum = 0;
+const tracked = new WeakSet<object>();
+
+subscribe("http2.server.stream.start", (message) => {
+  const { stream, headers } = message as { stream: object; headers: IncomingHttpHeaders };
+  if (!(headers[":path"] ?? "").startsWith("/v1/")) return;
+  const at = monoMs();
+  if (calls++ === 0) firstAt = at;
+  lastAt = at;
+  tracked.add(stream);
+  inFlightSum += ++inFlight;
+  if (announce) process.send!({ arrival: at });
+});
+subscribe("http2.server.stream.close", (message) => {
+  if (tracked.delete((message as { stream: object }).stream)) inFlight--;
+});
+
+process.on("message", (m: { cmd: "mark" | "report" | "announce" | "quiet" }) => {
+  if (m.cmd === "mark") {
+    calls = 0;
+    firstAt = lastAt = 0;
+    inFlightSum = 0;
+    sim.resetStats();
+  } else if (m.cmd === "report") {
+    const s = sim.stats();
+    process.send!({ report: { calls, firstAt, lastAt, meanInFlight: calls ? inFlightSum / calls : 0, maxInFlight: s.maxInFlight, connections: s.connections, byStatus: s.byStatus } });
+  } else {
+    announce = m.cmd === "announce";
+    process.send!({ ack: m.cmd });
+  }
+});
+process.once("disconnect", () => void sim.close().then(() => process.exit(0)));
+process.stdout.write(`${JSON.stringify({ h2c: sim.h2cUrl })}\n`);
