@@ -3,6 +3,7 @@
  * 200-410 characters of varied whole words (about 1 in 20 with non-ASCII text, so UTF-8 paths are exercised),
  * max_tokens and temperature. Seeded, so every run and every machine builds the same bytes.
  */
+import { seededRandom } from "../../src/simulator/latency-sampler.ts";
 
 export interface ChatBody {
   model: string;
@@ -28,17 +29,8 @@ const words = (
 ).split(" ");
 const nonAscii = ["café", "naïve", "Zürich", "São Paulo", "東京", "😀", "€42", "Ångström", "façade", "Ελλάδα"];
 
-/** mulberry32: a tiny seeded PRNG, good enough to vary text (not for anything secret). */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+// mulberry32, the simulator's seeded PRNG: good enough to vary text (not for anything secret).
+const prng = seededRandom;
 
 /** `count` bodies for `model`, custom ids "req-0" ... "req-<count-1>". */
 export function chatRequests(count: number, model: string, seed = 42): { customId: string; body: ChatBody }[] {
