@@ -105,7 +105,7 @@ describe("BatchService over gRPC (grpc-js client, server as a child process)", (
 
   it("cancels a running batch and refuses to cancel it again", async () => {
     const created = await call(client, "createBatch", {
-      endpoint: "ENDPOINT_CLASSIFY", requests: Array.from({ length: 2000 }, (_, i) => sentiment(`c${i}`, "texto")),
+      endpoint: "ENDPOINT_CLASSIFY", requests: Array.from({ length: 20_000 }, (_, i) => sentiment(`c${i}`, "texto")),
     });
     const cancelled = await call(client, "cancelBatch", { id: created.id });
     expect(["BATCH_STATUS_CANCELLING", "BATCH_STATUS_CANCELLED"]).toContain(cancelled.status);
@@ -114,7 +114,7 @@ describe("BatchService over gRPC (grpc-js client, server as a child process)", (
       return b.status === "BATCH_STATUS_CANCELLED" ? b : undefined;
     });
     const c = final.requestCounts;
-    expect(Number(c.completed) + Number(c.failed) + Number(c.cancelled)).toBe(2000);
+    expect(Number(c.completed) + Number(c.failed) + Number(c.cancelled)).toBe(20_000);
     expect(Number(c.cancelled)).toBeGreaterThan(0);
     await expect(call(client, "cancelBatch", { id: created.id })).rejects.toMatchObject({ code: grpc.status.FAILED_PRECONDITION });
   });

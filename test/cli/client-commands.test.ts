@@ -247,7 +247,9 @@ describe("lote client commands (real server and CLI as child processes)", () => 
   });
 
   it("writes results with --follow while the batch is still running, each exactly once", async () => {
-    const n = 2000;
+    // Large enough that the batch (several seconds of built-in model work) outlives the CLI's start-up (~1 s):
+    // 2,000 sometimes finished before the first result reached the file.
+    const n = 20_000;
     const id = (await lote(["submit", bigFile("follow.jsonl", n)])).stdout.trim();
     const out = join(dir, "follow-out.jsonl");
     const follow = startLote(["results", id, "--follow", "-o", out], { LOTE_SERVER: server.url });
