@@ -3,9 +3,8 @@ import { mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createTestDatabase, type TestDatabase } from "./support/database.ts";
-import { startLoteProcess, type LoteProcess } from "./support/lote-process.ts";
+import { beforeAll, describe, expect, it } from "vitest";
+import { useLoteServer, type LoteProcess } from "./support/lote-process.ts";
 
 const run = promisify(execFile);
 const root = new URL("../", import.meta.url).pathname;
@@ -19,15 +18,10 @@ function shBlockAfter(heading: string): string {
 }
 
 describe("the README's five-minute walkthrough", () => {
-  let db: TestDatabase;
+  const fixture = useLoteServer();
   let lote: LoteProcess;
-  beforeAll(async () => {
-    db = await createTestDatabase();
-    lote = await startLoteProcess({ databaseUrl: db.url });
-  });
-  afterAll(async () => {
-    await lote?.stop();
-    await db?.drop();
+  beforeAll(() => {
+    lote = fixture.lote;
   });
 
   it("runs as written: submit, watch, results into OpenAI-format files, list", async () => {

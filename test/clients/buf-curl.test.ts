@@ -2,7 +2,7 @@ import { exec } from "node:child_process";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestDatabase, type TestDatabase } from "../support/database.ts";
-import { startLoteProcess, type LoteProcess } from "../support/lote-process.ts";
+import { startLoteProcess, useLoteServer, type LoteProcess } from "../support/lote-process.ts";
 import { atPort, bufCurlCommands, curlCommands, type ReadmeCommand } from "./readme-commands.ts";
 
 const execShell = promisify(exec);
@@ -47,17 +47,11 @@ const expectedLabels = { s0: "positive", s1: "negative", s2: "negative" };
 const batchMethods = ["CreateBatch", "GetBatch", "ListBatches", "CancelBatch", "StreamResults", "WatchBatch", "RunBatch", "RetryBatch", "EstimateBatch"];
 
 describe("README commands against a serving node (buf curl over gRPC with reflection only, curl over Connect)", () => {
-  let db: TestDatabase;
+  const fixture = useLoteServer();
   let lote: LoteProcess;
   let batch: string;
-
-  beforeAll(async () => {
-    db = await createTestDatabase();
-    lote = await startLoteProcess({ databaseUrl: db.url });
-  });
-  afterAll(async () => {
-    await lote?.stop();
-    await db?.drop();
+  beforeAll(() => {
+    lote = fixture.lote;
   });
 
   it("lists the services from reflection: BatchService, health and both reflection versions", async () => {

@@ -1,10 +1,10 @@
 import pg from "pg";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import { newBatchId } from "../../src/batch/ids.ts";
 import {
   cancelBatch, claimItems, completeItems, createBatch, expireDueBatches, finishBatches, getBatch, getResults, listBatches, migrate,
 } from "../../src/store/index.ts";
-import { createTestDatabase, type TestDatabase } from "../support/database.ts";
+import { useMigratedDatabase } from "../support/database.ts";
 
 function newBatch(n: number, overrides: Partial<Parameters<typeof createBatch>[1]> = {}) {
   return {
@@ -18,16 +18,10 @@ const claim = (pool: pg.Pool, limit: number, maxConcurrency = 1000, workerId = "
   claimItems(pool, { model: "m1", limit, workerId, leaseMs: 30_000, maxConcurrency, requestsPerMinute: 0, tokensPerMinute: 0 });
 
 describe("store", () => {
-  let db: TestDatabase;
+  const fixture = useMigratedDatabase();
   let pool: pg.Pool;
-  beforeAll(async () => {
-    db = await createTestDatabase();
-    pool = new pg.Pool({ connectionString: db.url });
-    await migrate(pool);
-  });
-  afterAll(async () => {
-    await pool.end();
-    await db.drop();
+  beforeAll(() => {
+    pool = fixture.pool;
   });
 
   it("applies migrations once even when several nodes start together", async () => {

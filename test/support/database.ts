@@ -1,6 +1,7 @@
 import { randomBytes } from "node:crypto";
 import pg from "pg";
-import { inject } from "vitest";
+import { afterAll, beforeAll, inject } from "vitest";
+import { migrate } from "../../src/store/index.ts";
 
 export interface TestDatabase {
   /** Connection string of a fresh, empty database owned by this test file. */
@@ -35,4 +36,22 @@ export async function createTestDatabase(): Promise<TestDatabase> {
       }
     },
   };
+}
+
+/**
+ * A fresh, migrated database and a pool on it for the file's tests: registers beforeAll/afterAll and returns a
+ * handle whose fields are set once beforeAll has run.
+ */
+export function useMigratedDatabase(): { db: TestDatabase; pool: pg.Pool } {
+  const handle = {} as { db: TestDatabase; pool: pg.Pool };
+  beforeAll(async () => {
+    handle.db = await createTestDatabase();
+    handle.pool = new pg.Pool({ connectionString: handle.db.url });
+    await migrate(handle.pool);
+  });
+  afterAll(async () => {
+    await handle.pool?.end();
+    await handle.db?.drop();
+  });
+  return handle;
 }

@@ -4,6 +4,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { stringify } from "yaml";
+import { afterAll, beforeAll } from "vitest";
+import { createTestDatabase, type TestDatabase } from "./database.ts";
 import { freePort } from "./ports.ts";
 
 export interface LoteProcess {
@@ -72,4 +74,21 @@ export async function startLoteProcess(options: {
       return exited;
     },
   };
+}
+
+/**
+ * A fresh database and a `lote serve` on it for the file's tests: registers beforeAll/afterAll and returns a handle
+ * whose fields are set once beforeAll has run.
+ */
+export function useLoteServer(): { db: TestDatabase; lote: LoteProcess } {
+  const handle = {} as { db: TestDatabase; lote: LoteProcess };
+  beforeAll(async () => {
+    handle.db = await createTestDatabase();
+    handle.lote = await startLoteProcess({ databaseUrl: handle.db.url });
+  });
+  afterAll(async () => {
+    await handle.lote?.stop();
+    await handle.db?.drop();
+  });
+  return handle;
 }
