@@ -9,7 +9,7 @@
  *   (d) peak RSS of the lote process (VmHWM) over a 1,000,000-request batch, and how long it takes.
  *
  * Every party is its own process (lote, simulator, bare client, graphile-worker) on the same machine as
- * Postgres. Flags: --quick (smaller sizes, ~1 min). Environment: LOTE_BENCH_DATABASE_URL (see
+ * Postgres. Flags: --quick (smaller sizes, ~1 min), --only=a,b,c,d (those parts), --parties=bare,lote,graphile (in (a)). Environment: LOTE_BENCH_DATABASE_URL (see
  * support/bench-postgres.ts), LOTE_BENCH_CONCURRENCY (default 128), LOTE_BENCH_ROUNDS (interleaved rounds of
  * (a)/(e), default 3; medians are reported), LOTE_BENCH_CPU_PROF (a directory: lote runs under --cpu-prof),
  * LOTE_BENCH_WORKER_NODE_OPTIONS (node flags for the (d) worker only).
@@ -25,6 +25,11 @@ import { startSimulatorProcess } from "./support/simulator-process.ts";
 import { submitLatency } from "./support/submit-latency.ts";
 
 const quick = process.argv.includes("--quick");
+// --only=a,c: run just those parts ((e) belongs to (a)); for iterating on one figure.
+const only = process.argv.find((a) => a.startsWith("--only="))?.slice("--only=".length).split(",");
+const want = (part: "a" | "b" | "c" | "d") => !only || only.includes(part);
+// --parties=lote,bare: which parties (a) runs (default all three); medians of a missing party print as NaN.
+const parties = process.argv.find((a) => a.startsWith("--parties="))?.slice("--parties=".length).split(",") ?? ["bare", "lote", "graphile"];
 const size = quick ? { a: 20_000, b: 20_000, c: 50, d: 100_000 } : { a: 50_000, b: 50_000, c: 200, d: 1_000_000 };
 const concurrency = Number(process.env.LOTE_BENCH_CONCURRENCY ?? 128);
 const rounds = Number(process.env.LOTE_BENCH_ROUNDS ?? 3);
@@ -70,84 +75,95 @@ const client = batchClient(server.url);
 const lote = { client, pool, lotePid: server.child.pid!, database: new URL(db.url).pathname.slice(1) };
 const results: Record<string, unknown> = { date: new Date().toISOString(), quick, concurrency, rounds, postgres: db.version.split(" on ")[0] };
 try {
-  // (a) and (e), interleaved round by round so that drift (other load on the machine) spreads over all three.
-  console.log(`\n(a)/(e) ${int(size.a)} chat requests at zero latency, concurrency ${concurrency}, ${rounds} round(s):`);
-  const a = encodedBatch(benchBodies(size.a, "bench-chat", "chat"));
-  const runs = { bare: [] as RunFigures[], lote: [] as RunFigures[], graphile: [] as RunFigures[] };
-  const toCompleted: number[] = [];
-  for (let r = 0; r < rounds; r++) {
-    const order = (["bare", "lote", "graphile"] as const).map((_, i, xs) => xs[(i + r) % xs.length]!);
-    for (const who of order) {
-      if (who === "bare") runs.bare.push(await bareClientRun(fast, concurrency, size.a, "chat"));
-      if (who === "graphile") runs.graphile.push(await graphileRun(db.url, fast, concurrency, size.a, "chat"));
-      if (who === "lote") {
-        const f = await loteRun({ ...lote, sim: fast }, a.request, size.a, 600_000);
-        runs.lote.push(f);
-        toCompleted.push(f.run.completedAt - f.run.submittedAt);
+  if (want("a")) {
+    // (a) and (e), interleaved round by round so that drift (other load on the machine) spreads over all three.
+    console.log(`\n(a)/(e) ${int(size.a)} chat requests at zero latency, concurrency ${concurrency}, ${rounds} round(s):`);
+    const a = encodedBatch(benchBodies(size.a, "bench-chat", "chat"));
+    const runs = { bare: [] as RunFigures[], lote: [] as RunFigures[], graphile: [] as RunFigures[] };
+    const toCompleted: number[] = [];
+    for (let r = 0; r < rounds; r++) {
+      const order = (["bare", "lote", "graphile"] as const).map((_, i, xs) => xs[(i + r) % xs.length]!);
+      for (const who of order.filter((p) => parties.includes(p))) {
+        if (who === "bare") runs.bare.push(await bareClientRun(fast, concurrency, size.a, "chat"));
+        if (who === "graphile") runs.graphile.push(await graphileRun(db.url, fast, concurrency, size.a, "chat"));
+        if (who === "lote") {
+          const f = await loteRun({ ...lote, sim: fast }, a.request, size.a, 600_000);
+          runs.lote.push(f);
+          toCompleted.push(f.run.completedAt - f.run.submittedAt);
+        }
+        line(who, runs[who].at(-1)!);
       }
-      line(who, runs[who].at(-1)!);
     }
+    const [bare, lo, gw] = [median(runs.bare.map((f) => f.rate)), median(runs.lote.map((f) => f.rate)), median(runs.graphile.map((f) => f.rate))];
+    console.log(`  medians: bare client ${int(bare)}/s, lote ${int(lo)}/s, graphile-worker ${int(gw)}/s; ` +
+      `lote submit -> COMPLETED ${median(toCompleted).toFixed(0)} ms for ${int(size.a)}`);
+    console.log(`  (a) lote / wire limit = ${ratio(lo, bare)}   (target >= 0.75, goal 0.9)`);
+    console.log(`  (e) graphile-worker / wire limit = ${ratio(gw, bare)}, lote / graphile-worker = ${ratio(lo, gw)}`);
+    Object.assign(results, { a: { bare, lote: lo, graphile: gw, ratio: Number(ratio(lo, bare)), submitToCompletedMs: median(toCompleted) },
+      e: { ratioToBare: Number(ratio(gw, bare)), loteOverGraphile: Number(ratio(lo, gw)) } });
+
   }
-  const [bare, lo, gw] = [median(runs.bare.map((f) => f.rate)), median(runs.lote.map((f) => f.rate)), median(runs.graphile.map((f) => f.rate))];
-  console.log(`  medians: bare client ${int(bare)}/s, lote ${int(lo)}/s, graphile-worker ${int(gw)}/s; ` +
-    `lote submit -> COMPLETED ${median(toCompleted).toFixed(0)} ms for ${int(size.a)}`);
-  console.log(`  (a) lote / wire limit = ${ratio(lo, bare)}   (target >= 0.75, goal 0.9)`);
-  console.log(`  (e) graphile-worker / wire limit = ${ratio(gw, bare)}, lote / graphile-worker = ${ratio(lo, gw)}`);
-  Object.assign(results, { a: { bare, lote: lo, graphile: gw, ratio: Number(ratio(lo, bare)), submitToCompletedMs: median(toCompleted) },
-    e: { ratioToBare: Number(ratio(gw, bare)), loteOverGraphile: Number(ratio(lo, gw)) } });
 
-  // (b) 50 ms per call, 256 at a time: 5,120 calls/s at most.
-  // The bare client at the same 256 shows what the simulator and HTTP/2 alone leave of the 5,120.
-  console.log(`\n(b) ${int(size.b)} chat requests at 50 ms latency, max_concurrency 256:`);
-  const bBare = await bareClientRun(slow, 256, size.b, "chat");
-  line("bare", bBare);
-  const b = await loteRun({ ...lote, sim: slow }, encodedBatch(benchBodies(size.b, "bench-slow", "chat")).request, size.b, 600_000);
-  line("lote", b);
-  console.log(`  (b) achieved / 5,120 per s = ${ratio(b.rate, 5_120)}   (target >= 0.9); bare client ${ratio(bBare.rate, 5_120)}, lote / bare ${ratio(b.rate, bBare.rate)}`);
-  results.b = { rate: b.rate, ratio: Number(ratio(b.rate, 5_120)), bare: bBare.rate, bareRatio: Number(ratio(bBare.rate, 5_120)) };
+  if (want("b")) {
+    // (b) 50 ms per call, 256 at a time: 5,120 calls/s at most.
+    // The bare client at the same 256 shows what the simulator and HTTP/2 alone leave of the 5,120.
+    console.log(`\n(b) ${int(size.b)} chat requests at 50 ms latency, max_concurrency 256:`);
+    const bBare = await bareClientRun(slow, 256, size.b, "chat");
+    line("bare", bBare);
+    const b = await loteRun({ ...lote, sim: slow }, encodedBatch(benchBodies(size.b, "bench-slow", "chat")).request, size.b, 600_000);
+    line("lote", b);
+    console.log(`  (b) achieved / 5,120 per s = ${ratio(b.rate, 5_120)}   (target >= 0.9); bare client ${ratio(bBare.rate, 5_120)}, lote / bare ${ratio(b.rate, bBare.rate)}`);
+    results.b = { rate: b.rate, ratio: Number(ratio(b.rate, 5_120)), bare: bBare.rate, bareRatio: Number(ratio(bBare.rate, 5_120)) };
 
-  // (c) an idle node: each single-request batch is called at once.
-  const c = await submitLatency(client, fast, db.url, "bench-chat", size.c);
-  console.log(`\n(c) submit -> first backend call over ${size.c} single-request CreateBatch calls: p50 ${c.p50.toFixed(2)} ms, ` +
-    `p99 ${c.p99.toFixed(2)} ms, max ${c.max.toFixed(2)} ms   (goal p50 <= 5 ms)`);
-  console.log(`  of which CreateBatch until its answer ${c.acceptedP50.toFixed(2)} ms (p50); NOTIFY -> call (LISTEN wake-up, claim, HTTP/2) ` +
-    `p50 ${c.notifyToCallP50.toFixed(2)} ms, p99 ${c.notifyToCallP99.toFixed(2)} ms`);
-  results.c = c;
+  }
 
-  // (d) one batch of a million, on two fresh nodes: `lote api` takes it in, `lote worker` dispatches it, so the
-  // worker's VmHWM is dispatch memory alone (in one `serve` process the CreateBatch peak would hide it). A model
-  // name only they know keeps the serve node of (a)-(c) out of it; it is stopped anyway.
-  await server.stop();
-  console.log(`\n(d) one batch of ${int(size.d)} compact chat requests at zero latency, concurrency ${concurrency}, \`lote api\` + \`lote worker\`` +
-    `${process.env.LOTE_BENCH_WORKER_NODE_OPTIONS ? ` (worker NODE_OPTIONS=${process.env.LOTE_BENCH_WORKER_NODE_OPTIONS})` : ""}:`);
-  const millionConfig = { models: [{ name: "bench-million", backend: { kind: "openai", urls: [fast.url] }, max_concurrency: concurrency, timeout_ms: 120_000 }] };
-  const api = await startLoteServer({ databaseUrl: db.url, role: "api", config: millionConfig });
-  // lote-server.ts starts any role; its type names the two the ingest benchmark uses. LOTE_BENCH_WORKER_NODE_OPTIONS
-  // (e.g. --max-semi-space-size=8) reaches this process alone, through the environment it inherits.
-  const nodeOptions = process.env.NODE_OPTIONS;
-  if (process.env.LOTE_BENCH_WORKER_NODE_OPTIONS) process.env.NODE_OPTIONS = process.env.LOTE_BENCH_WORKER_NODE_OPTIONS;
-  const worker = await startLoteServer({ databaseUrl: db.url, role: "worker" as "serve", config: millionConfig, cpuProfDir: process.env.LOTE_BENCH_CPU_PROF })
-    .finally(() => (nodeOptions === undefined ? delete process.env.NODE_OPTIONS : (process.env.NODE_OPTIONS = nodeOptions)));
-  loteProcesses.push(api, worker);
-  try {
-    const d = encodedBatch(benchBodies(size.d, "bench-million", "compact"));
-    const idleRss = worker.peakRss();
-    let ingestPeak = 0;
-    const df = await loteRun({ client: batchClient(api.url), pool, sim: fast, lotePid: worker.child.pid!, database: lote.database }, d.request, size.d, 3_600_000, {
-      beforeSubmit: () => api.resetPeakRss(),
-      afterAccept: () => void (ingestPeak = api.peakRss()),
-    });
-    const workerPeak = worker.peakRss();
-    const r = df.run;
-    line("lote worker", df);
-    console.log(`  CreateBatch (${d.megabytes.toFixed(0)} MB) ${((r.acceptedAt - r.submittedAt) / 1000).toFixed(1)} s, first -> last result ` +
-      `${((r.lastResultAt - r.firstResultAt) / 1000).toFixed(1)} s, submit -> COMPLETED ${((r.completedAt - r.submittedAt) / 1000).toFixed(1)} s`);
-    console.log(`  (d) worker peak RSS (VmHWM, start to COMPLETED) ${mib(workerPeak)}   (goal <= 256 MB); ${mib(idleRss)} before the batch; ` +
-      `api node during CreateBatch ${mib(ingestPeak)}`);
-    results.d = { requests: size.d, megabytes: d.megabytes, rate: df.rate, createBatchS: (r.acceptedAt - r.submittedAt) / 1000,
-      submitToCompletedS: (r.completedAt - r.submittedAt) / 1000, workerPeakRssBytes: workerPeak, workerIdleRssBytes: idleRss, apiIngestPeakRssBytes: ingestPeak };
-  } finally {
-    await Promise.all([api.stop(), worker.stop()]);
+  if (want("c")) {
+    // (c) an idle node: each single-request batch is called at once.
+    const c = await submitLatency(client, fast, db.url, "bench-chat", size.c);
+    console.log(`\n(c) submit -> first backend call over ${size.c} single-request CreateBatch calls: p50 ${c.p50.toFixed(2)} ms, ` +
+      `p99 ${c.p99.toFixed(2)} ms, max ${c.max.toFixed(2)} ms   (goal p50 <= 5 ms)`);
+    console.log(`  of which CreateBatch until its answer ${c.acceptedP50.toFixed(2)} ms (p50); NOTIFY -> call (LISTEN wake-up, claim, HTTP/2) ` +
+      `p50 ${c.notifyToCallP50.toFixed(2)} ms, p99 ${c.notifyToCallP99.toFixed(2)} ms`);
+    results.c = c;
+
+  }
+
+  if (want("d")) {
+    // (d) one batch of a million, on two fresh nodes: `lote api` takes it in, `lote worker` dispatches it, so the
+    // worker's VmHWM is dispatch memory alone (in one `serve` process the CreateBatch peak would hide it). A model
+    // name only they know keeps the serve node of (a)-(c) out of it; it is stopped anyway.
+    await server.stop();
+    console.log(`\n(d) one batch of ${int(size.d)} compact chat requests at zero latency, concurrency ${concurrency}, \`lote api\` + \`lote worker\`` +
+      `${process.env.LOTE_BENCH_WORKER_NODE_OPTIONS ? ` (worker NODE_OPTIONS=${process.env.LOTE_BENCH_WORKER_NODE_OPTIONS})` : ""}:`);
+    const millionConfig = { models: [{ name: "bench-million", backend: { kind: "openai", urls: [fast.url] }, max_concurrency: concurrency, timeout_ms: 120_000 }] };
+    const api = await startLoteServer({ databaseUrl: db.url, role: "api", config: millionConfig });
+    // lote-server.ts starts any role; its type names the two the ingest benchmark uses. LOTE_BENCH_WORKER_NODE_OPTIONS
+    // (e.g. --max-semi-space-size=8) reaches this process alone, through the environment it inherits.
+    const nodeOptions = process.env.NODE_OPTIONS;
+    if (process.env.LOTE_BENCH_WORKER_NODE_OPTIONS) process.env.NODE_OPTIONS = process.env.LOTE_BENCH_WORKER_NODE_OPTIONS;
+    const worker = await startLoteServer({ databaseUrl: db.url, role: "worker" as "serve", config: millionConfig, cpuProfDir: process.env.LOTE_BENCH_CPU_PROF })
+      .finally(() => (nodeOptions === undefined ? delete process.env.NODE_OPTIONS : (process.env.NODE_OPTIONS = nodeOptions)));
+    loteProcesses.push(api, worker);
+    try {
+      const d = encodedBatch(benchBodies(size.d, "bench-million", "compact"));
+      const idleRss = worker.peakRss();
+      let ingestPeak = 0;
+      const df = await loteRun({ client: batchClient(api.url), pool, sim: fast, lotePid: worker.child.pid!, database: lote.database }, d.request, size.d, 3_600_000, {
+        beforeSubmit: () => api.resetPeakRss(),
+        afterAccept: () => void (ingestPeak = api.peakRss()),
+      });
+      const workerPeak = worker.peakRss();
+      const r = df.run;
+      line("lote worker", df);
+      console.log(`  CreateBatch (${d.megabytes.toFixed(0)} MB) ${((r.acceptedAt - r.submittedAt) / 1000).toFixed(1)} s, first -> last result ` +
+        `${((r.lastResultAt - r.firstResultAt) / 1000).toFixed(1)} s, submit -> COMPLETED ${((r.completedAt - r.submittedAt) / 1000).toFixed(1)} s`);
+      console.log(`  (d) worker peak RSS (VmHWM, start to COMPLETED) ${mib(workerPeak)}   (goal <= 256 MB); ${mib(idleRss)} before the batch; ` +
+        `api node during CreateBatch ${mib(ingestPeak)}`);
+      results.d = { requests: size.d, megabytes: d.megabytes, rate: df.rate, createBatchS: (r.acceptedAt - r.submittedAt) / 1000,
+        submitToCompletedS: (r.completedAt - r.submittedAt) / 1000, workerPeakRssBytes: workerPeak, workerIdleRssBytes: idleRss, apiIngestPeakRssBytes: ingestPeak };
+    } finally {
+      await Promise.all([api.stop(), worker.stop()]);
+    }
   }
   console.log(`\nload average now ${load()}`);
   console.log(JSON.stringify(results));

@@ -22,13 +22,16 @@ export interface LoteServer {
 }
 
 const root = new URL("../../", import.meta.url).pathname;
+/** The node flags lote's server roles run with (`npm start`, bin/lote.js), read from package.json's start script. */
+const serverNodeFlags = (JSON.parse(readFileSync(join(root, "package.json"), "utf8")).scripts.start as string)
+  .split(" ").filter((arg) => arg.startsWith("--max-"));
 
 export async function startLoteServer(options: { databaseUrl: string; role: "api" | "serve"; config: Record<string, unknown>; cpuProfDir?: string }): Promise<LoteServer> {
   const port = await freePort();
   const dir = mkdtempSync(join(tmpdir(), "lote-bench-cfg-"));
   const configPath = join(dir, "lote.yaml");
   writeFileSync(configPath, stringify(options.config));
-  const nodeArgs = options.cpuProfDir ? ["--cpu-prof", "--cpu-prof-dir", options.cpuProfDir] : [];
+  const nodeArgs = [...serverNodeFlags, ...(options.cpuProfDir ? ["--cpu-prof", "--cpu-prof-dir", options.cpuProfDir] : [])];
   const child = spawn(process.execPath, [...nodeArgs, "--import", "tsx", join(root, "src/cli/main.ts"), options.role, "--config", configPath], {
     cwd: root,
     // warn: one info line per RPC is noise here, and the figures must not include log formatting.

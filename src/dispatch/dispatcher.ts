@@ -87,7 +87,7 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
     for (const loop of this.loops.values()) loop.running = this.run(loop);
     // Renew leases three times per lease: two heartbeats can be lost before another node rescues our items.
     this.heartbeatTimer = setInterval(() => {
-      heartbeat(this.o.pool, this.o.workerId, this.o.worker.leaseMs).catch((err) =>
+      heartbeat(this.o.pool, this.o.workerId, [...this.loops.keys()], this.o.worker.leaseMs).catch((err) =>
         this.log.warn({ err: (err as Error).message }, "heartbeat failed"));
     }, Math.max(100, Math.floor(this.o.worker.leaseMs / 3)));
     this.heartbeatTimer.unref();
@@ -97,7 +97,12 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
 
   private readonly onNotification = (channel: string, payload: string): void => {
     if (channel === "lote_work") this.loops.get(payload)?.wake?.();
-    else if (channel === "lote_batch" && this.inFlight.has(payload)) this.maintenance.checkAborts([payload]);
+    else if (channel === "lote_status") {
+      // "<status> <batch id>", sent by every status transition (src/store/transition-batch.ts).
+      const [status, batchId = ""] = payload.split(" ");
+      if (status === "cancelling" || status === "cancelled") this.inFlight.abortBatch(batchId, "cancelled");
+      else if (status === "expired") this.inFlight.abortBatch(batchId, "expired");
+    }
   };
 
   private readonly wakeAll = (): void => {

@@ -1,5 +1,6 @@
 import type pg from "pg";
 import { canTransition, isTerminal, type BatchStatus } from "../batch/batch-status.ts";
+import { runningItemsOf } from "./batch-row.ts";
 import { closeItems, inTransaction, lockBatch } from "./close-items.ts";
 import { transitionBatch } from "./transition-batch.ts";
 
@@ -8,7 +9,7 @@ export type CancelOutcome = "cancelling" | "cancelled" | "not_found" | { termina
 /**
  * CancelBatch: VALIDATING/IN_PROGRESS/FINALIZING -> CANCELLING; every pending item cancelled at once with a
  * `batch_cancelled` result; when nothing is running the batch goes straight on to CANCELLED. Running items are
- * aborted by their workers, which hear the `lote_batch` notification, and finish it (see finishBatches).
+ * aborted by their workers, which hear the `lote_status` notification, and finish it (see finishBatches).
  */
 export async function cancelBatch(pool: pg.Pool, tenantId: string, batchId: string): Promise<CancelOutcome> {
   return inTransaction(pool, async (client) => {
@@ -22,7 +23,7 @@ export async function cancelBatch(pool: pg.Pool, tenantId: string, batchId: stri
       message: "The batch was cancelled before this request ran.",
     });
     const { rows } = await client.query(
-      "SELECT count(*)::int AS n FROM lote.items WHERE batch_id = $1 AND status = 'running'", [batchId]);
+      `SELECT count(*)::int AS n FROM lote.batches b, ${runningItemsOf("b")} AND b.id = $1`, [batchId]);
     if (rows[0].n === 0) {
       await transitionBatch(client, batchId, "finishCancel");
       return "cancelled";

@@ -36,6 +36,8 @@ export interface ClaimRequest {
  */
 export async function claimItems(pool: pg.Pool, r: ClaimRequest): Promise<ClaimedItem[]> {
   const { rows } = await pool.query({
+    // Named: each pooled connection parses it once (0.2 ms of every claim's round trip otherwise).
+    name: "lote.claim_items",
     text: "SELECT * FROM lote.claim_items($1, $2, $3, $4, $5, $6, $7, $8)",
     values: [r.model, r.limit, r.workerId, r.leaseMs, r.maxConcurrency, r.requestsPerMinute, r.tokensPerMinute, r.ownCalls ?? null],
     rowMode: "array",
@@ -50,12 +52,15 @@ export async function claimItems(pool: pg.Pool, r: ClaimRequest): Promise<Claime
  * run of bench/dispatch.ts. A row skipped by a completion that then fails is renewed by the next heartbeat; a lease
  * outlives two missed ones.
  */
-export async function heartbeat(pool: pg.Pool, workerId: string, leaseMs: number): Promise<number> {
+export async function heartbeat(pool: pg.Pool, workerId: string, models: readonly string[], leaseMs: number): Promise<number> {
+  // By (model, worker): the items_running index (migration 003). lease_expires_at is in no index, so each renewal
+  // is a HOT update.
   const result = await pool.query(
     `UPDATE lote.items SET lease_expires_at = now() + $2 * interval '1 millisecond'
-      WHERE ctid = ANY (ARRAY(SELECT ctid FROM lote.items WHERE worker_id = $1 AND status = 'running' FOR UPDATE SKIP LOCKED))
+      WHERE ctid = ANY (ARRAY(SELECT ctid FROM lote.items WHERE model = ANY($3::text[]) AND worker_id = $1 AND status = 'running'
+                              FOR UPDATE SKIP LOCKED))
         AND worker_id = $1 AND status = 'running'`,
-    [workerId, leaseMs],
+    [workerId, leaseMs, models],
   );
   return result.rowCount ?? 0;
 }

@@ -21,39 +21,40 @@ export type Completion =
     };
 
 /**
- * Writes many completions in one call of lote.complete_items (migration 002): one `unnest` over parallel arrays,
- * fenced by attempt. Returns the batches it touched and whether each now has every result; the function also
- * notifies `lote_batch` once per touched batch, at commit.
+ * Text Postgres can store: no NUL character, no lone UTF-16 surrogate (JSON.stringify would send it as an escape
+ * Postgres refuses). A backend answer with either would otherwise fail its flush forever, and every completion
+ * behind it. Both checks are native and short-circuit on ordinary text.
+ */
+function storable(text: string): string {
+  const wellFormed = text.isWellFormed() ? text : text.toWellFormed();
+  return wellFormed.includes("\0") ? wellFormed.replaceAll("\0", "\uFFFD") : wellFormed;
+}
+
+/**
+ * Writes many completions in one call of lote.complete_items (migration 003): one JSON array of rows read by
+ * json_to_recordset, fenced by attempt. Returns the batches it touched and whether each now has every result; the
+ * function also notifies `lote_batch` once per touched batch, at commit.
  */
 export async function completeItems(pool: pg.Pool, completions: readonly Completion[]): Promise<{ batchId: string; finished: boolean }[]> {
-  const n = completions.length;
-  const cols = {
-    batchId: new Array<string>(n), idx: new Array<number>(n), attempt: new Array<number>(n), outcome: new Array<string>(n),
-    statusCode: new Array<number>(n), requestId: new Array<string | null>(n), body: new Array<string | null>(n),
-    errorCode: new Array<string | null>(n), errorMessage: new Array<string | null>(n), delay: new Array<number>(n),
-    inTok: new Array<number>(n), outTok: new Array<number>(n), totTok: new Array<number>(n),
-  };
-  completions.forEach((c, i) => {
-    cols.batchId[i] = c.batchId;
-    cols.idx[i] = c.idx;
-    cols.attempt[i] = c.attempt;
-    cols.outcome[i] = c.outcome;
-    cols.statusCode[i] = c.statusCode;
-    cols.requestId[i] = c.outcome === "retry" ? null : c.requestId;
-    cols.body[i] = c.outcome === "succeeded" ? c.body : null;
-    cols.errorCode[i] = c.outcome === "succeeded" ? null : c.errorCode;
-    cols.errorMessage[i] = c.outcome === "succeeded" ? null : c.errorMessage;
-    cols.delay[i] = c.outcome === "retry" ? Math.round(c.retryDelayMs) : 0;
-    cols.inTok[i] = c.outcome === "succeeded" ? c.inputTokens : 0;
-    cols.outTok[i] = c.outcome === "succeeded" ? c.outputTokens : 0;
-    cols.totTok[i] = c.outcome === "succeeded" ? c.totalTokens : 0;
+  const batchIds = new Set<string>();
+  // Keys are the column names of json_to_recordset's row type in the function; absent keys read as NULL.
+  const rows = completions.map((c) => {
+    batchIds.add(c.batchId);
+    const row = { batch_id: c.batchId, idx: c.idx, attempt: c.attempt, outcome: c.outcome, status_code: c.statusCode };
+    switch (c.outcome) {
+      case "succeeded":
+        return { ...row, request_id: c.requestId, body: storable(c.body), input_tokens: c.inputTokens, output_tokens: c.outputTokens, total_tokens: c.totalTokens };
+      case "retry":
+        return { ...row, error_code: c.errorCode, error_message: storable(c.errorMessage), retry_delay_ms: Math.round(c.retryDelayMs) };
+      default:
+        return { ...row, request_id: c.requestId, error_code: c.errorCode, error_message: storable(c.errorMessage) };
+    }
   });
-  const { rows } = await pool.query({
-    text: `SELECT * FROM lote.complete_items($1::text[], $2::int[], $3::int[], $4::text[], $5::int[], $6::text[], $7::text[],
-             $8::text[], $9::text[], $10::int[], $11::bigint[], $12::bigint[], $13::bigint[])`,
-    values: [cols.batchId, cols.idx, cols.attempt, cols.outcome, cols.statusCode, cols.requestId, cols.body,
-      cols.errorCode, cols.errorMessage, cols.delay, cols.inTok, cols.outTok, cols.totTok],
+  const { rows: touched } = await pool.query({
+    name: "lote.complete_items",
+    text: "SELECT * FROM lote.complete_items($1::text[], $2::json)",
+    values: [[...batchIds], JSON.stringify(rows)],
     rowMode: "array",
   });
-  return rows.map((r) => ({ batchId: r[0], finished: r[1] }));
+  return touched.map((r) => ({ batchId: r[0], finished: r[1] }));
 }

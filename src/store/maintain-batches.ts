@@ -1,11 +1,12 @@
 import type pg from "pg";
+import { runningItemsOf } from "./batch-row.ts";
 import { closeItems, inTransaction, lockBatch } from "./close-items.ts";
 import { transitionBatch } from "./transition-batch.ts";
 
 /**
  * IN_PROGRESS (or VALIDATING/FINALIZING) batches past expires_at -> EXPIRED. Every unfinished item, pending or
  * running, gets a `batch_expired` result in the same transaction; a worker still calling the backend for one of
- * them is fenced out (its completion matches no running row) and aborts on the `lote_batch` notification.
+ * them is fenced out (its completion matches no running row) and aborts on the `lote_status` notification.
  */
 export async function expireDueBatches(pool: pg.Pool, limit = 100): Promise<string[]> {
   const { rows } = await pool.query(
@@ -36,8 +37,7 @@ export async function finishBatches(pool: pg.Pool, candidates?: readonly string[
     `SELECT b.id, b.status FROM lote.batches b
       WHERE ($1::text[] IS NULL OR b.id = ANY($1::text[]))
         AND ((b.status IN ('in_progress', 'finalizing') AND b.completed + b.failed + b.cancelled + b.expired >= b.total)
-          OR (b.status = 'cancelling' AND NOT EXISTS (
-                SELECT 1 FROM lote.items i WHERE i.batch_id = b.id AND i.status = 'running')))`,
+          OR (b.status = 'cancelling' AND NOT EXISTS (SELECT 1 FROM ${runningItemsOf("b")})))`,
     [candidates ?? null],
   );
   const finished: string[] = [];

@@ -6,7 +6,9 @@ export type Queryable = pg.Pool | pg.ClientBase;
 /**
  * The one function that changes a batch's status. It names the transition, and the UPDATE only matches when the
  * batch is in one of the states the table in src/batch/batch-status.ts allows, so an illegal move changes nothing
- * and returns false. The same statement notifies `lote_batch`, so watchers and workers on every node hear of it.
+ * and returns false. The same statement notifies `lote_batch` (watchers and result streams on every node wake up)
+ * and `lote_status` with "<status> <id>" (workers abort the calls of a batch that is cancelled or expired, without
+ * a query: completions notify `lote_batch` once per flush, and a status read for each cost a round trip per flush).
  */
 export async function transitionBatch(db: Queryable, batchId: string, name: BatchTransition): Promise<boolean> {
   const t = batchTransitions[name];
@@ -15,7 +17,7 @@ export async function transitionBatch(db: Queryable, batchId: string, name: Batc
     `WITH moved AS (
        UPDATE lote.batches SET status = $2, ${t.stamp} = now(), updated_at = now()
         WHERE id = $1 AND status = ANY($3::text[]) RETURNING id)
-     SELECT pg_notify('lote_batch', id) FROM moved`,
+     SELECT pg_notify('lote_batch', id), pg_notify('lote_status', $2 || ' ' || id) FROM moved`,
     [batchId, t.to, t.from],
   );
   return result.rowCount === 1;

@@ -101,12 +101,14 @@ describe("lote client commands (real server and CLI as child processes)", () => 
   });
 
   it("sends each body byte for byte as written in the file", async () => {
-    const body = '{"model": "lote-sentiment",  "input": "bom", "seed": 12345678901234567891, "t": 1.0}';
+    // `input` a number: the built-in model answers 400, and a failed request keeps its stored body for RetryBatch
+    // (a succeeded one lives on as its result only), so the row can be read after the batch ends.
+    const body = '{"model": "lote-sentiment",  "input": 17, "seed": 12345678901234567891, "t": 1.0}';
     const file = inputFile("exact.jsonl", [`{"custom_id": "x", "method": "POST", "url": "/classify", "body": ${body}}`]);
-    const run = await lote(["submit", file]);
+    const run = await lote(["submit", file, "--wait"]);
     expect(run.code).toBe(0);
-    const { rows } = await pool.query("SELECT body FROM lote.items WHERE batch_id = $1", [run.stdout.trim()]);
-    expect(rows[0].body).toBe(body);
+    const { rows } = await pool.query("SELECT body, status FROM lote.items WHERE batch_id = $1", [run.stdout.trim()]);
+    expect(rows).toEqual([{ body, status: "failed" }]);
   });
 
   it("returns the first batch again when submitted twice with the same --request-id", async () => {
@@ -210,7 +212,8 @@ describe("lote client commands (real server and CLI as child processes)", () => 
   });
 
   it("draws a progress bar with counts, rate and ETA when stdout is a TTY", async () => {
-    const id = (await lote(["submit", bigFile("tty.jsonl", 2500)])).stdout.trim();
+    // 8,000 built-in requests take ~5 s, several times what `watch` takes to start (2,500 once finished first).
+    const id = (await lote(["submit", bigFile("tty.jsonl", 8_000)])).stdout.trim();
     // util-linux `script` runs the command on a pseudo-terminal and copies what it draws to our pipe.
     const command = [process.execPath, "--import", "tsx", "src/cli/main.ts", "watch", id].join(" ");
     const run = await new Promise<Run>((resolve) => {
@@ -220,9 +223,9 @@ describe("lote client commands (real server and CLI as child processes)", () => 
       child.on("close", (code) => resolve({ code, stdout, stderr: "" }));
     });
     expect(run.code).toBe(0);
-    expect(run.stdout).toMatch(new RegExp(`${id} \u2588*\u2591* \\d+% \\| \\d+/2500 done \\| \\d+ completed, 0 failed \\| (-|[\\d.]+)/s \\| ETA \\S+ \\| in_progress`));
-    expect(run.stdout).toContain("\u2588".repeat(30) + " 100% | 2500/2500 done | 2500 completed, 0 failed");
-    expect(run.stdout).toMatch(new RegExp(`${id} completed: 2500/2500 done, 2500 completed, 0 failed, 0 cancelled, 0 expired`));
+    expect(run.stdout).toMatch(new RegExp(`${id} \u2588*\u2591* \\d+% \\| \\d+/8000 done \\| \\d+ completed, 0 failed \\| (-|[\\d.]+)/s \\| ETA \\S+ \\| in_progress`));
+    expect(run.stdout).toContain("\u2588".repeat(30) + " 100% | 8000/8000 done | 8000 completed, 0 failed");
+    expect(run.stdout).toMatch(new RegExp(`${id} completed: 8000/8000 done, 8000 completed, 0 failed, 0 cancelled, 0 expired`));
   });
 
   it("retries the failed requests as a batch with retried_from, and --chain keeps the final result per custom_id", async () => {
