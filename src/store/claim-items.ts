@@ -1,4 +1,5 @@
 import type pg from "pg";
+import type { Queryable } from "./transition-batch.ts";
 import type { EndpointPath } from "../backends/backend.ts";
 
 export interface ClaimedItem {
@@ -34,7 +35,7 @@ export interface ClaimRequest {
  * advisory lock, the fleet-wide running count, then one `FOR UPDATE SKIP LOCKED ... LIMIT` statement that marks
  * the rows running with attempt + 1 and a lease and returns what the backend call needs.
  */
-export async function claimItems(pool: pg.Pool, r: ClaimRequest): Promise<ClaimedItem[]> {
+export async function claimItems(pool: Queryable, r: ClaimRequest): Promise<ClaimedItem[]> {
   const { rows } = await pool.query({
     // Named: each pooled connection parses it once (0.2 ms of every claim's round trip otherwise).
     name: "lote.claim_items",

@@ -1,4 +1,4 @@
-import type pg from "pg";
+import type { Queryable } from "./transition-batch.ts";
 
 /** How one backend call ended, as the completer writes it. */
 export type Completion =
@@ -35,7 +35,7 @@ function storable(text: string): string {
  * json_to_recordset, fenced by attempt. Returns the batches it touched and whether each now has every result; the
  * function also notifies `lote_batch` once per touched batch, at commit.
  */
-export async function completeItems(pool: pg.Pool, completions: readonly Completion[]): Promise<{ batchId: string; finished: boolean }[]> {
+export async function completeItems(pool: Queryable, completions: readonly Completion[]): Promise<{ batchId: string; finished: boolean }[]> {
   const batchIds = new Set<string>();
   // Keys are the column names of json_to_recordset's row type in the function; absent keys read as NULL.
   const rows = completions.map((c) => {

@@ -5,6 +5,7 @@ import {
   cancelBatch, claimItems, completeItems, createBatch, expireDueBatches, finishBatches, getBatch, getResults, listBatches, migrate,
 } from "../../src/store/index.ts";
 import { useMigratedDatabase } from "../support/database.ts";
+import { until } from "../support/until.ts";
 
 function newBatch(n: number, overrides: Partial<Parameters<typeof createBatch>[1]> = {}) {
   return {
@@ -136,5 +137,29 @@ describe("store", () => {
     expect(next.every((b) => b.seq < page[1]!.seq)).toBe(true);
     expect((await listBatches(pool, { tenantId: "t1", limit: 100, status: "expired" })).every((b) => b.status === "expired")).toBe(true);
     expect(await listBatches(pool, { tenantId: "t1", limit: 100, metadataKey: "team", metadataValue: "zzz" })).toEqual([]);
+  });
+
+  it("deletes a succeeded item and writes its one result when a heartbeat renewed the lease while the completion waited", async () => {
+    await pool.query("UPDATE lote.items SET status = 'cancelled' WHERE status IN ('pending', 'running')");
+    const { batch } = await createBatch(pool, newBatch(1));
+    const [item] = await claim(pool, 1);
+    // A heartbeat's renewal, held open: the completion's fence has to wait for its row lock.
+    const heartbeat = await pool.connect();
+    try {
+      await heartbeat.query("BEGIN");
+      await heartbeat.query("UPDATE lote.items SET lease_expires_at = now() + interval '1 minute' WHERE batch_id = $1", [batch.id]);
+      const completing = completeItems(pool, [{
+        outcome: "succeeded", batchId: item!.batchId, idx: item!.idx, attempt: item!.attempt, statusCode: 200, requestId: "r",
+        body: '{"ok":true}', inputTokens: 1, outputTokens: 1, totalTokens: 2,
+      }]);
+      await until("the completion to wait for the heartbeat's row lock", async () => (await pool.query(
+        "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%complete_items%'")).rowCount === 1);
+      await heartbeat.query("COMMIT");
+      expect(await completing).toEqual([{ batchId: batch.id, finished: true }]);
+    } finally {
+      heartbeat.release();
+    }
+    expect((await pool.query("SELECT count(*)::int AS n FROM lote.items WHERE batch_id = $1", [batch.id])).rows[0].n).toBe(0);
+    expect((await getResults(pool, batch.id, 0n, 10)).map((r) => r.customId)).toEqual(["c0"]);
   });
 });

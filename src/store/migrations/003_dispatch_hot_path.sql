@@ -70,28 +70,35 @@ BEGIN
   END IF;
   v_token_budget := CASE WHEN p_tokens_per_minute > 0 THEN p_tokens_per_minute - v_tokens ELSE NULL END;
 
+  -- No join whose order the planner could get wrong: the claimed rows are updated by ctid (a TID scan), and the
+  -- endpoint is one primary-key probe per row. The join this replaces (picked rows -> lote.items by primary key)
+  -- flipped when the table's statistics said it was empty, as they do after a VACUUM between two batches (a
+  -- succeeded item is deleted): the cached plan then read all of lote.items for every claim, 100 ms per claim with
+  -- 25,000 pending, until the next ANALYZE.
   RETURN QUERY
   WITH picked AS (
-    SELECT c.batch_id, c.idx, c.est_tokens,
+    SELECT c.tid, c.est_tokens,
            sum(c.est_tokens) OVER (ORDER BY c.priority DESC, c.idx, c.batch_id) AS cumulative,
            row_number() OVER (ORDER BY c.priority DESC, c.idx, c.batch_id) AS position
       FROM (
-        SELECT it.batch_id, it.idx, it.est_tokens, it.priority
+        SELECT it.ctid AS tid, it.batch_id, it.idx, it.est_tokens, it.priority
           FROM lote.items it
          WHERE it.model = p_model AND it.status = 'pending' AND it.run_at <= now()
          ORDER BY it.priority DESC, it.idx, it.batch_id
          LIMIT v_allowed
            FOR UPDATE SKIP LOCKED
       ) c
-  ), within_budget AS (
-    SELECT p.batch_id, p.idx FROM picked p
-     WHERE v_token_budget IS NULL OR p.cumulative <= v_token_budget OR (p.position = 1 AND v_tokens = 0)
   ), claimed AS (
+    -- tokens_per_minute: stop at the budget, but let one request through when the window is empty so a single
+    -- request larger than the whole budget cannot block the model forever. The rows are locked by `picked`, so
+    -- their ctid cannot change before this update (and no other condition here: `status = 'pending'` let the
+    -- planner read the whole of items_claimable and filter by ctid).
     UPDATE lote.items it
        SET status = 'running', attempt = it.attempt + 1, worker_id = p_worker,
            lease_expires_at = now() + p_lease_ms * interval '1 millisecond'
-      FROM within_budget w
-     WHERE it.batch_id = w.batch_id AND it.idx = w.idx
+     WHERE it.ctid = ANY (ARRAY(
+             SELECT p.tid FROM picked p
+              WHERE v_token_budget IS NULL OR p.cumulative <= v_token_budget OR (p.position = 1 AND v_tokens = 0)))
     RETURNING it.batch_id, it.idx, it.custom_id, it.attempt, it.body, it.est_tokens
   ), usage AS (
     INSERT INTO lote.model_usage AS u (model, second, requests, tokens)
@@ -100,8 +107,9 @@ BEGIN
     HAVING count(*) > 0 AND (p_requests_per_minute > 0 OR p_tokens_per_minute > 0)
     ON CONFLICT (model, second) DO UPDATE SET requests = u.requests + excluded.requests, tokens = u.tokens + excluded.tokens
   )
-  SELECT c.batch_id, c.idx, c.custom_id, c.attempt, c.body, b.endpoint, c.est_tokens
-    FROM claimed c JOIN lote.batches b ON b.id = c.batch_id;
+  SELECT c.batch_id, c.idx, c.custom_id, c.attempt, c.body,
+         (SELECT b.endpoint FROM lote.batches b WHERE b.id = c.batch_id), c.est_tokens
+    FROM claimed c;
 END;
 $$;
 
@@ -120,50 +128,71 @@ AS $$
 #variable_conflict use_column
 DECLARE
   r record;
+  v_tid tid[];
+  v_custom_id text[];
 BEGIN
   -- As in 002: the batch row lock orders result_seq; locked in id order so two completers never deadlock.
   PERFORM 1 FROM lote.batches b WHERE b.id = ANY(p_batch_ids) ORDER BY b.id FOR UPDATE;
 
+  -- No join here whose order depends on statistics. Joined to lote.items by primary key, as in 002, the planner
+  -- started from lote.items when its statistics said it was empty (as they do after a VACUUM between batches, now
+  -- that succeeded items are deleted) and read all of it for every flush, with the cached plan, until the next
+  -- ANALYZE. Instead, two statements:
+  --
+  -- 1. The fence. Each input row looks its item up by primary key (LATERAL: the plan starts from the input) and
+  --    locks it if it is still running with the attempt that made the call. v_tid[n] is the locked row version of
+  --    input row n, NULL when fenced out.
+  SELECT array_agg(t.tid ORDER BY u.n), array_agg(t.custom_id ORDER BY u.n) INTO v_tid, v_custom_id
+    FROM ROWS FROM (json_to_recordset(p_rows) AS (batch_id text, idx integer, attempt integer))
+         WITH ORDINALITY AS u(batch_id, idx, attempt, n)
+    LEFT JOIN LATERAL (
+      SELECT it.ctid AS tid, it.custom_id FROM lote.items it
+       WHERE it.batch_id = u.batch_id AND it.idx = u.idx AND it.attempt = u.attempt AND it.status = 'running' COLLATE "C"
+         FOR UPDATE
+    ) t ON true;
+
+  -- 2. Everything else, by ctid and primary key. A new statement, so a new snapshot: a row version locked in step 1
+  --    after a heartbeat renewed its lease (a new version, committed after step 1's snapshot) is visible here, and
+  --    being locked it stays the current one.
   FOR r IN
-  WITH input AS (
-    SELECT * FROM json_to_recordset(p_rows)
-      AS u(batch_id text, idx integer, attempt integer, outcome text, status_code integer, request_id text, body text,
-           error_code text, error_message text, retry_delay_ms integer, input_tokens bigint, output_tokens bigint,
-           total_tokens bigint)
+  WITH targets AS (
+    -- One row per item, should the input repeat one (the first wins).
+    SELECT DISTINCT ON (v_tid[u.n]) u.*, v_tid[u.n] AS tid, v_custom_id[u.n] AS custom_id
+      FROM ROWS FROM (json_to_recordset(p_rows)
+             AS (batch_id text, idx integer, attempt integer, outcome text, status_code integer, request_id text,
+                 body text, error_code text, error_message text, retry_delay_ms integer, input_tokens bigint,
+                 output_tokens bigint, total_tokens bigint))
+           WITH ORDINALITY AS u(batch_id, idx, attempt, outcome, status_code, request_id, body, error_code, error_message,
+                                retry_delay_ms, input_tokens, output_tokens, total_tokens, n)
+     WHERE v_tid[u.n] IS NOT NULL
+     ORDER BY v_tid[u.n], u.n
   ), succeeded AS (
     -- A succeeded item is deleted: its result row keeps everything anyone reads of it again (custom_id, attempts,
     -- the answer), and nothing reads a succeeded item's request (RetryBatch re-runs the unsucceeded ones). A DELETE
-    -- writes no new tuple version (the request body copied again, a primary-key entry, WAL for both), which an UPDATE
-    -- to 'succeeded' did: this is graphile-worker's completeJobs. The fence is the same: attempt, and still running.
-    DELETE FROM lote.items it
-     USING input u
-     WHERE u.outcome = 'succeeded' AND it.batch_id = u.batch_id AND it.idx = u.idx AND it.attempt = u.attempt
-       AND it.status = 'running' COLLATE "C"
-    RETURNING it.batch_id, it.idx, it.custom_id, it.attempt, u.outcome, u.status_code, u.request_id, u.body,
-              u.error_code, u.error_message, u.input_tokens, u.output_tokens, u.total_tokens
+    -- writes no new tuple version (the request body copied again, a primary-key entry, WAL for both), which an
+    -- UPDATE to 'succeeded' did: graphile-worker's completeJobs does the same.
+    DELETE FROM lote.items it WHERE it.ctid = ANY (ARRAY(SELECT t.tid FROM targets t WHERE t.outcome = 'succeeded'))
+    RETURNING 1
   ), others AS (
+    -- Failures, cancels and retries (rare next to successes): the per-row values by ctid from `targets`.
     UPDATE lote.items it
-       SET status = CASE u.outcome WHEN 'retry' THEN 'pending' ELSE u.outcome END,
-           run_at = CASE u.outcome WHEN 'retry' THEN now() + u.retry_delay_ms * interval '1 millisecond' ELSE it.run_at END,
-           lease_expires_at = NULL,
-           worker_id = NULL,
-           last_error = CASE WHEN u.error_code IS NULL THEN it.last_error
-                             ELSE jsonb_build_object('code', u.error_code, 'message', u.error_message, 'status_code', u.status_code) END
-      FROM input u
-     WHERE u.outcome <> 'succeeded' AND it.batch_id = u.batch_id AND it.idx = u.idx AND it.attempt = u.attempt
-       AND it.status = 'running' COLLATE "C"
-    RETURNING it.batch_id, it.idx, it.custom_id, it.attempt, u.outcome, u.status_code, u.request_id, u.body,
-              u.error_code, u.error_message, u.input_tokens, u.output_tokens, u.total_tokens
-  ), updated AS (
-    SELECT * FROM succeeded UNION ALL SELECT * FROM others
+       SET (status, run_at, lease_expires_at, worker_id, last_error) = (
+             SELECT CASE t.outcome WHEN 'retry' THEN 'pending' ELSE t.outcome END,
+                    CASE t.outcome WHEN 'retry' THEN now() + t.retry_delay_ms * interval '1 millisecond' ELSE it.run_at END,
+                    NULL::timestamptz, NULL::text,
+                    CASE WHEN t.error_code IS NULL THEN it.last_error
+                         ELSE jsonb_build_object('code', t.error_code, 'message', t.error_message, 'status_code', t.status_code) END
+               FROM targets t WHERE t.tid = it.ctid)
+     WHERE it.ctid = ANY (ARRAY(SELECT t.tid FROM targets t WHERE t.outcome <> 'succeeded'))
+    RETURNING 1
   ), finals AS (
-    SELECT up.*, row_number() OVER (PARTITION BY up.batch_id ORDER BY up.idx) AS rn
-      FROM updated up WHERE up.outcome <> 'retry'
+    SELECT t.*, row_number() OVER (PARTITION BY t.batch_id ORDER BY t.idx) AS rn
+      FROM targets t WHERE t.outcome <> 'retry'
   ), inserted AS (
     INSERT INTO lote.results (batch_id, seq, idx, custom_id, attempts, status_code, backend_request_id, body, error_code, error_message)
-    SELECT f.batch_id, b.result_seq + f.rn, f.idx, f.custom_id, f.attempt, f.status_code, coalesce(f.request_id, ''),
-           f.body, f.error_code, f.error_message
-      FROM finals f JOIN lote.batches b ON b.id = f.batch_id
+    SELECT f.batch_id, (SELECT b.result_seq FROM lote.batches b WHERE b.id = f.batch_id) + f.rn, f.idx, f.custom_id,
+           f.attempt, f.status_code, coalesce(f.request_id, ''), f.body, f.error_code, f.error_message
+      FROM finals f
     RETURNING 1
   ), sums AS (
     SELECT f.batch_id,
@@ -177,16 +206,11 @@ BEGIN
       FROM finals f GROUP BY f.batch_id
   )
   UPDATE lote.batches b
-     SET completed = b.completed + s.succeeded,
-         failed = b.failed + s.failed,
-         cancelled = b.cancelled + s.cancelled,
-         result_seq = b.result_seq + s.n,
-         input_tokens = b.input_tokens + s.input_tokens,
-         output_tokens = b.output_tokens + s.output_tokens,
-         total_tokens = b.total_tokens + s.total_tokens,
-         updated_at = now()
-    FROM sums s
-   WHERE b.id = s.batch_id AND (SELECT count(*) FROM inserted) >= 0
+     SET (completed, failed, cancelled, result_seq, input_tokens, output_tokens, total_tokens, updated_at) = (
+           SELECT b.completed + s.succeeded, b.failed + s.failed, b.cancelled + s.cancelled, b.result_seq + s.n,
+                  b.input_tokens + s.input_tokens, b.output_tokens + s.output_tokens, b.total_tokens + s.total_tokens, now()
+             FROM sums s WHERE s.batch_id = b.id)
+   WHERE b.id = ANY (ARRAY(SELECT s.batch_id FROM sums s)) AND (SELECT count(*) FROM inserted) >= 0
   RETURNING b.id, (b.completed + b.failed + b.cancelled + b.expired) = b.total AS done
   LOOP
     PERFORM pg_notify('lote_batch', r.id);
