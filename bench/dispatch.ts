@@ -12,7 +12,8 @@
  * Postgres. Flags: --quick (smaller sizes, ~1 min), --only=a,b,c,d (those parts), --parties=bare,lote,graphile (in (a)). Environment: LOTE_BENCH_DATABASE_URL (see
  * support/bench-postgres.ts), LOTE_BENCH_CONCURRENCY (default 128), LOTE_BENCH_ROUNDS (interleaved rounds of
  * (a)/(e), default 3; medians are reported), LOTE_BENCH_CPU_PROF (a directory: lote runs under --cpu-prof),
- * LOTE_BENCH_WORKER_NODE_OPTIONS (node flags for the (d) worker only).
+ * LOTE_BENCH_WORKER_NODE_OPTIONS (NODE_OPTIONS for the (d) worker only; the flags of package.json's start script,
+ * which every lote process here runs with, win over it).
  */
 import { cpus, loadavg, totalmem } from "node:os";
 import pg from "pg";
@@ -138,7 +139,7 @@ try {
     const millionConfig = { models: [{ name: "bench-million", backend: { kind: "openai", urls: [fast.url] }, max_concurrency: concurrency, timeout_ms: 120_000 }] };
     const api = await startLoteServer({ databaseUrl: db.url, role: "api", config: millionConfig });
     // lote-server.ts starts any role; its type names the two the ingest benchmark uses. LOTE_BENCH_WORKER_NODE_OPTIONS
-    // (e.g. --max-semi-space-size=8) reaches this process alone, through the environment it inherits.
+    // (e.g. --trace-gc) reaches this process alone, through the environment it inherits.
     const nodeOptions = process.env.NODE_OPTIONS;
     if (process.env.LOTE_BENCH_WORKER_NODE_OPTIONS) process.env.NODE_OPTIONS = process.env.LOTE_BENCH_WORKER_NODE_OPTIONS;
     const worker = await startLoteServer({ databaseUrl: db.url, role: "worker" as "serve", config: millionConfig, cpuProfDir: process.env.LOTE_BENCH_CPU_PROF })

@@ -2,6 +2,10 @@
 -- plus a result row, so each index entry and trigger on that path is paid once or twice per request. Measured with
 -- `npm run bench` (a): see BENCHMARKS.md, "Dispatch".
 
+-- From here on a succeeded item is deleted by the completion that writes its result (complete_items below):
+-- lote.items holds what has not succeeded. Rows that succeeded before this migration go the same way.
+DELETE FROM lote.items WHERE status = 'succeeded';
+
 -- Running rows by (model, worker): the claim counts OTHER workers' running rows of its model (two range scans that
 -- skip the claiming node's own rows, which it counts from memory), the heartbeat finds a worker's rows by model,
 -- and a batch's running count reads its model's running rows (runningItemsOf in src/store/batch-row.ts).
