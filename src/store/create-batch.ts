@@ -5,7 +5,7 @@ import { from as copyFrom } from "pg-copy-streams";
 import type { EndpointPath } from "../backends/backend.ts";
 import { batchTransitions } from "../batch/batch-status.ts";
 import { batchColumns, toBatchRecord, type BatchRecord } from "./batch-row.ts";
-import { transitionBatch } from "./transition-batch.ts";
+import { statusChangeNotifications, transitionBatch, type Queryable } from "./transition-batch.ts";
 
 export interface NewItem {
   readonly customId: string;
@@ -60,13 +60,9 @@ export async function createBatch(pool: pg.Pool, batch: NewBatch): Promise<{ bat
     );
     if (inserted.rowCount === 0) {
       await client.query("ROLLBACK");
-      const existing = await client.query(`SELECT ${batchColumns} FROM lote.batches b WHERE b.tenant_id = $1 AND b.request_id = $2`,
-        [batch.tenantId, batch.requestId]);
-      return { batch: toBatchRecord(existing.rows[0]), created: false };
+      return { batch: await existingBatch(client, batch), created: false };
     }
-    const copied = await copyItems(client, batch);
-    // MUST hold: batches.total is what finalisation counts results against.
-    if (copied !== total) throw new Error(`expected ${total} items for batch ${batch.id}, the iterable gave ${copied}`);
+    checkItemCount(batch, total, await copyItems(client, batch));
     await transitionBatch(client, batch.id, "start");
     // One notification per batch insert; delivered at COMMIT to every node's listener.
     await client.query("SELECT pg_notify('lote_work', $1)", [batch.model]);
@@ -101,7 +97,7 @@ async function createSmallBatch(pool: pg.Pool, batch: NewBatch, total: number): 
   for (const item of batch.items) {
     items.push({ idx: items.length, custom_id: item.customId, est_tokens: Math.min(item.estTokens, 2 ** 31 - 1), body: item.body });
   }
-  if (items.length !== total) throw new Error(`expected ${total} items for batch ${batch.id}, the iterable gave ${items.length}`);
+  checkItemCount(batch, total, items.length);
   const start = batchTransitions.start;
   const { rows } = await pool.query(
     `WITH b AS (
@@ -116,18 +112,26 @@ async function createSmallBatch(pool: pg.Pool, batch: NewBatch, total: number): 
          FROM b, json_to_recordset($12::json) AS r(idx integer, custom_id text, est_tokens integer, body text)
        RETURNING 1
      ), notified AS (
-       SELECT pg_notify('lote_work', b.model), pg_notify('lote_batch', b.id), pg_notify('lote_status', b.status || ' ' || b.id) FROM b
+       SELECT pg_notify('lote_work', b.model), ${statusChangeNotifications("b")} FROM b
      )
      SELECT ${batchColumns}, (SELECT count(*) FROM inserted) AS inserted, (SELECT count(*) FROM notified) AS notified FROM b`,
     [batch.id, batch.tenantId, batch.requestId ?? null, batch.endpoint, batch.model, batch.priority,
       batch.completionWindowSeconds, batch.metadata, total, batch.retriedFrom ?? null, start.to, JSON.stringify(items)],
   );
-  if (rows.length === 0) {
-    const existing = await pool.query(`SELECT ${batchColumns} FROM lote.batches b WHERE b.tenant_id = $1 AND b.request_id = $2`,
-      [batch.tenantId, batch.requestId]);
-    return { batch: toBatchRecord(existing.rows[0]), created: false };
-  }
+  if (rows.length === 0) return { batch: await existingBatch(pool, batch), created: false };
   return { batch: toBatchRecord(rows[0]), created: true };
+}
+
+/** The batch a repeated request_id names: the tenant's earlier one. */
+async function existingBatch(db: Queryable, batch: NewBatch): Promise<BatchRecord> {
+  const { rows } = await db.query(`SELECT ${batchColumns} FROM lote.batches b WHERE b.tenant_id = $1 AND b.request_id = $2`,
+    [batch.tenantId, batch.requestId]);
+  return toBatchRecord(rows[0]);
+}
+
+/** MUST hold: batches.total is what finalisation counts results against. */
+function checkItemCount(batch: NewBatch, total: number, got: number): void {
+  if (got !== total) throw new Error(`expected ${total} items for batch ${batch.id}, the iterable gave ${got}`);
 }
 
 /**

@@ -10,14 +10,21 @@ export type Queryable = pg.Pool | pg.ClientBase;
  * and `lote_status` with "<status> <id>" (workers abort the calls of a batch that is cancelled or expired, without
  * a query: completions notify `lote_batch` once per flush, and a status read for each cost a round trip per flush).
  */
+/**
+ * The notifications of a status change, as SQL over a row `alias` with `id` and `status` (its new status): the
+ * payloads transitionBatch sends, and createBatch's one-statement path for the batch it starts.
+ */
+export const statusChangeNotifications = (alias: string) =>
+  `pg_notify('lote_batch', ${alias}.id), pg_notify('lote_status', ${alias}.status || ' ' || ${alias}.id)`;
+
 export async function transitionBatch(db: Queryable, batchId: string, name: BatchTransition): Promise<boolean> {
   const t = batchTransitions[name];
   // `t.stamp` comes from the constant table, never from input.
   const result = await db.query(
     `WITH moved AS (
        UPDATE lote.batches SET status = $2, ${t.stamp} = now(), updated_at = now()
-        WHERE id = $1 AND status = ANY($3::text[]) RETURNING id)
-     SELECT pg_notify('lote_batch', id), pg_notify('lote_status', $2 || ' ' || id) FROM moved`,
+        WHERE id = $1 AND status = ANY($3::text[]) RETURNING id, status)
+     SELECT ${statusChangeNotifications("moved")} FROM moved`,
     [batchId, t.to, t.from],
   );
   return result.rowCount === 1;
