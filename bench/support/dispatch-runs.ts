@@ -16,6 +16,8 @@ export interface RunFigures {
   /** Calls per second at the simulator, first call to last, and the mean calls in flight there. */
   readonly simRate: number;
   readonly simMeanInFlight: number;
+  /** Mean time the simulator held each call, arrival to close, ms (its configured latency plus its own delay). */
+  readonly simMeanHoldMs: number;
   /** Cores used during the run, per party (e.g. { lote: 0.9, postgres: 0.6, simulator: 0.3 }). */
   readonly cores: Record<string, number>;
   /** CPU per item, µs, per party: where the time goes. */
@@ -25,7 +27,7 @@ export interface RunFigures {
 const rateOf = (n: number, fromMs: number, toMs: number) => (n * 1000) / (toMs - fromMs);
 
 function simFigures(w: SimulatorWindow) {
-  return { simRate: rateOf(w.calls, w.firstAt, w.lastAt), simMeanInFlight: w.meanInFlight };
+  return { simRate: rateOf(w.calls, w.firstAt, w.lastAt), simMeanInFlight: w.meanInFlight, simMeanHoldMs: w.meanHoldMs };
 }
 
 function usage(cpu: Record<string, number>, ms: number, items: number) {

@@ -25,24 +25,26 @@ export async function createRawTable(client: pg.ClientBase, withForeignKey: bool
 
 const signature = Buffer.from("PGCOPY\n\xff\r\n\0", "latin1");
 
-/** The binary COPY stream for (batch_id, idx, custom_id, model, priority, est_tokens, body), as 1 MiB chunks
- * (lote writes 1 MiB chunks too). Built once, before timing. */
-export function rawCopyChunks(batchId: string, model: string, priority: number, rows: readonly RawRow[]): Buffer[] {
+/** The binary COPY stream for (batch_id, idx, custom_id, model, priority, est_tokens, body, tenant_id), as 1 MiB
+ * chunks (lote writes 1 MiB chunks too). Built once, before timing. */
+export function rawCopyChunks(batchId: string, model: string, priority: number, rows: readonly RawRow[], tenantId = "default"): Buffer[] {
   const parts: Buffer[] = [Buffer.concat([signature, Buffer.alloc(8)])];
   const batch = Buffer.from(batchId);
   const modelBytes = Buffer.from(model);
+  const tenant = Buffer.from(tenantId);
   rows.forEach((r, i) => {
     const custom = Buffer.from(r.customId);
     const body = Buffer.from(r.body);
-    const row = Buffer.allocUnsafe(2 + 7 * 4 + batch.length + 4 + custom.length + modelBytes.length + 4 + 4 + body.length);
-    let at = row.writeInt16BE(7, 0);
+    const row = Buffer.allocUnsafe(2 + 8 * 4 + batch.length + 4 + custom.length + modelBytes.length + 4 + 4 + body.length + tenant.length);
+    let at = row.writeInt16BE(8, 0);
     at = row.writeInt32BE(batch.length, at); at += batch.copy(row, at);
     at = row.writeInt32BE(4, at); at = row.writeInt32BE(i, at);
     at = row.writeInt32BE(custom.length, at); at += custom.copy(row, at);
     at = row.writeInt32BE(modelBytes.length, at); at += modelBytes.copy(row, at);
     at = row.writeInt32BE(4, at); at = row.writeInt32BE(priority, at);
     at = row.writeInt32BE(4, at); at = row.writeInt32BE(r.estTokens, at);
-    at = row.writeInt32BE(body.length, at); body.copy(row, at);
+    at = row.writeInt32BE(body.length, at); at += body.copy(row, at);
+    at = row.writeInt32BE(tenant.length, at); tenant.copy(row, at);
     parts.push(row);
   });
   parts.push(Buffer.from([0xff, 0xff]));
@@ -56,7 +58,7 @@ export function rawCopyChunks(batchId: string, model: string, priority: number, 
 export async function timeRawCopy(client: pg.ClientBase, table: string, chunks: readonly Buffer[]): Promise<number> {
   const started = performance.now();
   await client.query("BEGIN");
-  const copy = client.query(copyFrom(`COPY ${table} (batch_id, idx, custom_id, model, priority, est_tokens, body) FROM STDIN (FORMAT binary)`));
+  const copy = client.query(copyFrom(`COPY ${table} (batch_id, idx, custom_id, model, priority, est_tokens, body, tenant_id) FROM STDIN (FORMAT binary)`));
   for (const chunk of chunks) if (!copy.write(chunk)) await new Promise((resolve) => copy.once("drain", resolve));
   copy.end();
   await finished(copy);

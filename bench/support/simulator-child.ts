@@ -24,7 +24,11 @@ let announce = false;
 // finds, i.e. how many of the client's slots are really at the backend.
 let inFlight = 0;
 let inFlightSum = 0;
-const tracked = new WeakSet<object>();
+// When each call arrived, and the sum of how long the simulator held each answered call (arrival to close): at
+// a fixed latency L, holdSum / answered - L is what the simulator itself adds (timers firing late, a busy loop).
+const arrivedAt = new WeakMap<object, number>();
+let answered = 0;
+let holdSum = 0;
 
 subscribe("http2.server.stream.start", (message) => {
   const { stream, headers } = message as { stream: object; headers: IncomingHttpHeaders };
@@ -32,12 +36,18 @@ subscribe("http2.server.stream.start", (message) => {
   const at = monoMs();
   if (calls++ === 0) firstAt = at;
   lastAt = at;
-  tracked.add(stream);
+  arrivedAt.set(stream, at);
   inFlightSum += ++inFlight;
   if (announce) process.send!({ arrival: at });
 });
 subscribe("http2.server.stream.close", (message) => {
-  if (tracked.delete((message as { stream: object }).stream)) inFlight--;
+  const { stream } = message as { stream: object };
+  const at = arrivedAt.get(stream);
+  if (at === undefined) return;
+  arrivedAt.delete(stream);
+  inFlight--;
+  answered++;
+  holdSum += monoMs() - at;
 });
 
 process.on("message", (m: { cmd: "mark" | "report" | "announce" | "quiet" }) => {
@@ -45,10 +55,11 @@ process.on("message", (m: { cmd: "mark" | "report" | "announce" | "quiet" }) => 
     calls = 0;
     firstAt = lastAt = 0;
     inFlightSum = 0;
+    answered = holdSum = 0;
     sim.resetStats();
   } else if (m.cmd === "report") {
     const s = sim.stats();
-    process.send!({ report: { calls, firstAt, lastAt, meanInFlight: calls ? inFlightSum / calls : 0, maxInFlight: s.maxInFlight, connections: s.connections, byStatus: s.byStatus } });
+    process.send!({ report: { calls, firstAt, lastAt, meanInFlight: calls ? inFlightSum / calls : 0, meanHoldMs: answered ? holdSum / answered : 0, maxInFlight: s.maxInFlight, connections: s.connections, byStatus: s.byStatus } });
   } else {
     announce = m.cmd === "announce";
     process.send!({ ack: m.cmd });

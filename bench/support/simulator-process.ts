@@ -9,6 +9,8 @@ export interface SimulatorWindow {
   readonly lastAt: number;
   /** Mean calls in flight found by each arriving call: the concurrency the backend really saw. */
   readonly meanInFlight: number;
+  /** Mean time from a call's arrival to its stream's close: the latency the simulator really gave, ms. */
+  readonly meanHoldMs: number;
   /** Most calls in flight at once (exact), TCP connections accepted, answers by status. */
   readonly maxInFlight: number;
   readonly connections: number;

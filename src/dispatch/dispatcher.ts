@@ -26,6 +26,8 @@ interface ModelLoop {
   readonly config: ModelConfig;
   readonly backend: Backend;
   inFlight: number;
+  /** inFlight by tenant: whose turn the next free slot is (the claim gives it to the tenant holding the fewest). */
+  readonly tenantCalls: Map<string, number>;
   wake: (() => void) | undefined;
   running: Promise<void> | undefined;
 }
@@ -75,7 +77,7 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
     });
     for (const [name, config] of o.models) {
       const backend = o.backends.get(name);
-      if (backend) this.loops.set(name, { config, backend, inFlight: 0, wake: undefined, running: undefined });
+      if (backend) this.loops.set(name, { config, backend, inFlight: 0, tenantCalls: new Map(), wake: undefined, running: undefined });
     }
   }
 
@@ -99,9 +101,8 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
     if (channel === "lote_work") this.loops.get(payload)?.wake?.();
     else if (channel === "lote_status") {
       // "<status> <batch id>", sent by every status transition (src/store/transition-batch.ts).
-      const [status, batchId = ""] = payload.split(" ");
-      if (status === "cancelling" || status === "cancelled") this.inFlight.abortBatch(batchId, "cancelled");
-      else if (status === "expired") this.inFlight.abortBatch(batchId, "expired");
+      const [status = "", batchId = ""] = payload.split(" ");
+      this.inFlight.abortIfStopped(batchId, status);
     }
   };
 
@@ -139,6 +140,7 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
           // Exact: claims of a model are serial on this node, and every item claimed before is in loop.inFlight
           // until its call ends. Rows whose call ended but whose completion is not yet written do not count.
           ownCalls: loop.inFlight,
+          tenantCalls: loop.tenantCalls,
         });
         errors = 0;
       } catch (err) {
@@ -164,6 +166,7 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
     const controller = new AbortController();
     this.inFlight.add(item.batchId, controller);
     loop.inFlight++;
+    loop.tenantCalls.set(item.tenantId, (loop.tenantCalls.get(item.tenantId) ?? 0) + 1);
     executeCall(loop.backend, loop.config, item, controller, this.random)
       .then((completion) => {
         if (!completion) return;
@@ -178,6 +181,9 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
       .finally(() => {
         this.inFlight.remove(item.batchId, controller);
         loop.inFlight--;
+        const held = loop.tenantCalls.get(item.tenantId)! - 1;
+        if (held === 0) loop.tenantCalls.delete(item.tenantId);
+        else loop.tenantCalls.set(item.tenantId, held);
         loop.wake?.();
       });
   }

@@ -38,6 +38,15 @@ export class InFlight {
     return set.size;
   }
 
+  /**
+   * Aborts the batch's calls if `status` says it stopped running: cancelling or cancelled, or expired. Both ways of
+   * learning a status use it: the `lote_status` notification and maintenance's check for a missed one.
+   */
+  abortIfStopped(batchId: string, status: string): void {
+    if (status === "cancelling" || status === "cancelled") this.abortBatch(batchId, "cancelled");
+    else if (status === "expired") this.abortBatch(batchId, "expired");
+  }
+
   abortAll(reason: AbortReason): void {
     for (const id of this.byBatch.keys()) this.abortBatch(id, reason);
   }

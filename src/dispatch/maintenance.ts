@@ -2,7 +2,7 @@ import type pg from "pg";
 import type { Logger } from "pino";
 import type { ModelConfig } from "../config/config.ts";
 import {
-  completeItems, expireDueBatches, findExpiredLeases, finishBatches, pruneModelUsage, vacuumItems, type Completion,
+  batchStatuses, completeItems, expireDueBatches, findExpiredLeases, finishBatches, pruneModelUsage, vacuumItems, type Completion,
 } from "../store/index.ts";
 import type { InFlight } from "./in-flight.ts";
 
@@ -72,11 +72,7 @@ export class Maintenance {
   checkAborts(batchIds: readonly string[]): void {
     this.running = this.running.then(() => this.guard("abort check", async () => {
       if (batchIds.length === 0) return;
-      const { rows } = await this.o.pool.query("SELECT id, status FROM lote.batches WHERE id = ANY($1::text[])", [batchIds]);
-      for (const { id, status } of rows) {
-        if (status === "cancelling" || status === "cancelled") this.o.inFlight.abortBatch(id, "cancelled");
-        else if (status === "expired") this.o.inFlight.abortBatch(id, "expired");
-      }
+      for (const { id, status } of await batchStatuses(this.o.pool, batchIds)) this.o.inFlight.abortIfStopped(id, status);
     }));
   }
 

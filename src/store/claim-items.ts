@@ -11,6 +11,8 @@ export interface ClaimedItem {
   readonly body: string;
   readonly endpoint: EndpointPath;
   readonly estTokens: number;
+  /** The batch's tenant: the claim shares a model's slots between tenants by their calls in flight. */
+  readonly tenantId: string;
 }
 
 export interface ClaimRequest {
@@ -28,22 +30,29 @@ export interface ClaimRequest {
    * 002). Omitted: every running row counts.
    */
   readonly ownCalls?: number;
+  /**
+   * This node's calls in flight for the model, per tenant (absent: none). A free slot goes to the tenant with
+   * pending work that holds the fewest (migration 004); other nodes share their own slots the same way.
+   */
+  readonly tenantCalls?: ReadonlyMap<string, number>;
 }
 
 /**
- * Claims up to `limit` pending items of a model in one call of lote.claim_items (migration 002): a per-model
- * advisory lock, the fleet-wide running count, then one `FOR UPDATE SKIP LOCKED ... LIMIT` statement that marks
- * the rows running with attempt + 1 and a lease and returns what the backend call needs.
+ * Claims up to `limit` pending items of a model in one call of lote.claim_items (migrations 002-004): a per-model
+ * advisory lock, the fleet-wide running count, the pick (highest priority first, slots shared between tenants, a
+ * tenant's batches interleaved), locked `FOR UPDATE SKIP LOCKED` as it is read, then one statement that marks the
+ * rows running with attempt + 1 and a lease and returns what the backend call needs.
  */
 export async function claimItems(pool: Queryable, r: ClaimRequest): Promise<ClaimedItem[]> {
   const { rows } = await pool.query({
     // Named: each pooled connection parses it once (0.2 ms of every claim's round trip otherwise).
     name: "lote.claim_items",
-    text: "SELECT * FROM lote.claim_items($1, $2, $3, $4, $5, $6, $7, $8)",
-    values: [r.model, r.limit, r.workerId, r.leaseMs, r.maxConcurrency, r.requestsPerMinute, r.tokensPerMinute, r.ownCalls ?? null],
+    text: "SELECT * FROM lote.claim_items($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    values: [r.model, r.limit, r.workerId, r.leaseMs, r.maxConcurrency, r.requestsPerMinute, r.tokensPerMinute, r.ownCalls ?? null,
+      r.tenantCalls ? [...r.tenantCalls.keys()] : null, r.tenantCalls ? [...r.tenantCalls.values()] : null],
     rowMode: "array",
   });
-  return rows.map((c) => ({ batchId: c[0], idx: c[1], customId: c[2], attempt: c[3], body: c[4], endpoint: c[5], estTokens: c[6] }));
+  return rows.map((c) => ({ batchId: c[0], idx: c[1], customId: c[2], attempt: c[3], body: c[4], endpoint: c[5], estTokens: c[6], tenantId: c[7] }));
 }
 
 /**

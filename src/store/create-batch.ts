@@ -107,8 +107,8 @@ async function createSmallBatch(pool: pg.Pool, batch: NewBatch, total: number): 
        ON CONFLICT (tenant_id, request_id) WHERE request_id IS NOT NULL DO NOTHING
        RETURNING b.*
      ), inserted AS (
-       INSERT INTO lote.items (batch_id, idx, custom_id, model, priority, est_tokens, body)
-       SELECT b.id, r.idx, r.custom_id, b.model, b.priority, r.est_tokens, r.body
+       INSERT INTO lote.items (batch_id, idx, custom_id, model, priority, est_tokens, body, tenant_id)
+       SELECT b.id, r.idx, r.custom_id, b.model, b.priority, r.est_tokens, r.body, b.tenant_id
          FROM b, json_to_recordset($12::json) AS r(idx integer, custom_id text, est_tokens integer, body text)
        RETURNING 1
      ), notified AS (
@@ -142,7 +142,7 @@ function checkItemCount(batch: NewBatch, total: number, got: number): void {
  */
 async function copyItems(client: pg.PoolClient, batch: NewBatch): Promise<number> {
   const copy = client.query(copyFrom(
-    "COPY lote.items (batch_id, idx, custom_id, model, priority, est_tokens, body) FROM STDIN (FORMAT binary)",
+    "COPY lote.items (batch_id, idx, custom_id, model, priority, est_tokens, body, tenant_id) FROM STDIN (FORMAT binary)",
   ));
   const rows = { count: 0 };
   // An iterator that throws destroys the COPY stream, which sends CopyFail: the server ends the COPY and the
@@ -159,6 +159,7 @@ const chunkBytes = 1 << 20;
 function* binaryRows(batch: NewBatch, rows: { count: number }): Generator<Buffer> {
   const batchId = Buffer.from(batch.id);
   const model = Buffer.from(batch.model);
+  const tenant = Buffer.from(batch.tenantId);
   let buf = Buffer.allocUnsafe(chunkBytes);
   let at = 0;
   const header = Buffer.alloc(19);
@@ -169,13 +170,13 @@ function* binaryRows(batch: NewBatch, rows: { count: number }): Generator<Buffer
   for (const item of batch.items) {
     const customLen = Buffer.byteLength(item.customId);
     const bodyLen = item.bodyUtf8 ? item.bodyUtf8.length : Buffer.byteLength(item.body);
-    const need = 2 + (4 + batchId.length) + 8 + (4 + customLen) + (4 + model.length) + 8 + 8 + (4 + bodyLen);
+    const need = 2 + (4 + batchId.length) + 8 + (4 + customLen) + (4 + model.length) + 8 + 8 + (4 + bodyLen) + (4 + tenant.length);
     if (at + need > buf.length) {
       yield buf.subarray(0, at);
       buf = Buffer.allocUnsafe(Math.max(chunkBytes, need));
       at = 0;
     }
-    at = buf.writeInt16BE(7, at);
+    at = buf.writeInt16BE(8, at);
     at = buf.writeInt32BE(batchId.length, at);
     at += batchId.copy(buf, at);
     at = buf.writeInt32BE(4, at);
@@ -195,6 +196,8 @@ function* binaryRows(batch: NewBatch, rows: { count: number }): Generator<Buffer
     } else {
       at += buf.write(item.body, at);
     }
+    at = buf.writeInt32BE(tenant.length, at);
+    at += tenant.copy(buf, at);
     rows.count = ++i;
   }
   if (at + 2 > buf.length) {

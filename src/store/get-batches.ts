@@ -52,3 +52,9 @@ export async function getUnsucceededItems(pool: pg.Pool, batchId: string): Promi
   );
   return rows.map((r) => ({ customId: r.custom_id, body: r.body, estTokens: r.est_tokens }));
 }
+
+/** The status of each of these batches that exists (any tenant): what a worker checks its calls against. */
+export async function batchStatuses(pool: pg.Pool, ids: readonly string[]): Promise<{ id: string; status: string }[]> {
+  const { rows } = await pool.query<{ id: string; status: string }>("SELECT id, status FROM lote.batches WHERE id = ANY($1::text[])", [ids]);
+  return rows;
+}

@@ -1,7 +1,7 @@
 import * as grpc from "@grpc/grpc-js";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createTestDatabase, type TestDatabase } from "../support/database.ts";
+import { createTestDatabase, type TestDatabase, testPool } from "../support/database.ts";
 import { batchServiceClient, call, chatRequest, collect, fieldViolations } from "../support/grpc-client.ts";
 import { startLoteProcess, type LoteProcess } from "../support/lote-process.ts";
 import { until } from "../support/until.ts";
@@ -20,7 +20,7 @@ describe("BatchService over gRPC (grpc-js client, server as a child process)", (
     db = await createTestDatabase();
     lote = await startLoteProcess({ databaseUrl: db.url });
     client = batchServiceClient(`127.0.0.1:${lote.port}`);
-    pool = new pg.Pool({ connectionString: db.url });
+    pool = testPool(db.url);
   });
   afterAll(async () => {
     client?.close();

@@ -4,8 +4,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import pg from "pg";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createTestDatabase, type TestDatabase } from "../support/database.ts";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { createTestDatabase, type TestDatabase, testPool } from "../support/database.ts";
 import { startLoteProcess, type LoteProcess } from "../support/lote-process.ts";
 import { freePort } from "../support/ports.ts";
 import { until } from "../support/until.ts";
@@ -81,7 +81,7 @@ describe("lote client commands (real server and CLI as child processes)", () => 
   beforeAll(async () => {
     db = await createTestDatabase();
     server = await startLoteProcess({ databaseUrl: db.url, config });
-    pool = new pg.Pool({ connectionString: db.url });
+    pool = testPool(db.url);
   });
   afterAll(async () => {
     await server?.stop();
@@ -191,43 +191,6 @@ describe("lote client commands (real server and CLI as child processes)", () => 
     expect(limited).toHaveLength(2);
   });
 
-  it("watches with plain throttled lines when stdout is not a TTY, and exits 3 when the batch is cancelled", async () => {
-    const id = (await lote(["submit", bigFile("cancel.jsonl", 20_000)])).stdout.trim();
-    const arrivals: number[] = [];
-    const watch = startLote(["watch", id], { LOTE_SERVER: server.url }, () => arrivals.push(Date.now()));
-    // Two lines show the throttle at work; 20,000 built-in requests take several seconds, so the cancel lands mid-run.
-    await until("a second, throttled progress line", () => (arrivals.length >= 2 ? true : undefined));
-    const cancel = await lote(["cancel", id]);
-    expect(cancel.code).toBe(0);
-    expect(cancel.stdout).toMatch(new RegExp(`^${id} (cancelling|cancelled)\n$`));
-    const run = await watch.done;
-    expect(run.code).toBe(3);
-    const lines = run.stdout.trimEnd().split("\n");
-    expect(lines.length).toBeGreaterThanOrEqual(2);
-    for (const l of lines.slice(0, -1)) expect(l).toMatch(new RegExp(`^${id} (in_progress|cancelling): \\d+/20000 done, \\d+ completed, \\d+ failed, (-|[\\d.]+)/s, ETA \\S+$`));
-    expect(lines.at(-1)).toMatch(new RegExp(`^${id} cancelled: \\d+/20000 done, .* [1-9]\\d* cancelled`));
-    // At most one line a second, the final one excepted (700 ms allows for scheduling and pipe delays).
-    for (let i = 1; i < arrivals.length - 1; i++) expect(arrivals[i]! - arrivals[i - 1]!).toBeGreaterThanOrEqual(700);
-    expect((await lote(["cancel", id])).code).toBe(1);
-  });
-
-  it("draws a progress bar with counts, rate and ETA when stdout is a TTY", async () => {
-    // 8,000 built-in requests take ~5 s, several times what `watch` takes to start (2,500 once finished first).
-    const id = (await lote(["submit", bigFile("tty.jsonl", 8_000)])).stdout.trim();
-    // util-linux `script` runs the command on a pseudo-terminal and copies what it draws to our pipe.
-    const command = [process.execPath, "--import", "tsx", "src/cli/main.ts", "watch", id].join(" ");
-    const run = await new Promise<Run>((resolve) => {
-      const child = spawn("script", ["-qfec", command, "/dev/null"], { cwd: root, env: { ...process.env, LOTE_SERVER: server.url, LOTE_API_KEY: "" }, stdio: ["ignore", "pipe", "pipe"] });
-      let stdout = "";
-      child.stdout.on("data", (d) => (stdout += d));
-      child.on("close", (code) => resolve({ code, stdout, stderr: "" }));
-    });
-    expect(run.code).toBe(0);
-    expect(run.stdout).toMatch(new RegExp(`${id} \u2588*\u2591* \\d+% \\| \\d+/8000 done \\| \\d+ completed, 0 failed \\| (-|[\\d.]+)/s \\| ETA \\S+ \\| in_progress`));
-    expect(run.stdout).toContain("\u2588".repeat(30) + " 100% | 8000/8000 done | 8000 completed, 0 failed");
-    expect(run.stdout).toMatch(new RegExp(`${id} completed: 8000/8000 done, 8000 completed, 0 failed, 0 cancelled, 0 expired`));
-  });
-
   it("retries the failed requests as a batch with retried_from, and --chain keeps the final result per custom_id", async () => {
     const file = inputFile("retry.jsonl", [classify("ok", portuguese[0]!), classify("empty-1", ""), classify("empty-2", "")]);
     const original = (await lote(["submit", file, "--wait"])).stdout.trim();
@@ -247,23 +210,6 @@ describe("lote client commands (real server and CLI as child processes)", () => 
       expect(lines.map((l) => l.custom_id).sort()).toEqual(["empty-1", "empty-2", "ok"]);
       for (const l of lines) expect(l.id).toContain(l.custom_id === "ok" ? original.slice(6) : retried.slice(6));
     }
-  });
-
-  it("writes results with --follow while the batch is still running, each exactly once", async () => {
-    // Large enough that the batch (several seconds of built-in model work) outlives the CLI's start-up (~1 s):
-    // 2,000 sometimes finished before the first result reached the file.
-    const n = 20_000;
-    const id = (await lote(["submit", bigFile("follow.jsonl", n)])).stdout.trim();
-    const out = join(dir, "follow-out.jsonl");
-    const follow = startLote(["results", id, "--follow", "-o", out], { LOTE_SERVER: server.url });
-    await until("the first results on disk", () => (sizeOf(out) > 0 ? true : undefined));
-    const { rows } = await pool.query("SELECT status FROM lote.batches WHERE id = $1", [id]);
-    expect(rows[0].status).not.toBe("completed");
-    const run = await follow.done;
-    expect(run.code).toBe(0);
-    const ids = jsonLines(out).map((l) => l.custom_id);
-    expect(ids).toHaveLength(n);
-    expect(new Set(ids).size).toBe(n);
   });
 
   it("estimates tokens and cost without creating a batch", async () => {
@@ -361,5 +307,94 @@ describe("lote client over TLS with a private CA and API keys", () => {
     expect(untrusted.code).toBe(69);
     expect(untrusted.stderr).toBe(`lote: cannot reach ${address}: TLS: unable to verify the first certificate (trust the CA that signed its certificate with --ca FILE)\n`);
     expect(server.logs()).not.toContain(key.trim());
+  });
+});
+
+describe("lote watch and results --follow while a worker runs the batch (an API node; the worker starts once the CLI is up)", () => {
+  // The batch waits on an API-only node until `watch` shows it, and only then does a worker start: built-in
+  // requests finish at thousands a second, so a batch submitted to a serving node could end before `watch` (a
+  // second Node process, 1-2 s to start under load) draws anything (a CI run saw 8,000 finish first).
+  let db: TestDatabase;
+  let api: LoteProcess;
+  let worker: LoteProcess | undefined;
+  const lote = (args: string[]) => startLote(args, { LOTE_SERVER: api.url }).done;
+  const bigFile = (name: string, n: number) => inputFile(name, Array.from({ length: n }, (_, i) => classify(`r${i}`, `${portuguese[i % 3]} ${i}`)));
+  const startWorker = async () => (worker = await startLoteProcess({ databaseUrl: db.url, role: "worker" }));
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    api = await startLoteProcess({ databaseUrl: db.url, role: "api" });
+  });
+  afterEach(async () => {
+    await worker?.stop();
+    worker = undefined;
+  });
+  afterAll(async () => {
+    await api?.stop();
+    await db?.drop();
+  });
+
+  it("watches with plain throttled lines when stdout is not a TTY, and exits 3 when the batch is cancelled", async () => {
+    const id = (await lote(["submit", bigFile("cancel.jsonl", 20_000)])).stdout.trim();
+    const arrivals: number[] = [];
+    const spawnedAt = Date.now();
+    const watch = startLote(["watch", id], { LOTE_SERVER: api.url }, () => arrivals.push(Date.now()));
+    await until("the first progress line", () => (arrivals.length >= 1 ? true : undefined));
+    await startWorker();
+    // A second line shows the throttle at work; 20,000 built-in requests take several seconds, so the cancel
+    // lands mid-run.
+    await until("a second, throttled progress line", () => (arrivals.length >= 2 ? true : undefined));
+    const cancel = await lote(["cancel", id]);
+    expect(cancel.code).toBe(0);
+    expect(cancel.stdout).toMatch(new RegExp(`^${id} (cancelling|cancelled)\n$`));
+    const run = await watch.done;
+    const lifetimeMs = Date.now() - spawnedAt;
+    expect(run.code).toBe(3);
+    const lines = run.stdout.trimEnd().split("\n");
+    expect(lines.length).toBeGreaterThanOrEqual(2);
+    for (const l of lines.slice(0, -1)) expect(l).toMatch(new RegExp(`^${id} (in_progress|cancelling): \\d+/20000 done, \\d+ completed, \\d+ failed, (-|[\\d.]+)/s, ETA \\S+$`));
+    expect(lines.at(-1)).toMatch(new RegExp(`^${id} cancelled: \\d+/20000 done, .* [1-9]\\d* cancelled`));
+    // At most one line a second, the final one excepted. Counted against the process's whole life rather than the
+    // gaps between arrivals: a busy test process reads lines written a second apart in one chunk (a CI run saw two
+    // arrive 4 ms apart), while n throttled lines need at least n - 1 seconds whenever they are read. Unthrottled,
+    // a line per update would be hundreds.
+    expect((lines.length - 2) * 1000).toBeLessThanOrEqual(lifetimeMs);
+    expect((await lote(["cancel", id])).code).toBe(1);
+  });
+
+  it("writes results with --follow while the batch is still running, each exactly once", async () => {
+    const n = 20_000;
+    const id = (await lote(["submit", bigFile("follow.jsonl", n)])).stdout.trim();
+    const out = join(dir, "follow-out.jsonl");
+    const follow = startLote(["results", id, "--follow", "-o", out], { LOTE_SERVER: api.url });
+    // Started together, the worker and the CLI take about as long to come up; 20,000 requests then take seconds.
+    await startWorker();
+    await until("the first results on disk", () => (sizeOf(out) > 0 ? true : undefined));
+    const batch = JSON.parse((await lote(["status", id, "--json"])).stdout);
+    expect(batch.status).not.toBe("BATCH_STATUS_COMPLETED");
+    const run = await follow.done;
+    expect(run.code).toBe(0);
+    const ids = jsonLines(out).map((l) => l.custom_id);
+    expect(ids).toHaveLength(n);
+    expect(new Set(ids).size).toBe(n);
+  });
+
+  it("draws a progress bar with counts, rate and ETA when stdout is a TTY", async () => {
+    const id = (await lote(["submit", bigFile("tty.jsonl", 4_000)])).stdout.trim();
+    // util-linux `script` runs the command on a pseudo-terminal and copies what it draws to our pipe.
+    const command = [process.execPath, "--import", "tsx", "src/cli/main.ts", "watch", id].join(" ");
+    let stdout = "";
+    const run = new Promise<Run>((resolve) => {
+      const child = spawn("script", ["-qfec", command, "/dev/null"], { cwd: root, env: { ...process.env, LOTE_SERVER: api.url, LOTE_API_KEY: "" }, stdio: ["ignore", "pipe", "pipe"] });
+      child.stdout.on("data", (d) => (stdout += d));
+      child.on("close", (code) => resolve({ code, stdout, stderr: "" }));
+    });
+    const inProgress = new RegExp(`${id} \u2588*\u2591* \\d+% \\| \\d+/4000 done \\| \\d+ completed, 0 failed \\| (-|[\\d.]+)/s \\| ETA \\S+ \\| in_progress`);
+    await until("a bar drawn while the batch is in progress", () => inProgress.test(stdout));
+    await startWorker();
+    const { code } = await run;
+    expect(code).toBe(0);
+    expect(stdout).toContain("\u2588".repeat(30) + " 100% | 4000/4000 done | 4000 completed, 0 failed");
+    expect(stdout).toMatch(new RegExp(`${id} completed: 4000/4000 done, 4000 completed, 0 failed, 0 cancelled, 0 expired`));
   });
 });

@@ -2,7 +2,8 @@ import * as grpc from "@grpc/grpc-js";
 import pg from "pg";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { startSimulator, type Simulator } from "../../src/simulator/index.ts";
-import { createTestDatabase, type TestDatabase } from "../support/database.ts";
+import { createApiKey } from "../../src/store/index.ts";
+import { createTestDatabase, type TestDatabase, testPool } from "../support/database.ts";
 import { batchServiceClient, call, chatRequest, collect } from "../support/grpc-client.ts";
 import { startLoteProcess, type LoteProcess } from "../support/lote-process.ts";
 import { until } from "../support/until.ts";
@@ -41,7 +42,7 @@ describe("dispatch against the simulated backend (real processes, sockets and Po
 
   beforeAll(async () => {
     db = await createTestDatabase();
-    pool = new pg.Pool({ connectionString: db.url });
+    pool = testPool(db.url);
   });
   afterEach(async () => {
     for (const c of clients.splice(0)) c.close();
@@ -221,6 +222,38 @@ describe("dispatch against the simulated backend (real processes, sockets and Po
     expect(bigNow.status).toBe("BATCH_STATUS_IN_PROGRESS");
     expect(Number(bigNow.requestCounts.completed)).toBeLessThan(20_000);
     await call(client, "cancelBatch", { id: big.id });
+  });
+
+  it("shares a model between tenants, not batches: one tenant's four batches do not crowd out another tenant's one", async () => {
+    sim = await startSimulator({ port: 0, latency: { kind: "fixed", ms: 5 } });
+    const config = { models: [modelConfig(sim, { max_concurrency: 4 })] };
+    // Everything is queued before any worker runs, so the order of the claims alone decides who finishes first.
+    const api = await startLoteProcess({ databaseUrl: db.url, role: "api", config, env: { LOTE_AUTH_REQUIRED: "true" } });
+    processes.push(api);
+    const keys = { many: await createApiKey(pool, "tenant-many"), one: await createApiKey(pool, "tenant-one") };
+    const client = clientOf(api);
+    const as = (key: string) => {
+      const m = new grpc.Metadata();
+      m.set("authorization", `Bearer ${key}`);
+      return m;
+    };
+    const many = [];
+    for (let b = 0; b < 4; b++) {
+      many.push(await call(client, "createBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: requests(40, `m${b}-`) }, as(keys.many)));
+    }
+    const one = await call(client, "createBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: requests(40, "o-") }, as(keys.one));
+    await start("worker", config);
+    await until(`batch ${one.id} completed`, async () => {
+      const b = await call(client, "getBatch", { id: one.id }, as(keys.one));
+      return b.status === "BATCH_STATUS_COMPLETED" ? b : undefined;
+    }, 60_000);
+    const { rows } = await pool.query<{ n: number }>(
+      "SELECT count(*)::int AS n FROM lote.results WHERE batch_id = ANY($1::text[]) AND created_at <= (SELECT max(created_at) FROM lote.results WHERE batch_id = $2)",
+      [many.map((b) => b.id), one.id]);
+    // Half the capacity each: tenant-many finished about 40 of its 160 by then. Shared per batch (each of the five
+    // batches a fifth), it would have finished about 160, all of them.
+    expect(rows[0]!.n).toBeGreaterThanOrEqual(30);
+    expect(rows[0]!.n).toBeLessThanOrEqual(60);
   });
 
   it("classifies the three Portuguese sentences with the built-in model", async () => {

@@ -115,6 +115,57 @@ describe("store", () => {
     expect((await claim(pool, 3)).map((c) => c.batchId)).toEqual([low.batch.id, low.batch.id, low.batch.id]);
   });
 
+  it("splits a claim evenly between tenants, however many batches each has, and round-robins each tenant's batches", async () => {
+    await pool.query("UPDATE lote.items SET status = 'cancelled' WHERE status IN ('pending', 'running')");
+    const many = await Promise.all(Array.from({ length: 4 }, () => createBatch(pool, newBatch(10, { tenantId: "tenant-many" }))));
+    const one = await createBatch(pool, newBatch(10, { tenantId: "tenant-one" }));
+    const tenantOf = new Map([...many.map((b) => [b.batch.id, "tenant-many"] as const), [one.batch.id, "tenant-one"]]);
+    const shares = (claimed: { batchId: string }[]) => {
+      const out: Record<string, number> = {};
+      for (const c of claimed) out[tenantOf.get(c.batchId)!] = (out[tenantOf.get(c.batchId)!] ?? 0) + 1;
+      return out;
+    };
+    const first = await claim(pool, 8);
+    expect(shares(first)).toEqual({ "tenant-many": 4, "tenant-one": 4 });
+    // Within a tenant, item 0 of each of its batches before any item 1.
+    expect(new Set(first.filter((c) => tenantOf.get(c.batchId) === "tenant-many").map((c) => c.batchId)).size).toBe(4);
+    expect(shares(await claim(pool, 8))).toEqual({ "tenant-many": 4, "tenant-one": 4 });
+    // tenant-one has 2 left: the rest of the claim goes to tenant-many (max-min fair, nothing left unused).
+    expect(shares(await claim(pool, 8))).toEqual({ "tenant-many": 6, "tenant-one": 2 });
+    expect(shares(await claim(pool, 100))).toEqual({ "tenant-many": 26 });
+  });
+
+  it("gives each free slot to the tenant with the fewest calls in flight on the claiming node", async () => {
+    await pool.query("UPDATE lote.items SET status = 'cancelled' WHERE status IN ('pending', 'running')");
+    const a = await createBatch(pool, newBatch(10, { tenantId: "tenant-a" }));
+    const b = await createBatch(pool, newBatch(10, { tenantId: "tenant-b" }));
+    const claimWith = (limit: number, tenantCalls: Record<string, number>) => claimItems(pool, {
+      model: "m1", limit, workerId: "w1", leaseMs: 30_000, maxConcurrency: 1000, requestsPerMinute: 0, tokensPerMinute: 0,
+      ownCalls: 0, tenantCalls: new Map(Object.entries(tenantCalls)),
+    });
+    expect((await claimWith(1, { "tenant-a": 3, "tenant-b": 2 })).map((c) => c.batchId)).toEqual([b.batch.id]);
+    expect((await claimWith(1, { "tenant-b": 3 })).map((c) => [c.batchId, c.tenantId])).toEqual([[a.batch.id, "tenant-a"]]);
+    // 5 free slots, a holding 4 and b none: b is lifted to 4 first, then one more each would tie at 5: b gets 4, a 1.
+    const claimed = await claimWith(5, { "tenant-a": 4 });
+    expect(claimed.filter((c) => c.batchId === b.batch.id)).toHaveLength(4);
+    expect(claimed.filter((c) => c.batchId === a.batch.id)).toHaveLength(1);
+  });
+
+  it("gives a tenant's share to the others while its items wait for a retry, and a higher priority first across tenants", async () => {
+    await pool.query("UPDATE lote.items SET status = 'cancelled' WHERE status IN ('pending', 'running')");
+    const waiting = await createBatch(pool, newBatch(5, { tenantId: "tenant-waiting" }));
+    await pool.query("UPDATE lote.items SET run_at = now() + interval '1 hour' WHERE batch_id = $1", [waiting.batch.id]);
+    const ready = await createBatch(pool, newBatch(5, { tenantId: "tenant-ready" }));
+    expect((await claim(pool, 4)).map((c) => c.batchId)).toEqual(Array(4).fill(ready.batch.id));
+
+    const low = await createBatch(pool, newBatch(5, { tenantId: "tenant-low", priority: 0 }));
+    const high = await createBatch(pool, newBatch(3, { tenantId: "tenant-high", priority: 5 }));
+    const claimed = await claim(pool, 6);
+    const count = (id: string) => claimed.filter((c) => c.batchId === id).length;
+    // All 3 high-priority items, then the lower level shares what is left: 1 of tenant-ready's, 2 of tenant-low's.
+    expect([count(high.batch.id), count(ready.batch.id), count(low.batch.id)]).toEqual([3, 1, 2]);
+  });
+
   it("holds requests_per_minute and tokens_per_minute across claims within the window", async () => {
     await pool.query("UPDATE lote.items SET status = 'cancelled' WHERE status IN ('pending', 'running')");
     await createBatch(pool, newBatch(20));
