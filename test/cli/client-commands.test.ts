@@ -319,7 +319,7 @@ describe("lote watch and results --follow while a worker runs the batch (an API 
   let worker: LoteProcess | undefined;
   const lote = (args: string[]) => startLote(args, { LOTE_SERVER: api.url }).done;
   const bigFile = (name: string, n: number) => inputFile(name, Array.from({ length: n }, (_, i) => classify(`r${i}`, `${portuguese[i % 3]} ${i}`)));
-  const startWorker = async () => (worker = await startLoteProcess({ databaseUrl: db.url, role: "worker" }));
+  const startWorker = async (config?: Record<string, unknown>) => (worker = await startLoteProcess({ databaseUrl: db.url, role: "worker", config }));
 
   beforeAll(async () => {
     db = await createTestDatabase();
@@ -335,14 +335,15 @@ describe("lote watch and results --follow while a worker runs the batch (an API 
   });
 
   it("watches with plain throttled lines when stdout is not a TTY, and exits 3 when the batch is cancelled", async () => {
-    const id = (await lote(["submit", bigFile("cancel.jsonl", 20_000)])).stdout.trim();
+    const id = (await lote(["submit", bigFile("cancel.jsonl", 5_000)])).stdout.trim();
     const arrivals: number[] = [];
     const spawnedAt = Date.now();
     const watch = startLote(["watch", id], { LOTE_SERVER: api.url }, () => arrivals.push(Date.now()));
     await until("the first progress line", () => (arrivals.length >= 1 ? true : undefined));
-    await startWorker();
-    // A second line shows the throttle at work; 20,000 built-in requests take several seconds, so the cancel
-    // lands mid-run.
+    // 2,000 requests a minute: the worker runs 2,000 at once, then waits for the minute's window to move, so the
+    // cancel lands on a batch that is still running however fast the machine is.
+    await startWorker({ models: [{ name: "lote-sentiment", endpoints: ["/classify"], backend: { kind: "builtin" }, requests_per_minute: 2_000 }] });
+    // A second line shows the throttle at work.
     await until("a second, throttled progress line", () => (arrivals.length >= 2 ? true : undefined));
     const cancel = await lote(["cancel", id]);
     expect(cancel.code).toBe(0);
@@ -352,8 +353,11 @@ describe("lote watch and results --follow while a worker runs the batch (an API 
     expect(run.code).toBe(3);
     const lines = run.stdout.trimEnd().split("\n");
     expect(lines.length).toBeGreaterThanOrEqual(2);
-    for (const l of lines.slice(0, -1)) expect(l).toMatch(new RegExp(`^${id} (in_progress|cancelling): \\d+/20000 done, \\d+ completed, \\d+ failed, (-|[\\d.]+)/s, ETA \\S+$`));
-    expect(lines.at(-1)).toMatch(new RegExp(`^${id} cancelled: \\d+/20000 done, .* [1-9]\\d* cancelled`));
+    for (const l of lines.slice(0, -1)) expect(l).toMatch(new RegExp(`^${id} (in_progress|cancelling): \\d+/5000 done, \\d+ completed, \\d+ failed, (-|[\\d.]+)/s, ETA \\S+$`));
+    expect(lines.at(-1)).toMatch(new RegExp(`^${id} cancelled: \\d+/5000 done, (\\d+) completed, 0 failed, (\\d+) cancelled`));
+    const [, completed, cancelled] = new RegExp(`(\\d+) completed, 0 failed, (\\d+) cancelled`).exec(lines.at(-1)!)!;
+    expect(Number(completed)).toBeLessThanOrEqual(2_000);
+    expect(Number(completed) + Number(cancelled)).toBe(5_000);
     // At most one line a second, the final one excepted. Counted against the process's whole life rather than the
     // gaps between arrivals: a busy test process reads lines written a second apart in one chunk (a CI run saw two
     // arrive 4 ms apart), while n throttled lines need at least n - 1 seconds whenever they are read. Unthrottled,
