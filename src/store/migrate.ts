@@ -10,10 +10,13 @@ const migrationLockKey = 7_402_188_551_337n;
 
 /**
  * Applies the numbered SQL files in src/store/migrations/ that this database has not seen, each in its own
- * transaction, under a session advisory lock: safe when several nodes start together.
+ * transaction, under a session advisory lock: safe when several nodes start together. `through` stops after that
+ * version (a database as an older lote left it, for tests of the upgrade path).
  */
-export async function migrate(pool: pg.Pool): Promise<{ applied: string[] }> {
-  const files = (await readdir(migrationsDir)).filter((f) => /^\d{3}_.+\.sql$/.test(f)).sort();
+export async function migrate(pool: pg.Pool, options: { through?: number } = {}): Promise<{ applied: string[] }> {
+  const files = (await readdir(migrationsDir))
+    .filter((f) => /^\d{3}_.+\.sql$/.test(f) && Number(f.slice(0, 3)) <= (options.through ?? Infinity))
+    .sort();
   const client = await pool.connect();
   const applied: string[] = [];
   try {
