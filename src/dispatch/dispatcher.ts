@@ -28,11 +28,26 @@ interface ModelLoop {
   inFlight: number;
   /** inFlight by tenant: whose turn the next free slot is (the claim gives it to the tenant holding the fewest). */
   readonly tenantCalls: Map<string, number>;
+  /** Ends the loop's current wait; set only while it waits. */
   wake: (() => void) | undefined;
+  /**
+   * A wake-up came while the loop was not waiting (a claim was in flight): the next wait returns at once. Without
+   * it, a batch whose notification arrived during a claim that read the queue before the batch committed waited
+   * for the next poll, a second by default (a two-worker test saw one worker sit out a whole 2,000-request batch).
+   */
+  woken: boolean;
+  /** How long the next short claim waits before looking again (see `run`). */
+  recheckMs: number;
   running: Promise<void> | undefined;
 }
 
 export type DispatcherState = "idle" | "running" | "stopping" | "stopped";
+
+/**
+ * The first wait after a claim that came back short; it doubles up to the poll interval (see `run`). 25 ms: a few
+ * completion flushes (5 ms each) of the nodes that hold the model's slots.
+ */
+const firstRecheckMs = 25;
 
 /** Claimed items between two vacuums of lote.items; why and the numbers: vacuumItems in src/store/claim-items.ts. */
 const vacuumEveryItems = 50_000;
@@ -77,7 +92,7 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
     });
     for (const [name, config] of o.models) {
       const backend = o.backends.get(name);
-      if (backend) this.loops.set(name, { config, backend, inFlight: 0, tenantCalls: new Map(), wake: undefined, running: undefined });
+      if (backend) this.loops.set(name, { config, backend, inFlight: 0, tenantCalls: new Map(), wake: undefined, woken: false, recheckMs: firstRecheckMs, running: undefined });
     }
   }
 
@@ -98,7 +113,10 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
   }
 
   private readonly onNotification = (channel: string, payload: string): void => {
-    if (channel === "lote_work") this.loops.get(payload)?.wake?.();
+    if (channel === "lote_work") {
+      const loop = this.loops.get(payload);
+      if (loop) this.wake(loop);
+    }
     else if (channel === "lote_status") {
       // "<status> <batch id>", sent by every status transition (src/store/transition-batch.ts).
       const [status = "", batchId = ""] = payload.split(" ");
@@ -107,10 +125,19 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
   };
 
   private readonly wakeAll = (): void => {
-    for (const loop of this.loops.values()) loop.wake?.();
+    for (const loop of this.loops.values()) this.wake(loop);
   };
 
+  private wake(loop: ModelLoop): void {
+    if (loop.wake) loop.wake();
+    else loop.woken = true;
+  }
+
   private waitForWake(loop: ModelLoop, ms: number): Promise<void> {
+    if (loop.woken) {
+      loop.woken = false;
+      return Promise.resolve();
+    }
     return new Promise((resolve) => {
       const timer = setTimeout(() => done(), ms);
       const done = () => {
@@ -133,6 +160,8 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
         continue;
       }
       let claimed: ClaimedItem[];
+      // The claim sees everything committed before it starts; only a wake-up from now on calls for another.
+      loop.woken = false;
       try {
         claimed = await claimItems(this.o.pool, {
           model: config.name, limit: free, workerId: this.o.workerId, leaseMs: this.o.worker.leaseMs,
@@ -156,9 +185,17 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
         this.maintenance.vacuumSoon();
       }
       for (const item of claimed) this.execute(loop, item);
-      // Fewer than asked: the queue is empty for now, or a fleet-wide limit is reached. Wait for a notification, a
-      // freed slot, or the poll interval (polling is the source of truth).
-      if (claimed.length < free) await this.waitForWake(loop, this.o.worker.pollIntervalMs);
+      if (claimed.length > 0) loop.recheckMs = firstRecheckMs;
+      // Fewer than asked: the queue is empty for now, or a fleet-wide limit holds (max_concurrency, requests or
+      // tokens per minute). A notification of new work, a retry coming due or a call of ours ending wakes the loop.
+      // Nothing announces that other nodes' calls ended and freed the limit, though, so look again after 25 ms,
+      // doubling up to the poll interval while claims keep coming back empty: a node that found every slot taken
+      // by another one slept a whole poll (1 s) while the other's calls ended, in a test where each of two workers
+      // could run half the model's slots. An idle queue costs ~6 empty claims per burst of work, then one a poll.
+      if (claimed.length < free) {
+        await this.waitForWake(loop, Math.min(loop.recheckMs, this.o.worker.pollIntervalMs));
+        loop.recheckMs = Math.min(loop.recheckMs * 2, this.o.worker.pollIntervalMs);
+      }
     }
   }
 
@@ -173,7 +210,7 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
         this.completer.push(completion);
         if (completion.outcome === "retry") {
           // Come back for it when its backoff ends, not only at the next poll.
-          setTimeout(() => loop.wake?.(), completion.retryDelayMs + 20).unref();
+          setTimeout(() => this.wake(loop), completion.retryDelayMs + 20).unref();
         } else if (completion.outcome === "cancelled") {
           this.maintenance.finishSoon([item.batchId]);
         }
@@ -184,7 +221,7 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
         const held = loop.tenantCalls.get(item.tenantId)! - 1;
         if (held === 0) loop.tenantCalls.delete(item.tenantId);
         else loop.tenantCalls.set(item.tenantId, held);
-        loop.wake?.();
+        this.wake(loop);
       });
   }
 

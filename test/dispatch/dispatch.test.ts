@@ -71,7 +71,8 @@ describe("dispatch against the simulated backend (real processes, sockets and Po
   });
 
   it("finishes a batch with none lost and none duplicated when a worker process is SIGKILLed mid-batch", async () => {
-    sim = await startSimulator({ port: 0, latency: { kind: "fixed", ms: 20 } });
+    // 64 calls of 50 ms at a time: 2,000 requests take ~1.6 s, so the kill after 600 lands with both workers busy.
+    sim = await startSimulator({ port: 0, latency: { kind: "fixed", ms: 50 } });
     const config = { models: [modelConfig(sim, { max_concurrency: 64 })], worker: { lease_ms: 2_000, concurrency: 32, maintenance_interval_ms: 200 } };
     const api = await start("api", config);
     const [victim] = await Promise.all([start("worker", config), start("worker", config)]);
@@ -83,10 +84,18 @@ describe("dispatch against the simulated backend (real processes, sockets and Po
     });
     victim!.child.kill("SIGKILL");
     expect(await victim!.exited).toBe("SIGKILL");
+    // What the victim held: its calls in flight and the completions it had not written yet, all lost with it.
+    // Worker ids are w_<host>_<pid>_<random>, the host without underscores.
+    const held = await pool.query("SELECT count(*)::int AS n FROM lote.items WHERE status = 'running' AND split_part(worker_id, '_', 3) = $1",
+      [String(victim!.child.pid)]);
+    expect(held.rows[0].n).toBeGreaterThanOrEqual(1);
     const done = await waitForStatus(client, batch.id, "BATCH_STATUS_COMPLETED", 90_000);
     expect(done.requestCounts).toMatchObject({ total: "2000", completed: "2000", failed: "0" });
     const { rows } = await pool.query("SELECT count(*)::int AS n, count(DISTINCT idx)::int AS d FROM lote.results WHERE batch_id = $1", [batch.id]);
     expect(rows[0]).toEqual({ n: 2_000, d: 2_000 });
+    // Each of them was rescued when its lease ran out and run again: a second attempt.
+    const rescued = await pool.query("SELECT count(*)::int AS n FROM lote.results WHERE batch_id = $1 AND attempts >= 2", [batch.id]);
+    expect(rescued.rows[0].n).toBeGreaterThanOrEqual(held.rows[0].n);
   });
 
   it("never exceeds max_concurrency, measured at the backend, with two worker processes", async () => {
