@@ -193,6 +193,21 @@ describe("dispatch against the simulated backend (real processes, sockets and Po
     expect(results.every((m: any) => m.result.error.code === "batch_cancelled")).toBe(true);
   });
 
+  it("aborts a worker node's calls when another node's API cancels their batch", async () => {
+    sim = await startSimulator({ port: 0, latency: { kind: "fixed", ms: 20_000 } });
+    // Maintenance's fallback check once a minute: only the lote_status notification can reach the worker in time.
+    const config = { models: [modelConfig(sim, { max_concurrency: 8 })], worker: { maintenance_interval_ms: 60_000 } };
+    const api = await start("api", config);
+    await start("worker", config);
+    const client = clientOf(api);
+    const batch = await call(client, "createBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: requests(20) });
+    await until("calls in flight", () => (sim.stats().inFlight === 8 ? true : undefined));
+    expect((await call(client, "cancelBatch", { id: batch.id })).status).toBe("BATCH_STATUS_CANCELLING");
+    await until("backend sees the aborts", () => (sim.stats().inFlight === 0 ? true : undefined), 5_000);
+    const done = await waitForStatus(client, batch.id, "BATCH_STATUS_CANCELLED", 5_000);
+    expect(done.requestCounts).toMatchObject({ total: "20", cancelled: "20", completed: "0" });
+  });
+
   it("expires a batch at expires_at: unfinished items get batch_expired, finished ones stay", async () => {
     sim = await startSimulator({ port: 0 });
     const lote = await start("serve", { models: [modelConfig(sim, { max_concurrency: 4 })], worker: { maintenance_interval_ms: 100 } });
@@ -294,5 +309,7 @@ describe("dispatch against the simulated backend (real processes, sockets and Po
     const second = await start("serve", config);
     const done = await waitForStatus(clientOf(second), batch.id, "BATCH_STATUS_COMPLETED");
     expect(done.requestCounts.completed).toBe("200");
+    const { rows } = await pool.query("SELECT count(*)::int AS n, count(DISTINCT idx)::int AS d FROM lote.results WHERE batch_id = $1", [batch.id]);
+    expect(rows[0]).toEqual({ n: 200, d: 200 });
   });
 });
