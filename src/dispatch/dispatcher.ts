@@ -116,8 +116,7 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
     if (channel === "lote_work") {
       const loop = this.loops.get(payload);
       if (loop) this.wake(loop);
-    }
-    else if (channel === "lote_status") {
+    } else if (channel === "lote_status") {
       // "<status> <batch id>", sent by every status transition (src/store/transition-batch.ts).
       const [status = "", batchId = ""] = payload.split(" ");
       this.inFlight.abortIfStopped(batchId, status);
