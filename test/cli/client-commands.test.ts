@@ -49,6 +49,8 @@ function inputFile(name: string, lines: (object | string)[]): string {
 
 const classify = (customId: string, input: string) => ({ custom_id: customId, method: "POST", url: "/classify", body: { model: "lote-sentiment", input } });
 const portuguese = ["Eu amo estudar IA!", "Estou muito cansado hoje", "Esse filme foi terrível"];
+/** An input file of n classify requests, r0..r(n-1), cycling through the Portuguese sentences. */
+const bigFile = (name: string, n: number) => inputFile(name, Array.from({ length: n }, (_, i) => classify(`r${i}`, `${portuguese[i % 3]} ${i}`)));
 
 
 /** Bytes in a file so far; 0 while it does not exist yet. */
@@ -72,7 +74,6 @@ describe("lote client commands (real server and CLI as child processes)", () => 
   const lote = (args: string[], env: Record<string, string> = {}) => startLote(args, { LOTE_SERVER: server.url, ...env }).done;
   const batchCount = async () => (await pool.query("SELECT count(*)::int AS n FROM lote.batches")).rows[0].n as number;
   const status = async (id: string) => JSON.parse((await lote(["status", id, "--json"])).stdout);
-  const bigFile = (name: string, n: number) => inputFile(name, Array.from({ length: n }, (_, i) => classify(`r${i}`, `${portuguese[i % 3]} ${i}`)));
 
   // Requests a stopped server had claimed wait for their lease to run out before another server takes them over;
   // 2 s instead of the default 30 s keeps the restart test short.
@@ -318,7 +319,6 @@ describe("lote watch and results --follow while a worker runs the batch (an API 
   let api: LoteProcess;
   let worker: LoteProcess | undefined;
   const lote = (args: string[]) => startLote(args, { LOTE_SERVER: api.url }).done;
-  const bigFile = (name: string, n: number) => inputFile(name, Array.from({ length: n }, (_, i) => classify(`r${i}`, `${portuguese[i % 3]} ${i}`)));
   const startWorker = async (config?: Record<string, unknown>) => (worker = await startLoteProcess({ databaseUrl: db.url, role: "worker", config }));
 
   beforeAll(async () => {
