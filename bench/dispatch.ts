@@ -7,6 +7,7 @@
  *   (b) items/s at 50 ms backend latency with max_concurrency 256, against the ideal 256 / 50 ms = 5,120/s.
  *   (c) submit -> first backend call latency over single-request CreateBatch calls, timed at the simulator.
  *   (d) peak RSS of the lote process (VmHWM) over a 1,000,000-request batch, and how long it takes.
+ * First, a calibration line: a write(2)'s cost and a serial HTTP/2 call's round trip, to compare machines by.
  *
  * Every party is its own process (lote, simulator, bare client, graphile-worker) on the same machine as
  * Postgres. Flags: --quick (smaller sizes, ~1 min), --only=a,b,c,d (those parts), --parties=bare,lote,graphile (in (a)). Environment: LOTE_BENCH_DATABASE_URL (see
@@ -15,6 +16,7 @@
  * LOTE_BENCH_WORKER_NODE_OPTIONS (NODE_OPTIONS for the (d) worker only; the flags of package.json's start script,
  * which every lote process here runs with, win over it).
  */
+import { closeSync, openSync, writeSync } from "node:fs";
 import { cpus, loadavg, totalmem } from "node:os";
 import pg from "pg";
 import { benchBodies } from "./support/bench-bodies.ts";
@@ -34,6 +36,16 @@ const parties = process.argv.find((a) => a.startsWith("--parties="))?.slice("--p
 const size = quick ? { a: 20_000, b: 20_000, c: 50, d: 100_000 } : { a: 50_000, b: 50_000, c: 200, d: 1_000_000 };
 const concurrency = Number(process.env.LOTE_BENCH_CONCURRENCY ?? 128);
 const rounds = Number(process.env.LOTE_BENCH_ROUNDS ?? 3);
+/** µs per 16-byte write(2) to /dev/null, over 100,000 of them: what one kernel crossing costs here. */
+const writeSyscallUs = () => {
+  const fd = openSync("/dev/null", "w");
+  const bytes = Buffer.alloc(16);
+  const started = process.hrtime.bigint();
+  for (let i = 0; i < 100_000; i++) writeSync(fd, bytes);
+  const us = Number(process.hrtime.bigint() - started) / 1e3 / 100_000;
+  closeSync(fd);
+  return us;
+};
 const load = () => loadavg().map((l) => l.toFixed(2)).join(" ");
 const int = (n: number) => Math.round(n).toLocaleString("en");
 const ratio = (a: number, b: number) => (a / b).toFixed(2);
@@ -71,10 +83,15 @@ for (const signal of ["SIGINT", "SIGTERM"] as const) {
     void db.close().finally(() => process.exit(130));
   });
 }
+// How expensive this machine's kernel path is, so that runs on different machines can be read side by side: the
+// (a) ratio moved from 0.61 on one 2-core VM to 0.81-0.87 on one 2.5-4 times slower (BENCHMARKS.md, fifth session).
+const calibration = { writeUs: writeSyscallUs(), serialCallMs: 1000 / (await bareClientRun(fast, 1, 1_000, "chat")).rate };
+console.log(`calibration: a 16-byte write(2) ${calibration.writeUs.toFixed(2)} µs; one call at a time, bare client to simulator, ` +
+  `${calibration.serialCallMs.toFixed(3)} ms per call`);
 const pool = new pg.Pool({ connectionString: db.url, max: 2 });
 const client = batchClient(server.url);
 const lote = { client, pool, lotePid: server.child.pid!, database: new URL(db.url).pathname.slice(1) };
-const results: Record<string, unknown> = { date: new Date().toISOString(), quick, concurrency, rounds, postgres: db.version.split(" on ")[0] };
+const results: Record<string, unknown> = { date: new Date().toISOString(), quick, concurrency, rounds, postgres: db.version.split(" on ")[0], calibration };
 try {
   if (want("a")) {
     // (a) and (e), interleaved round by round so that drift (other load on the machine) spreads over all three.
