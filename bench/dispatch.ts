@@ -139,13 +139,14 @@ try {
       `256 slots carry at most ${int((256 / hold) * 1000)}/s = ${ratio(256_000 / hold, 5_120)} of 5,120`);
     // What 0.9 of 5,120 would cost in CPU at this run's CPU per item, beside the cores there are: on a machine where
     // the parties need more than it has, (b)'s target is out of reach for any queue (fifth session, BENCHMARKS.md).
-    const coresAt = (f: RunFigures, share: number) => (share * 5_120 * Object.values(f.cpuPerItemUs).reduce((x, y) => x + y, 0)) / 1e6;
+    const coresAt90 = (f: RunFigures) => (0.9 * 5_120 * Object.values(f.cpuPerItemUs).reduce((x, y) => x + y, 0)) / 1e6;
+    const coresNeeded = { lote: coresAt90(b), bare: coresAt90(bBare) };
     const bareThread = 1e6 / (bBare.cpuPerItemUs["bare client"] ?? NaN);
-    console.log(`  at 0.9 of 5,120 (4,608 calls/s), this run's CPU per item needs ${coresAt(b, 0.9).toFixed(2)} cores for lote, Postgres and the ` +
-      `simulator, ${coresAt(bBare, 0.9).toFixed(2)} for the bare client and the simulator; the machine has ${cpus().length}. ` +
+    console.log(`  at 0.9 of 5,120 (4,608 calls/s), this run's CPU per item needs ${coresNeeded.lote.toFixed(2)} cores for lote, Postgres and the ` +
+      `simulator, ${coresNeeded.bare.toFixed(2)} for the bare client and the simulator; the machine has ${cpus().length}. ` +
       `The bare client's one thread tops out at ${int(bareThread)} calls/s = ${ratio(bareThread, 5_120)} of 5,120`);
     results.b = { rate: b.rate, ratio: Number(ratio(b.rate, 5_120)), bare: bBare.rate, bareRatio: Number(ratio(bBare.rate, 5_120)),
-      coresAt90: { lote: coresAt(b, 0.9), bare: coresAt(bBare, 0.9) },
+      coresAt90: coresNeeded,
       simMeanHoldMs: { bare: bBare.simMeanHoldMs, lote: b.simMeanHoldMs } };
 
   }
