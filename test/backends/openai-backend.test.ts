@@ -5,7 +5,7 @@ import {
   constants as h2, createSecureServer, createServer as createH2Server,
   type Http2SecureServer, type Http2Server, type ServerHttp2Session, type ServerHttp2Stream,
 } from "node:http2";
-import type { AddressInfo } from "node:net";
+import { createServer as createNetServer, type AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -198,6 +198,56 @@ describe("HTTP/2 sessions", () => {
     expect(sim.stats().maxInFlight).toBe(8);
   });
 
+  describe("answers cut into pieces", () => {
+    let server: Http2Server;
+    let url: string;
+    /** What the server does with each stream, set by the test. */
+    let handle: (stream: ServerHttp2Stream) => void;
+    const sessions: ServerHttp2Session[] = [];
+    beforeEach(async () => {
+      server = createH2Server();
+      server.on("session", (s) => sessions.push(s));
+      server.on("stream", (stream) => {
+        stream.on("error", () => {});
+        stream.resume();
+        handle(stream);
+      });
+      server.listen(0, "127.0.0.1");
+      await once(server, "listening");
+      url = `h2c://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    });
+    afterEach(async () => {
+      for (const s of sessions.splice(0)) s.destroy();
+      await new Promise((r) => server.close(r));
+    });
+
+    it("joins an answer sent in several DATA frames, with a character split between two of them", async () => {
+      // "olá" in UTF-8 is 6f 6c c3 a1: the frames break inside the "á".
+      const text = Buffer.from(`{"content":"olá mundo"}`, "utf8");
+      const cut = text.indexOf(0xc3) + 1;
+      handle = (stream) => {
+        stream.respond({ ":status": 200, "content-type": "application/json", "x-request-id": "pieces" });
+        stream.write(text.subarray(0, cut));
+        setImmediate(() => stream.write(text.subarray(cut, cut + 3), () => stream.end(text.subarray(cut + 3))));
+      };
+      const reply = await call(backend({ urls: [url] }), {});
+      expect(reply).toMatchObject({ status: 200, requestId: "pieces" });
+      expect(JSON.parse(reply.body)).toEqual({ content: "olá mundo" });
+    });
+
+    // node's server cannot send RST_STREAM after DATA without ending the stream first (close() ends it), so the cut
+    // is a dropped connection: the client closes the stream with CANCEL, after 'end' fired on the half it got.
+    it("rejects connection_reset, not a cut answer, when the connection drops after part of the body", async () => {
+      handle = (stream) => {
+        stream.respond({ ":status": 200, "content-type": "application/json" });
+        stream.write(`{"content":"the first half`, () => stream.session!.destroy());
+      };
+      const err = await rejection(call(backend({ urls: [url] }), {}));
+      expect(err.kind).toBe("connection_reset");
+      expect(err.message).toContain("closed before its answer was complete");
+    });
+  });
+
   describe.each(["h2c", "TLS"] as const)("GOAWAY over %s", (kind) => {
     let server: Http2Server | Http2SecureServer;
     let url: string;
@@ -281,6 +331,23 @@ describe("OpenAI backend", () => {
     // call opens a second socket; from then on the two are reused.
     expect(sim.stats().connections).toBe(2);
     expect(sim.stats().requests).toBe(10);
+  });
+
+  it("rejects connection_reset, not a cut answer, when an HTTP/1.1 connection drops after part of the body", async () => {
+    const server = createNetServer((socket) => {
+      socket.once("data", () => {
+        socket.write(`HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{"content":"the first half`);
+        setImmediate(() => socket.destroy());
+      });
+    });
+    server.listen(0, "127.0.0.1");
+    await once(server, "listening");
+    try {
+      const err = await rejection(call(backend({ urls: [`http://127.0.0.1:${(server.address() as AddressInfo).port}`] }), {}));
+      expect(err.kind).toBe("connection_reset");
+    } finally {
+      await new Promise((r) => server.close(r));
+    }
   });
 
   it("POSTs to the URL's path prefix, dropping a trailing /v1", async () => {
