@@ -1,6 +1,7 @@
 import { spawn } from "node:child_process";
 import { once } from "node:events";
 import { connect, type ClientHttp2Session } from "node:http2";
+import { connect as netConnect } from "node:net";
 import { createInterface } from "node:readline";
 import { Agent, request } from "undici";
 import { afterEach, describe, expect, it } from "vitest";
@@ -50,6 +51,30 @@ function h2(session: ClientHttp2Session, path: string, body?: object, signal?: A
     stream.on("error", reject);
     if (body) stream.end(JSON.stringify(body));
   });
+}
+
+/** A POST whose headers go out at once and whose body follows `delayMs` later; resolves with the status. */
+async function slowBodyH2(session: ClientHttp2Session, body: string, delayMs: number): Promise<number> {
+  const stream = session.request({ ":method": "POST", ":path": "/v1/chat/completions", "content-type": "application/json" });
+  const status = new Promise<number>((resolve, reject) => {
+    stream.on("response", (h) => resolve(Number(h[":status"])));
+    stream.on("error", reject);
+  });
+  setTimeout(() => stream.end(body), delayMs);
+  const answer = await status;
+  stream.resume();
+  return answer;
+}
+
+/** The same over a raw HTTP/1.1 socket, so nothing buffers the head until the body is there. */
+async function slowBodyHttp1(port: number, body: string, delayMs: number): Promise<number> {
+  const socket = netConnect(port, "127.0.0.1");
+  await once(socket, "connect");
+  socket.write(`POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n`);
+  setTimeout(() => socket.write(body), delayMs);
+  const [head] = (await once(socket, "data")) as [Buffer];
+  socket.destroy();
+  return Number(/^HTTP\/1\.1 (\d{3})/.exec(head.toString("latin1"))?.[1]);
 }
 
 function h2session(sim: Simulator): ClientHttp2Session {
@@ -112,6 +137,21 @@ describe("simulator", () => {
     const started = performance.now();
     await http1(sim, "POST", "/v1/chat/completions", { sim: { latency_ms: 60 } });
     expect(performance.now() - started).toBeGreaterThanOrEqual(59);
+  });
+
+  // The body is sent 400 ms after the headers. Counted from the body's end, the answer would come 900 ms after the
+  // headers; counted from their arrival, at 500 ms. 850 leaves a loaded machine 350 ms of slack either way.
+  describe.each(["h2c", "HTTP/1.1"] as const)("over %s", (protocol) => {
+    it("counts the latency from the request's arrival, so a slow body does not add to it", async () => {
+      const sim = await simulator({ latency: { kind: "fixed", ms: 500 } });
+      const body = JSON.stringify({ model: "m", messages: [{ role: "user", content: "hi" }] });
+      const started = performance.now();
+      const status = protocol === "h2c" ? await slowBodyH2(h2session(sim), body, 400) : await slowBodyHttp1(sim.port, body, 400);
+      const elapsed = performance.now() - started;
+      expect(status).toBe(200);
+      expect(elapsed).toBeGreaterThanOrEqual(499);
+      expect(elapsed).toBeLessThan(850);
+    });
   });
 
   it("counts maxInFlight exactly under 50 concurrent calls with 20 ms latency", async () => {

@@ -11,6 +11,7 @@ import type { Exchange, SimulatorCore } from "./simulator-core.ts";
 class Http1Exchange implements Exchange {
   closed = false;
   tracked = false;
+  readonly arrivedAt = performance.now();
   constructor(
     private readonly req: IncomingMessage,
     private readonly res: ServerResponse,
@@ -60,6 +61,7 @@ export function handleHttp1(core: SimulatorCore, req: IncomingMessage, res: Serv
 class H2Exchange implements Exchange {
   closed = false;
   tracked = false;
+  readonly arrivedAt = performance.now();
   constructor(
     private readonly stream: ServerHttp2Stream,
     private readonly headers: IncomingHttpHeaders,

@@ -3,7 +3,7 @@
  * typo in a test or a benchmark fails at once instead of silently simulating something else.
  */
 
-/** How long the simulator "thinks" before answering. */
+/** How long the simulator "thinks" before answering, counted from the request's arrival (its headers). */
 export type LatencyDistribution =
   | { readonly kind: "fixed"; readonly ms: number }
   | { readonly kind: "uniform"; readonly minMs: number; readonly maxMs: number }
