@@ -1,7 +1,7 @@
-import { connect, type ClientHttp2Session, type ClientHttp2Stream, type IncomingHttpHeaders } from "node:http2";
+import { connect, constants, type ClientHttp2Session, type ClientHttp2Stream, type IncomingHttpHeaders } from "node:http2";
 import { TransportError, type InferenceReply } from "../backend.ts";
 import { describeCall, makeReply, tlsConnectOptions, type ReplicaTransport, type TransportContext } from "./replica-transport.ts";
-import { kindOf, toTransportError } from "./transport-errors.ts";
+import { h2ErrorName, kindOf, toTransportError } from "./transport-errors.ts";
 
 /**
  * HTTP/2 over node:http2 sessions: h2c with prior knowledge (RFC 9113 §3.3) or TLS with ALPN "h2". undici 7
@@ -13,12 +13,6 @@ import { kindOf, toTransportError } from "./transport-errors.ts";
  * server (REFUSED_STREAM), not queued. Calls wait here when every session is full. After GOAWAY a session
  * takes no new calls and a fresh one is opened on demand.
  */
-
-const NO_ERROR = 0;
-/** RST_STREAM and GOAWAY error codes by number (RFC 9113 §7), for messages. */
-const errorCodeNames = ["NO_ERROR", "PROTOCOL_ERROR", "INTERNAL_ERROR", "FLOW_CONTROL_ERROR", "SETTINGS_TIMEOUT", "STREAM_CLOSED",
-  "FRAME_SIZE_ERROR", "REFUSED_STREAM", "CANCEL", "COMPRESSION_ERROR", "CONNECT_ERROR", "ENHANCE_YOUR_CALM", "INADEQUATE_SECURITY",
-  "HTTP_1_1_REQUIRED"];
 
 interface Session {
   readonly session: ClientHttp2Session;
@@ -185,11 +179,11 @@ export class H2Transport implements ReplicaTransport {
       stream.on("close", () => {
         if (--s.active === 0 && s.ready) s.session.unref();
         this.#pump();
-        const rstCode = stream.rstCode ?? NO_ERROR;
+        const rstCode = stream.rstCode ?? constants.NGHTTP2_NO_ERROR;
         // A reset or a dropped connection ends the readable side as if the answer were whole ('end' fires): only
         // RST_STREAM NO_ERROR, or none, means the server finished it. Before this check the half of an answer that
         // came before a connection drop was stored as a 200 result.
-        const whole = stream.readableEnded && rstCode === NO_ERROR;
+        const whole = stream.readableEnded && rstCode === constants.NGHTTP2_NO_ERROR;
         if (whole && headers && error === undefined) {
           const text = chunks.length === 1 ? chunks[0]!.toString("utf8") : Buffer.concat(chunks).toString("utf8");
           return resolve(makeReply(Number(headers[":status"]), text, headers["x-request-id"], headers["retry-after"]));
@@ -197,7 +191,7 @@ export class H2Transport implements ReplicaTransport {
         if (this.#closed) return reject(this.#aborted(method, path));
         const cause = error ?? (whole
           ? Object.assign(new Error("stream ended without response headers"), { code: "ERR_HTTP2_ERROR" })
-          : Object.assign(new Error(`stream closed before its answer was complete (RST_STREAM ${errorCodeNames[rstCode] ?? rstCode})`), { code: "ECONNRESET" }));
+          : Object.assign(new Error(`stream closed before its answer was complete (RST_STREAM ${h2ErrorName(rstCode)})`), { code: "ECONNRESET" }));
         reject(toTransportError(cause, describeCall(this.#ctx, method, path), { signal, rstCode }));
       });
       if (body !== undefined) stream.end(body);

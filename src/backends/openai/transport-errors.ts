@@ -47,6 +47,16 @@ const kindByCode: Readonly<Record<string, TransportErrorKind>> = {
 /** nghttp2 REFUSED_STREAM (RFC 9113 §8.7): the server did not process the stream, as after a GOAWAY. */
 const NGHTTP2_REFUSED_STREAM = 7;
 
+/** RST_STREAM and GOAWAY error codes by number (RFC 9113 §7), for messages. */
+const h2ErrorNames = ["NO_ERROR", "PROTOCOL_ERROR", "INTERNAL_ERROR", "FLOW_CONTROL_ERROR", "SETTINGS_TIMEOUT", "STREAM_CLOSED",
+  "FRAME_SIZE_ERROR", "REFUSED_STREAM", "CANCEL", "COMPRESSION_ERROR", "CONNECT_ERROR", "ENHANCE_YOUR_CALM", "INADEQUATE_SECURITY",
+  "HTTP_1_1_REQUIRED"];
+
+/** "CANCEL" for 8; the number itself for a code RFC 9113 does not name. */
+export function h2ErrorName(code: number): string {
+  return h2ErrorNames[code] ?? String(code);
+}
+
 export function kindOf(err: unknown, rstCode?: number): TransportErrorKind {
   if (err instanceof TransportError) return err.kind;
   if (rstCode === NGHTTP2_REFUSED_STREAM) return "goaway";
