@@ -15,8 +15,10 @@ export async function createApiKey(pool: pg.Pool, tenantId: string, label = ""):
 
 /** The tenant a key belongs to, or undefined for an unknown or revoked key. */
 export async function findTenantByKey(pool: pg.Pool, key: string): Promise<string | undefined> {
-  const { rows } = await pool.query(
-    "SELECT tenant_id FROM lote.api_keys WHERE key_sha256 = $1 AND revoked_at IS NULL", [hashKey(key)]);
+  // Named: with keys configured, every RPC runs it.
+  const { rows } = await pool.query({
+    name: "lote.find_tenant_by_key", text: "SELECT tenant_id FROM lote.api_keys WHERE key_sha256 = $1 AND revoked_at IS NULL", values: [hashKey(key)],
+  });
   return rows[0]?.tenant_id;
 }
 

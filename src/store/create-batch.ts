@@ -99,8 +99,11 @@ async function createSmallBatch(pool: pg.Pool, batch: NewBatch, total: number): 
   }
   checkItemCount(batch, total, items.length);
   const start = batchTransitions.start;
-  const { rows } = await pool.query(
-    `WITH b AS (
+  const { rows } = await pool.query({
+    // Named: each pooled connection parses and plans this four-part statement once. Unnamed, that was half of the
+    // store's time for a one-request batch: 0.62 -> 0.32 ms p50 (1,000 createBatch calls in a loop, in-process).
+    name: "lote.create_small_batch",
+    text: `WITH b AS (
        INSERT INTO lote.batches AS b (id, tenant_id, request_id, endpoint, model, status, ${start.stamp}, priority,
          completion_window_seconds, metadata, total, expires_at, retried_from)
        VALUES ($1, $2, $3, $4, $5, $11, now(), $6, $7::bigint, $8, $9, now() + $7::bigint * interval '1 second', $10)
@@ -115,9 +118,9 @@ async function createSmallBatch(pool: pg.Pool, batch: NewBatch, total: number): 
        SELECT pg_notify('lote_work', b.model), ${statusChangeNotifications("b")} FROM b
      )
      SELECT ${batchColumns}, (SELECT count(*) FROM inserted) AS inserted, (SELECT count(*) FROM notified) AS notified FROM b`,
-    [batch.id, batch.tenantId, batch.requestId ?? null, batch.endpoint, batch.model, batch.priority,
+    values: [batch.id, batch.tenantId, batch.requestId ?? null, batch.endpoint, batch.model, batch.priority,
       batch.completionWindowSeconds, batch.metadata, total, batch.retriedFrom ?? null, start.to, JSON.stringify(items)],
-  );
+  });
   if (rows.length === 0) return { batch: await existingBatch(pool, batch), created: false };
   return { batch: toBatchRecord(rows[0]), created: true };
 }

@@ -4,7 +4,10 @@ import { batchColumns, toBatchRecord, type BatchRecord } from "./batch-row.ts";
 
 /** One batch of one tenant, or undefined (another tenant's batch is as absent as a missing one). */
 export async function getBatch(db: pg.Pool | pg.ClientBase, tenantId: string, id: string): Promise<BatchRecord | undefined> {
-  const { rows } = await db.query(`SELECT ${batchColumns} FROM lote.batches b WHERE b.id = $1 AND b.tenant_id = $2`, [id, tenantId]);
+  // Named (parsed once per connection): GetBatch, CancelBatch and every WatchBatch wake-up read a batch this way.
+  const { rows } = await db.query({
+    name: "lote.get_batch", text: `SELECT ${batchColumns} FROM lote.batches b WHERE b.id = $1 AND b.tenant_id = $2`, values: [id, tenantId],
+  });
   return rows[0] ? toBatchRecord(rows[0]) : undefined;
 }
 

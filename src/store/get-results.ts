@@ -19,6 +19,8 @@ export type ResultFilter = "all" | "succeeded" | "failed";
 export async function getResults(pool: pg.Pool, batchId: string, afterSeq: bigint, limit: number, filter: ResultFilter = "all"): Promise<ResultRecord[]> {
   const filterSql = filter === "succeeded" ? " AND error_code IS NULL" : filter === "failed" ? " AND error_code IS NOT NULL" : "";
   const { rows } = await pool.query({
+    // Named per filter (three fixed texts): a result stream runs it once per page and per wake-up.
+    name: `lote.get_results_${filter}`,
     text: `SELECT seq, idx, custom_id, attempts, status_code, backend_request_id, body, error_code, error_message
              FROM lote.results WHERE batch_id = $1 AND seq > $2${filterSql} ORDER BY seq LIMIT $3`,
     values: [batchId, afterSeq.toString(), limit],
