@@ -104,6 +104,14 @@ describe.each(modes)("over $name", (mode) => {
     expect(b.state()[0]!.protocol).toBe(mode.wire);
   });
 
+  it("carries maxConcurrency calls at once on a single replica, beyond the 64 connections it used to stop at", async () => {
+    // All 80 overlap at the simulator: each is held 500 ms, and none waits in the client for a connection.
+    const b = backend({ urls: [mode.url(sim)], maxConcurrency: 80 });
+    const replies = await Promise.all(Array.from({ length: 80 }, (_, i) => call(b, { n: i, sim: { latency_ms: 500 } })));
+    expect(replies.every((r) => r.status === 200)).toBe(true);
+    expect(sim.stats().maxInFlight).toBe(80);
+  });
+
   it("returns a 429 with the Retry-After it was given, in ms", async () => {
     const reply = await call(backend({ urls: [mode.url(sim)] }), { sim: { status: 429, retry_after: "3" } });
     expect(reply.status).toBe(429);
@@ -183,10 +191,27 @@ describe.each(modes)("over $name", (mode) => {
 describe("HTTP/2 sessions", () => {
   it("never opens more streams than the server's SETTINGS_MAX_CONCURRENT_STREAMS", async () => {
     const sim = await simulator({ h2MaxConcurrentStreams: 4 });
-    const b = backend({ urls: [sim.h2cUrl] });
+    const b = backend({ urls: [sim.h2cUrl], connectionsPerReplica: 1 });
     const replies = await Promise.all(Array.from({ length: 20 }, (_, i) => call(b, { n: i, sim: { latency_ms: 20 } })));
     expect(replies.map((r) => r.status)).toEqual(Array(20).fill(200));
     expect(sim.stats().maxInFlight).toBe(4);
+    expect(sim.stats().connections).toBe(1);
+  });
+
+  it("opens another session each time the open ones are full, until the replica carries maxConcurrency calls", async () => {
+    const sim = await simulator({ h2MaxConcurrentStreams: 4 });
+    // The dispatcher never runs more than maxConcurrency calls on a backend: 12 calls, four streams per session.
+    const b = backend({ urls: [sim.h2cUrl], maxConcurrency: 12 });
+    await Promise.all(Array.from({ length: 12 }, (_, i) => call(b, { n: i, sim: { latency_ms: 300 } })));
+    expect(sim.stats().connections).toBe(3);
+    expect(sim.stats().maxInFlight).toBe(12);
+  });
+
+  it("keeps to one session while the server allows every call on it", async () => {
+    const sim = await simulator();
+    const b = backend({ urls: [sim.h2cUrl], maxConcurrency: 50 });
+    await Promise.all(Array.from({ length: 50 }, (_, i) => call(b, { n: i, sim: { latency_ms: 100 } })));
+    expect(sim.stats().maxInFlight).toBe(50);
     expect(sim.stats().connections).toBe(1);
   });
 
@@ -393,6 +418,8 @@ describe("OpenAI backend", () => {
     expect(() => createOpenAIBackend({ name: "x", urls: ["https://h"], protocol: "h2c" })).toThrow("h2c is cleartext");
     expect(() => createOpenAIBackend({ name: "x", urls: ["http://u:sk-hidden@h"] })).toThrow(/credentials/);
     expect(() => createOpenAIBackend({ name: "x", urls: ["http://u:sk-hidden@h"] })).not.toThrow(/sk-hidden/);
+    expect(() => createOpenAIBackend({ name: "x", urls: ["http://h"], maxConcurrency: 0 })).toThrow("Expected `maxConcurrency` to be an integer >= 1, got 0");
+    expect(() => createOpenAIBackend({ name: "x", urls: ["http://h"], connectionsPerReplica: 2.5 })).toThrow("Expected `connectionsPerReplica` to be an integer >= 1, got 2.5");
   });
 });
 

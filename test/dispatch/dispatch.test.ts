@@ -111,6 +111,20 @@ describe("dispatch against the simulated backend (real processes, sockets and Po
     expect(sim.stats().maxInFlight).toBeGreaterThanOrEqual(3);
   });
 
+  it.each([
+    { over: "HTTP/1.1 (a socket per call)", sim: {}, url: (s: Simulator) => s.url },
+    { over: "h2c to a server that allows 32 streams per connection", sim: { h2MaxConcurrentStreams: 32 }, url: (s: Simulator) => s.h2cUrl },
+  ])("runs max_concurrency calls at once on a single replica over $over", async ({ sim: options, url }) => {
+    // 100 slots and 300 calls of 200 ms: the first claim takes all 100, and all of them must reach the backend.
+    sim = await startSimulator({ port: 0, latency: { kind: "fixed", ms: 200 }, ...options });
+    const lote = await start("serve", { models: [modelConfig(sim, { max_concurrency: 100, backend: { kind: "openai", urls: [url(sim)] } })] });
+    const client = clientOf(lote);
+    const batch = await call(client, "createBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: requests(300) });
+    await waitForStatus(client, batch.id, "BATCH_STATUS_COMPLETED");
+    expect(sim.stats().requests).toBe(300);
+    expect(sim.stats().maxInFlight).toBe(100);
+  });
+
   it("retries a 429 after the Retry-After it was given, fails a 400 at once, and bounds 5xx retries", async () => {
     sim = await startSimulator({ port: 0 });
     const lote = await start("serve", { models: [modelConfig(sim, { max_attempts: 3 })] });

@@ -8,10 +8,12 @@ import { h2ErrorName, kindOf, toTransportError } from "./transport-errors.ts";
  * speaks h2 too, but its Client runs at most `pipelining` streams (default 1) and holds back non-idempotent
  * POSTs while another is running, so a session would carry one inference call at a time.
  *
- * A small pool of sessions per replica. A session takes calls only after the server's SETTINGS arrived, and
- * never more than its SETTINGS_MAX_CONCURRENT_STREAMS: streams opened beyond the limit are refused by the
- * server (REFUSED_STREAM), not queued. Calls wait here when every session is full. After GOAWAY a session
- * takes no new calls and a fresh one is opened on demand.
+ * A pool of sessions per replica, opened one at a time as the open ones fill, up to `connections` (by default the
+ * model's max_concurrency, so a server that allows 100 streams per connection still gets all 256 calls of a
+ * 256-call model, over three sessions). A session takes calls only after the server's SETTINGS arrived, and never
+ * more than its SETTINGS_MAX_CONCURRENT_STREAMS: streams opened beyond the limit are refused by the server
+ * (REFUSED_STREAM), not queued. Calls wait here when every session is full and no more may open. After GOAWAY a
+ * session takes no new calls and a fresh one is opened on demand.
  */
 
 interface Session {
@@ -45,7 +47,7 @@ export class H2Transport implements ReplicaTransport {
 
   constructor(ctx: TransportContext) {
     this.#ctx = ctx;
-    this.#maxSessions = ctx.connections ?? 1;
+    this.#maxSessions = ctx.connections;
   }
 
   request(method: "GET" | "POST", path: string, body: string | undefined, signal: AbortSignal): Promise<InferenceReply> {

@@ -14,8 +14,10 @@ export class Http1Transport implements ReplicaTransport {
   constructor(ctx: TransportContext) {
     this.#ctx = ctx;
     this.#pool = new Pool(ctx.target.origin, {
-      // 64 sockets: above what one lote node usually runs against one replica, and cheap when unused.
-      connections: ctx.connections ?? 64,
+      // By default the model's max_concurrency: a call beyond the sockets would wait in undici's queue, unseen by
+      // the backend, its timeout running (64 sockets held a 256-call model at 64 on one replica). undici opens
+      // sockets only as calls need them.
+      connections: ctx.connections,
       pipelining: 1,
       // The dispatcher's signal carries the per-call deadline; undici's own 300 s timers would be a second one.
       headersTimeout: 0,

@@ -24,8 +24,16 @@ export interface OpenAIBackendOptions {
   readonly apiKey?: string | undefined;
   /** Overrides what the URL scheme decides. Default "auto". */
   readonly protocol?: HttpProtocol | undefined;
-  /** HTTP/1.1: sockets per replica (default 64). HTTP/2: sessions per replica (default 1; each multiplexes
-   * up to the server's SETTINGS_MAX_CONCURRENT_STREAMS). */
+  /**
+   * The most calls the caller runs on this backend at once: the model's max_concurrency. Default 64. It is the
+   * default of `connectionsPerReplica`, so that any one replica can carry every call (the others ejected, or
+   * only one configured).
+   */
+  readonly maxConcurrency?: number | undefined;
+  /**
+   * Most connections to one replica, each opened only when the open ones are full: HTTP/1.1 sockets (one call
+   * each) or HTTP/2 sessions (each up to the server's SETTINGS_MAX_CONCURRENT_STREAMS). Default `maxConcurrency`.
+   */
   readonly connectionsPerReplica?: number | undefined;
   /** The backend's own deadline per call; fires TransportError "timeout". Default: none — the dispatcher's
    * signal carries the per-request timeout, and one deadline is easier to reason about than two. */
@@ -106,7 +114,7 @@ export interface ResolvedOptions {
   readonly name: string;
   readonly targets: readonly ReplicaTarget[];
   readonly apiKey: string | undefined;
-  readonly connectionsPerReplica: number | undefined;
+  readonly connectionsPerReplica: number;
   readonly requestTimeoutMs: number | undefined;
   readonly connectTimeoutMs: number;
   readonly ejectBaseMs: number;
@@ -132,7 +140,7 @@ export function resolveOptions(o: OpenAIBackendOptions): ResolvedOptions {
     name: o.name,
     targets: o.urls.map((u, i) => parseTarget(u, protocol, i)),
     apiKey: o.apiKey,
-    connectionsPerReplica: o.connectionsPerReplica === undefined ? undefined : positiveInt("connectionsPerReplica", o.connectionsPerReplica, 1),
+    connectionsPerReplica: positiveInt("connectionsPerReplica", o.connectionsPerReplica, positiveInt("maxConcurrency", o.maxConcurrency, 64)),
     requestTimeoutMs: o.requestTimeoutMs,
     connectTimeoutMs: positiveInt("connectTimeoutMs", o.connectTimeoutMs, 10_000),
     ejectBaseMs,

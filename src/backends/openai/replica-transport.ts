@@ -21,8 +21,8 @@ export interface TransportContext {
   readonly target: ReplicaTarget;
   /** Sent with every request: content-type, user-agent and, when configured, authorization. */
   readonly headers: Readonly<Record<string, string>>;
-  /** Sockets (HTTP/1.1) or sessions (HTTP/2); undefined picks the transport's default. */
-  readonly connections: number | undefined;
+  /** Most sockets (HTTP/1.1) or sessions (HTTP/2) to the replica, each opened when the open ones are full. */
+  readonly connections: number;
   readonly connectTimeoutMs: number;
   readonly tls: BackendTlsOptions | undefined;
   /** Called when a new connection to the replica cannot be established (the backend ejects the replica). */
