@@ -2,9 +2,11 @@
  * `npm run bench`: how fast lote dispatches, against the simulated backend, in one run.
  *
  *   (a) items/s through lote at zero backend latency, beside the wire limit: the same simulator driven by a bare
- *       client (lote's own HTTP/2 backend code, nothing else) at the same concurrency.
+ *       client (lote's own HTTP/2 backend code, nothing else) at the same concurrency. Then the same two over
+ *       HTTP/1.1 (one socket per call), the protocol most self-hosted model servers speak.
  *   (e) the same calls as graphile-worker 0.18 jobs (batched settings), same concurrency, same Postgres.
- *   (b) items/s at 50 ms backend latency with max_concurrency 256, against the ideal 256 / 50 ms = 5,120/s.
+ *   (b) items/s at 50 ms backend latency with max_concurrency 256, against the ideal 256 / 50 ms = 5,120/s, over
+ *       h2c and over HTTP/1.1.
  *   (c) submit -> first backend call latency over single-request CreateBatch calls, timed at the simulator.
  *   (d) peak RSS of the lote process (VmHWM) over a 1,000,000-request batch, and how long it takes.
  * First, a calibration line: a write(2)'s cost and a serial HTTP/2 call's round trip, to compare machines by.
@@ -72,6 +74,9 @@ const server = await startLoteServer({
     models: [
       { name: "bench-chat", backend: { kind: "openai", urls: [fast.url] }, max_concurrency: concurrency, timeout_ms: 120_000 },
       { name: "bench-slow", backend: { kind: "openai", urls: [slow.url] }, max_concurrency: 256, timeout_ms: 120_000 },
+      // The same two simulators over HTTP/1.1 (same port).
+      { name: "bench-chat-h1", backend: { kind: "openai", urls: [fast.http1Url] }, max_concurrency: concurrency, timeout_ms: 120_000 },
+      { name: "bench-slow-h1", backend: { kind: "openai", urls: [slow.http1Url] }, max_concurrency: 256, timeout_ms: 120_000 },
     ],
   },
 });
@@ -115,10 +120,26 @@ try {
     const [bare, lo, gw] = [median(runs.bare.map((f) => f.rate)), median(runs.lote.map((f) => f.rate)), median(runs.graphile.map((f) => f.rate))];
     console.log(`  medians: bare client ${int(bare)}/s, lote ${int(lo)}/s, graphile-worker ${int(gw)}/s; ` +
       `lote submit -> COMPLETED ${median(toCompleted).toFixed(0)} ms for ${int(size.a)}`);
-    console.log(`  (a) lote / wire limit = ${ratio(lo, bare)}   (target >= 0.75, goal 0.9)`);
+    console.log(`  (a) over h2c: lote / wire limit = ${ratio(lo, bare)}   (target >= 0.75, goal 0.9)`);
     console.log(`  (e) graphile-worker / wire limit = ${ratio(gw, bare)}, lote / graphile-worker = ${ratio(lo, gw)}`);
     Object.assign(results, { a: { bare, lote: lo, graphile: gw, ratio: Number(ratio(lo, bare)), submitToCompletedMs: median(toCompleted) },
       e: { ratioToBare: Number(ratio(gw, bare)), loteOverGraphile: Number(ratio(lo, gw)) } });
+
+    // (a) over HTTP/1.1: the same calls, one socket per call (128 of them), bare client and lote taking turns.
+    console.log(`  over HTTP/1.1, ${rounds} round(s):`);
+    const a1 = encodedBatch(benchBodies(size.a, "bench-chat-h1", "chat"));
+    const runs1 = { bare: [] as RunFigures[], lote: [] as RunFigures[] };
+    for (let r = 0; r < rounds; r++) {
+      for (const who of (r % 2 ? ["lote", "bare"] as const : ["bare", "lote"] as const).filter((p) => parties.includes(p))) {
+        runs1[who].push(who === "bare"
+          ? await bareClientRun(fast, concurrency, size.a, "chat", fast.http1Url)
+          : await loteRun({ ...lote, sim: fast }, a1.request, size.a, 600_000));
+        line(`${who} (1.1)`, runs1[who].at(-1)!);
+      }
+    }
+    const [bare1, lo1] = [median(runs1.bare.map((f) => f.rate)), median(runs1.lote.map((f) => f.rate))];
+    console.log(`  (a) over HTTP/1.1: lote ${int(lo1)}/s / bare client ${int(bare1)}/s = ${ratio(lo1, bare1)}`);
+    (results.a as Record<string, unknown>).http1 = { bare: bare1, lote: lo1, ratio: Number(ratio(lo1, bare1)) };
 
   }
 
@@ -130,7 +151,7 @@ try {
     line("bare", bBare);
     const b = await loteRun({ ...lote, sim: slow }, encodedBatch(benchBodies(size.b, "bench-slow", "chat")).request, size.b, 600_000);
     line("lote", b);
-    console.log(`  (b) achieved / 5,120 per s = ${ratio(b.rate, 5_120)}   (target >= 0.9); bare client ${ratio(bBare.rate, 5_120)}, lote / bare ${ratio(b.rate, bBare.rate)}`);
+    console.log(`  (b) over h2c: achieved / 5,120 per s = ${ratio(b.rate, 5_120)}   (target >= 0.9); bare client ${ratio(bBare.rate, 5_120)}, lote / bare ${ratio(b.rate, bBare.rate)}`);
     // Where the 5,120 goes: a slot's cycle is 256 / rate; the simulator holds each call for its latency plus its
     // own delay (timers fire late on a busy loop); the rest of the cycle is the caller's side and the wire.
     const cycle = (f: RunFigures) => `${((256 / f.rate) * 1000).toFixed(1)} ms (${f.simMeanHoldMs.toFixed(1)} at the simulator)`;
@@ -145,9 +166,19 @@ try {
     console.log(`  at 0.9 of 5,120 (4,608 calls/s), this run's CPU per item needs ${coresNeeded.lote.toFixed(2)} cores for lote, Postgres and the ` +
       `simulator, ${coresNeeded.bare.toFixed(2)} for the bare client and the simulator; the machine has ${cpus().length}. ` +
       `The bare client's one thread tops out at ${int(bareThread)} calls/s = ${ratio(bareThread, 5_120)} of 5,120`);
+    // The same over HTTP/1.1, 256 sockets: a Node HTTP/2 session turns its answers around slower than 256 sockets do
+    // (BENCHMARKS.md, seventh session).
+    const bBare1 = await bareClientRun(slow, 256, size.b, "chat", slow.http1Url);
+    line("bare (1.1)", bBare1);
+    const b1 = await loteRun({ ...lote, sim: slow }, encodedBatch(benchBodies(size.b, "bench-slow-h1", "chat")).request, size.b, 600_000);
+    line("lote (1.1)", b1);
+    console.log(`  (b) over HTTP/1.1: achieved / 5,120 per s = ${ratio(b1.rate, 5_120)}   (target >= 0.9); bare client ${ratio(bBare1.rate, 5_120)}, ` +
+      `lote / bare ${ratio(b1.rate, bBare1.rate)}; a slot's cycle: bare ${cycle(bBare1)}, lote ${cycle(b1)}`);
     results.b = { rate: b.rate, ratio: Number(ratio(b.rate, 5_120)), bare: bBare.rate, bareRatio: Number(ratio(bBare.rate, 5_120)),
       coresAt90: coresNeeded,
-      simMeanHoldMs: { bare: bBare.simMeanHoldMs, lote: b.simMeanHoldMs } };
+      simMeanHoldMs: { bare: bBare.simMeanHoldMs, lote: b.simMeanHoldMs },
+      http1: { rate: b1.rate, ratio: Number(ratio(b1.rate, 5_120)), bare: bBare1.rate, bareRatio: Number(ratio(bBare1.rate, 5_120)),
+        simMeanHoldMs: { bare: bBare1.simMeanHoldMs, lote: b1.simMeanHoldMs } } };
 
   }
 

@@ -14,7 +14,7 @@ const [url, concurrencyText, countText, kind] = process.argv.slice(2);
 const concurrency = Number(concurrencyText);
 const count = Number(countText);
 const bodies = benchBodies(count, "bench-chat", kind === "compact" ? "compact" : "chat");
-const backend = createOpenAIBackend({ name: "openai:bare", urls: [url!] });
+const backend = createOpenAIBackend({ name: "openai:bare", urls: [url!], maxConcurrency: concurrency });
 const signal = new AbortController().signal;
 
 let next = 0;

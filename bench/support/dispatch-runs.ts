@@ -37,9 +37,10 @@ function usage(cpu: Record<string, number>, ms: number, items: number) {
   };
 }
 
-export async function bareClientRun(sim: SimulatorProcess, concurrency: number, count: number, kind: BodyKind): Promise<RunFigures> {
+/** `url`: the simulator's h2c URL by default, or its http1Url. */
+export async function bareClientRun(sim: SimulatorProcess, concurrency: number, count: number, kind: BodyKind, url = sim.url): Promise<RunFigures> {
   await sim.mark();
-  const child = startNodeChild("./bare-client-child.ts", [sim.url, String(concurrency), String(count), kind]);
+  const child = startNodeChild("./bare-client-child.ts", [url, String(concurrency), String(count), kind]);
   const meter = startCpuMeter({ "bare client": child.child.pid, simulator: sim.pid }, "-");
   const r = await child.nextJson<{ startedAt: number; firstAt: number; lastAt: number; ok: number; failed: number }>();
   const cpu = meter.stop();

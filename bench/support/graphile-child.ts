@@ -21,7 +21,7 @@ const [databaseUrl, url, concurrencyText, countText, kind] = process.argv.slice(
 const concurrency = Number(concurrencyText);
 const count = Number(countText);
 const bodies = benchBodies(count, "bench-chat", kind as BodyKind);
-const backend = createOpenAIBackend({ name: "openai:graphile", urls: [url!] });
+const backend = createOpenAIBackend({ name: "openai:graphile", urls: [url!], maxConcurrency: concurrency });
 const signal = new AbortController().signal;
 // Its per-job log lines would be part of what is timed; lote runs at log level warn.
 const silent = new Logger(() => () => {});

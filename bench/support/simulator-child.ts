@@ -1,14 +1,17 @@
 /**
  * The simulated backend as its own process for the dispatch benchmark: the real simulator (startSimulator, the
  * code `src/simulator/main.ts` runs), plus a clock on every call it receives. The clock hangs off node's
- * `http2.server.stream.start` diagnostics channel, so the simulator itself is not changed and costs the same
- * as in `lote simulate`: one counter and two timestamps per stream.
+ * diagnostics channels (`http2.server.stream.start`/`close`, `http.server.request.start` and
+ * `http.server.response.finish`), so the simulator itself is not changed and costs the same as in `lote simulate`:
+ * one counter and two timestamps per call.
  *
- * argv[2]: latency in ms (fixed). Prints `{"h2c": "h2c://127.0.0.1:PORT"}` when listening, then answers IPC
+ * argv[2]: latency in ms (fixed). Prints `{"h2c": "h2c://127.0.0.1:PORT", "http1": "http://127.0.0.1:PORT"}` when
+ * listening (one port, both protocols), then answers IPC
  * messages from the parent (see simulator-process.ts): "mark" starts a new window, "report" sends its figures,
  * "announce"/"quiet" switch a message per arriving call on or off (latency probes).
  */
 import { subscribe } from "node:diagnostics_channel";
+import type { IncomingMessage } from "node:http";
 import type { IncomingHttpHeaders } from "node:http2";
 import { startSimulator } from "../../src/simulator/index.ts";
 import { monoMs } from "./clocks.ts";
@@ -30,25 +33,32 @@ const arrivedAt = new WeakMap<object, number>();
 let answered = 0;
 let holdSum = 0;
 
-subscribe("http2.server.stream.start", (message) => {
-  const { stream, headers } = message as { stream: object; headers: IncomingHttpHeaders };
-  if (!(headers[":path"] ?? "").startsWith("/v1/")) return;
+function arrived(call: object): void {
   const at = monoMs();
   if (calls++ === 0) firstAt = at;
   lastAt = at;
-  arrivedAt.set(stream, at);
+  arrivedAt.set(call, at);
   inFlightSum += ++inFlight;
   if (announce) process.send!({ arrival: at });
-});
-subscribe("http2.server.stream.close", (message) => {
-  const { stream } = message as { stream: object };
-  const at = arrivedAt.get(stream);
+}
+function answeredNow(call: object): void {
+  const at = arrivedAt.get(call);
   if (at === undefined) return;
-  arrivedAt.delete(stream);
+  arrivedAt.delete(call);
   inFlight--;
   answered++;
   holdSum += monoMs() - at;
+}
+subscribe("http2.server.stream.start", (message) => {
+  const { stream, headers } = message as { stream: object; headers: IncomingHttpHeaders };
+  if ((headers[":path"] ?? "").startsWith("/v1/")) arrived(stream);
 });
+subscribe("http2.server.stream.close", (message) => answeredNow((message as { stream: object }).stream));
+subscribe("http.server.request.start", (message) => {
+  const { request } = message as { request: IncomingMessage };
+  if ((request.url ?? "").startsWith("/v1/")) arrived(request);
+});
+subscribe("http.server.response.finish", (message) => answeredNow((message as { request: object }).request));
 
 process.on("message", (m: { cmd: "mark" | "report" | "announce" | "quiet" }) => {
   if (m.cmd === "mark") {
@@ -66,4 +76,4 @@ process.on("message", (m: { cmd: "mark" | "report" | "announce" | "quiet" }) => 
   }
 });
 process.once("disconnect", () => void sim.close().then(() => process.exit(0)));
-process.stdout.write(`${JSON.stringify({ h2c: sim.h2cUrl })}\n`);
+process.stdout.write(`${JSON.stringify({ h2c: sim.h2cUrl, http1: sim.url })}\n`);

@@ -1,4 +1,4 @@
-/** The parent's handle on simulator-child.ts: its h2c URL, a window of call timestamps, and arrival probes. */
+/** The parent's handle on simulator-child.ts: its URLs, a window of call timestamps, and arrival probes. */
 import { startNodeChild } from "./node-child.ts";
 
 export interface SimulatorWindow {
@@ -9,7 +9,7 @@ export interface SimulatorWindow {
   readonly lastAt: number;
   /** Mean calls in flight found by each arriving call: the concurrency the backend really saw. */
   readonly meanInFlight: number;
-  /** Mean time from a call's arrival to its stream's close: the latency the simulator really gave, ms. */
+  /** Mean time from a call's arrival to its answer's end (HTTP/2 stream closed, HTTP/1.1 response finished), ms. */
   readonly meanHoldMs: number;
   /** Most calls in flight at once (exact), TCP connections accepted, answers by status. */
   readonly maxInFlight: number;
@@ -20,6 +20,8 @@ export interface SimulatorWindow {
 export interface SimulatorProcess {
   /** h2c://127.0.0.1:PORT */
   readonly url: string;
+  /** http://127.0.0.1:PORT: the same port over HTTP/1.1, which most self-hosted model servers speak. */
+  readonly http1Url: string;
   readonly pid: number;
   /** Starts a new window: counters and timestamps from zero. */
   mark(): Promise<void>;
@@ -35,7 +37,7 @@ export interface SimulatorProcess {
 
 export async function startSimulatorProcess(latencyMs: number): Promise<SimulatorProcess> {
   const p = startNodeChild("./simulator-child.ts", [String(latencyMs)], { ipc: true });
-  const { h2c } = await p.nextJson<{ h2c: string }>();
+  const { h2c, http1 } = await p.nextJson<{ h2c: string; http1: string }>();
   const child = p.child;
   /** Resolves with the next IPC message that has `key`. */
   const next = <T>(key: string) => new Promise<T>((resolve) => {
@@ -49,6 +51,7 @@ export async function startSimulatorProcess(latencyMs: number): Promise<Simulato
   const send = (cmd: string) => new Promise<void>((resolve, reject) => child.send({ cmd }, (err) => (err ? reject(err) : resolve())));
   return {
     url: h2c,
+    http1Url: http1,
     pid: child.pid!,
     async mark() {
       // A report round trip after the mark: the window is reset before this resolves.
