@@ -20,7 +20,9 @@ export async function createBackends(models: ReadonlyMap<string, ModelConfig>): 
       })));
     } else if (b.kind === "kserve") {
       const { createKServeBackend } = await import("./kserve/index.ts");
-      out.set(name, createKServeBackend({ name: `kserve:${name}`, urls: b.urls, modelName: b.modelName, inputName: b.inputName, outputName: b.outputName }));
+      out.set(name, createKServeBackend({
+        name: `kserve:${name}`, urls: b.urls, modelName: b.modelName, inputName: b.inputName, outputName: b.outputName, maxConcurrency: m.maxConcurrency,
+      }));
     } else {
       const { createOpenAIBackend } = await import("./openai/index.ts");
       out.set(name, createOpenAIBackend({

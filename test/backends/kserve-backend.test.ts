@@ -2,6 +2,8 @@ import { EventEmitter, once } from "node:events";
 import * as grpc from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TransportError, type Backend, type EndpointPath } from "../../src/backends/backend.ts";
+import { createBackends } from "../../src/backends/index.ts";
+import { buildConfig } from "../../src/config/config.ts";
 import {
   createKServeBackend,
   loadInferenceService,
@@ -21,10 +23,12 @@ interface InferenceServer {
   readonly requests: ModelInferRequest[];
   /** "call" (request) when ModelInfer starts, "cancelled" (request id) when the client cancels it. */
   readonly events: EventEmitter;
+  /** Most ModelInfer calls running at once, and the client connections (peers) they came over. */
+  readonly concurrency: { now: number; max: number; peers: Set<string> };
   stop(): void;
 }
 
-const models = new Set(["echo", "echo-raw", "embedder", "classifier", "tensors", "busy", "invalid", "slow"]);
+const models = new Set(["echo", "echo-raw", "embedder", "classifier", "tensors", "busy", "invalid", "slow", "hold"]);
 
 function textsIn(request: ModelInferRequest): string[] {
   return (request.inputs[0]?.contents?.bytes_contents ?? []).map((b) => b.toString("utf8"));
@@ -43,10 +47,11 @@ function answer(request: ModelInferRequest, outputs: InferTensor[], raw: Buffer[
   return { model_name: request.model_name, model_version: "1", id: request.id, outputs, raw_output_contents: raw };
 }
 
-async function startInferenceServer(): Promise<InferenceServer> {
-  const server = new grpc.Server();
+async function startInferenceServer(serverOptions: grpc.ServerOptions = {}): Promise<InferenceServer> {
+  const server = new grpc.Server(serverOptions);
   const requests: ModelInferRequest[] = [];
   const events = new EventEmitter();
+  const concurrency = { now: 0, max: 0, peers: new Set<string>() };
   server.addService(loadInferenceService().definition, {
     ServerReady: (_call: unknown, callback: grpc.sendUnaryData<object>) => callback(null, { ready: true }),
     ModelReady: (call: grpc.ServerUnaryCall<{ name: string }, object>, callback: grpc.sendUnaryData<object>) =>
@@ -89,13 +94,21 @@ async function startInferenceServer(): Promise<InferenceServer> {
         case "slow":
           call.on("cancelled", () => events.emit("cancelled", request.id));
           return; // never answers
+        case "hold": // answers after 200 ms, counting the calls it holds at once
+          concurrency.max = Math.max(concurrency.max, ++concurrency.now);
+          concurrency.peers.add(call.getPeer());
+          setTimeout(() => {
+            concurrency.now--;
+            callback(null, answer(request, [{ name: "text_output", datatype: "BYTES", shape: [texts.length], contents: { bytes_contents: texts.map((t) => Buffer.from(t)) } }]));
+          }, 200);
+          return;
       }
       return callback({ code: grpc.status.NOT_FOUND, details: `unknown model ${request.model_name}` });
     },
   });
   const port = await new Promise<number>((resolve, reject) =>
     server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (error, bound) => (error ? reject(error) : resolve(bound))));
-  return { url: `grpc://127.0.0.1:${port}`, requests, events, stop: () => server.forceShutdown() };
+  return { url: `grpc://127.0.0.1:${port}`, requests, events, concurrency, stop: () => server.forceShutdown() };
 }
 
 function infer(backend: Backend, endpoint: EndpointPath, body: unknown, signal = new AbortController().signal) {
@@ -280,6 +293,37 @@ describe("KServe v2 gRPC backend", () => {
     }
   });
 
+  it("opens a connection per 100 calls of maxConcurrency, so a server's per-connection stream limit does not hold calls back", async () => {
+    // A server that allows 4 streams per connection (RFC 9113 recommends at least 100): with one connection, 12
+    // calls ran 4 at a time, the other 8 waiting in grpc-js. maxConcurrency 300 gives each target three.
+    const limited = await startInferenceServer({ "grpc.max_concurrent_streams": 4 });
+    try {
+      const calls = (backend: Backend) => Promise.all(Array.from({ length: 12 }, (_, i) => infer(backend, "/v1/completions", { prompt: `p${i}` })));
+      const three = createKServeBackend({ name: "kserve:hold", urls: [limited.url], modelName: "hold", maxConcurrency: 300 });
+      backends.push(three);
+      expect((await calls(three)).map((r) => r.status)).toEqual(Array(12).fill(200));
+      expect(limited.concurrency.max).toBe(12);
+      expect(limited.concurrency.peers.size).toBe(3);
+
+      // From the config file: the model's max_concurrency reaches the backend.
+      limited.concurrency.max = 0;
+      limited.concurrency.peers.clear();
+      const config = buildConfig({ include_builtin_models: false, models: [{ name: "hold", max_concurrency: 300, backend: { kind: "kserve", urls: [limited.url] } }] }, {});
+      const configured = (await createBackends(config.models)).get("hold")!;
+      backends.push(configured);
+      expect((await calls(configured)).map((r) => r.status)).toEqual(Array(12).fill(200));
+      expect(limited.concurrency.peers.size).toBe(3);
+
+      limited.concurrency.max = 0;
+      const one = createKServeBackend({ name: "kserve:hold", urls: [limited.url], modelName: "hold" });
+      backends.push(one);
+      expect((await calls(one)).map((r) => r.status)).toEqual(Array(12).fill(200));
+      expect(limited.concurrency.max).toBe(4);
+    } finally {
+      limited.stop();
+    }
+  });
+
   it("is ready when the server and the model are, and not for a model the server lacks", async () => {
     expect(await backendFor("echo").ready()).toBe(true);
     expect(await backendFor("no-such-model").ready()).toBe(false);
@@ -288,5 +332,6 @@ describe("KServe v2 gRPC backend", () => {
   it("refuses options it cannot use, saying what it expected", () => {
     expect(() => createKServeBackend({ name: "k", urls: [], modelName: "m" })).toThrow(/Expected `urls` to be a non-empty array/);
     expect(() => createKServeBackend({ name: "k", urls: ["http://h:1"], modelName: "m" })).toThrow(/grpcs:\/\/host:port/);
+    expect(() => createKServeBackend({ name: "k", urls: ["h:1"], modelName: "m", maxConcurrency: 0 })).toThrow("Expected `maxConcurrency` to be an integer >= 1, got 0");
   });
 });

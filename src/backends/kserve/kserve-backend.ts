@@ -29,6 +29,11 @@ export interface KServeBackendOptions {
   readonly outputName?: string;
   /** TLS settings for grpcs:// targets. `ca`: PEM text of the roots to trust; default the system roots. */
   readonly tls?: { readonly ca?: string };
+  /**
+   * The most calls the caller runs on this backend at once (the model's max_concurrency). Default 100. Each target
+   * gets one connection per 100 of them (see streamsPerConnection).
+   */
+  readonly maxConcurrency?: number;
 }
 
 /**
@@ -38,10 +43,20 @@ export interface KServeBackendOptions {
 const maxReceiveBytes = 64 * 1024 * 1024;
 /** ready() gives each target this long to answer ServerReady + ModelReady. */
 const readyTimeoutMs = 5_000;
+/**
+ * Calls one connection is counted on to carry. grpc-js runs every call to a target over one HTTP/2 connection and
+ * holds calls beyond the server's SETTINGS_MAX_CONCURRENT_STREAMS back in the client, unseen by the server: with a
+ * 4-stream server, 12 calls ran 4 at a time. RFC 9113 (§6.5.2) recommends servers allow at least 100 streams, so a
+ * target gets ceil(max_concurrency / 100) connections (channels whose options differ, which grpc-js keeps apart).
+ */
+const streamsPerConnection = 100;
 
-interface Target {
+/** One connection to a target; a target has ceil(maxConcurrency / 100) of them. */
+interface Channel {
   readonly address: string;
   readonly client: InferenceClient;
+  /** The first channel of its target: ready() asks it. */
+  readonly first: boolean;
   outstanding: number;
 }
 
@@ -50,12 +65,19 @@ export function createKServeBackend(options: KServeBackendOptions): Backend {
   const { Client } = loadInferenceService();
   const inputName = options.inputName ?? "text_input";
   const outputName = options.outputName ?? "text_output";
-  const targets: Target[] = options.urls.map((url) => {
+  const perTarget = Math.ceil((options.maxConcurrency ?? streamsPerConnection) / streamsPerConnection);
+  const targets: Channel[] = options.urls.flatMap((url) => {
     const { address, secure } = parseTarget(url, options.tls !== undefined);
     const credentials = secure
       ? grpc.credentials.createSsl(options.tls?.ca ? Buffer.from(options.tls.ca) : null)
       : grpc.credentials.createInsecure();
-    return { address, client: new Client(address, credentials, { "grpc.max_receive_message_length": maxReceiveBytes }), outstanding: 0 };
+    return Array.from({ length: perTarget }, (_, i) => ({
+      address,
+      // "lote.connection" means nothing to grpc-js but makes each channel's options differ, and so its connection.
+      client: new Client(address, credentials, { "grpc.max_receive_message_length": maxReceiveBytes, "lote.connection": i }),
+      first: i === 0,
+      outstanding: 0,
+    }));
   });
   /** Cancels of the calls in flight, so close() can abort them. */
   const inFlight = new Set<() => void>();
@@ -63,7 +85,7 @@ export function createKServeBackend(options: KServeBackendOptions): Backend {
   let rotation = 0;
 
   /** Fewest calls in flight; ties go round-robin so idle targets share the load. */
-  function pick(): Target {
+  function pick(): Channel {
     let best = targets[rotation % targets.length]!;
     for (let i = 1; i < targets.length; i++) {
       const candidate = targets[(rotation + i) % targets.length]!;
@@ -73,7 +95,7 @@ export function createKServeBackend(options: KServeBackendOptions): Backend {
     return best;
   }
 
-  function modelInfer(target: Target, request: ModelInferRequest, signal: AbortSignal): Promise<ModelInferResponse | InferenceReply> {
+  function modelInfer(target: Channel, request: ModelInferRequest, signal: AbortSignal): Promise<ModelInferResponse | InferenceReply> {
     return new Promise((resolve, reject) => {
       let cancelledByUs = false;
       const cancel = () => {
@@ -127,7 +149,7 @@ export function createKServeBackend(options: KServeBackendOptions): Backend {
 
     async ready(): Promise<boolean> {
       if (closed) return false;
-      const answers = await Promise.all(targets.map(async ({ client }) => {
+      const answers = await Promise.all(targets.filter((t) => t.first).map(async ({ client }) => {
         const deadline = Date.now() + readyTimeoutMs;
         const ask = <Req>(method: "ServerReady" | "ModelReady", request: Req) =>
           new Promise<boolean>((resolve) => {
@@ -159,6 +181,9 @@ function validate(options: KServeBackendOptions): void {
     }
   }
   for (const url of options.urls) parseTarget(url, false);
+  if (options.maxConcurrency !== undefined && (!Number.isInteger(options.maxConcurrency) || options.maxConcurrency < 1)) {
+    throw new TypeError(`Expected \`maxConcurrency\` to be an integer >= 1, got ${found(options.maxConcurrency)}`);
+  }
 }
 
 /** "host:port" | "grpc://host:port" | "grpcs://host:port" (IPv6 hosts in brackets: "[::1]:8001"). */
