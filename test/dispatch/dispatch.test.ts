@@ -115,8 +115,9 @@ describe("dispatch against the simulated backend (real processes, sockets and Po
     { over: "HTTP/1.1 (a socket per call)", sim: {}, url: (s: Simulator) => s.url },
     { over: "h2c to a server that allows 32 streams per connection", sim: { h2MaxConcurrentStreams: 32 }, url: (s: Simulator) => s.h2cUrl },
   ])("runs max_concurrency calls at once on a single replica over $over", async ({ sim: options, url }) => {
-    // 100 slots and 300 calls of 200 ms: the first claim takes all 100, and all of them must reach the backend.
-    sim = await startSimulator({ port: 0, latency: { kind: "fixed", ms: 200 }, ...options });
+    // 100 slots and 300 calls of 500 ms: the first claim takes all 100, and all of them must reach the backend
+    // together (500 ms leaves room for opening 100 sockets, or 4 sessions one after another, on a loaded machine).
+    sim = await startSimulator({ port: 0, latency: { kind: "fixed", ms: 500 }, ...options });
     const lote = await start("serve", { models: [modelConfig(sim, { max_concurrency: 100, backend: { kind: "openai", urls: [url(sim)] } })] });
     const client = clientOf(lote);
     const batch = await call(client, "createBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: requests(300) });
