@@ -4,17 +4,19 @@
  * calls in flight, each worker taking the next body as soon as its call returns. No Postgres, no bookkeeping:
  * what is left is the HTTP/2 client and the simulator sharing the machine.
  *
- * argv: url concurrency count bodies ("chat" | "compact"). Prints one JSON line with monoMs() times.
+ * argv: url concurrency count bodies ("chat" | "compact") [streamsPerSession]. Prints one JSON line with monoMs()
+ * times.
  */
 import { createOpenAIBackend } from "../../src/backends/openai/index.ts";
 import { benchBodies } from "./bench-bodies.ts";
 import { monoMs } from "./clocks.ts";
 
-const [url, concurrencyText, countText, kind] = process.argv.slice(2);
+const [url, concurrencyText, countText, kind, streamsText] = process.argv.slice(2);
 const concurrency = Number(concurrencyText);
 const count = Number(countText);
 const bodies = benchBodies(count, "bench-chat", kind === "compact" ? "compact" : "chat");
-const backend = createOpenAIBackend({ name: "openai:bare", urls: [url!], maxConcurrency: concurrency });
+const streamsPerSession = streamsText === undefined ? undefined : Number(streamsText);
+const backend = createOpenAIBackend({ name: "openai:bare", urls: [url!], maxConcurrency: concurrency, streamsPerSession });
 const signal = new AbortController().signal;
 
 let next = 0;

@@ -37,16 +37,20 @@ function usage(cpu: Record<string, number>, ms: number, items: number) {
   };
 }
 
-/** `url`: the simulator's h2c URL by default, or its http1Url. */
-export async function bareClientRun(sim: SimulatorProcess, concurrency: number, count: number, kind: BodyKind, url = sim.url): Promise<RunFigures> {
+/** `url`: the simulator's h2c URL by default, or its http1Url. `streamsPerSession`: the backend option, when set. */
+export async function bareClientRun(
+  sim: SimulatorProcess, concurrency: number, count: number, kind: BodyKind, url = sim.url, streamsPerSession?: number,
+): Promise<RunFigures & { readonly connections: number }> {
   await sim.mark();
-  const child = startNodeChild("./bare-client-child.ts", [url, String(concurrency), String(count), kind]);
+  const args = [url, String(concurrency), String(count), kind, ...(streamsPerSession === undefined ? [] : [String(streamsPerSession)])];
+  const child = startNodeChild("./bare-client-child.ts", args);
   const meter = startCpuMeter({ "bare client": child.child.pid, simulator: sim.pid }, "-");
   const r = await child.nextJson<{ startedAt: number; firstAt: number; lastAt: number; ok: number; failed: number }>();
   const cpu = meter.stop();
   await child.exited;
   if (r.ok !== count) throw new Error(`bare client: ${r.failed} of ${count} calls failed`);
-  return { rate: rateOf(count, r.firstAt, r.lastAt), ...simFigures(await sim.report()), ...usage(cpu, r.lastAt - r.startedAt, count) };
+  const w = await sim.report();
+  return { rate: rateOf(count, r.firstAt, r.lastAt), connections: w.connections, ...simFigures(w), ...usage(cpu, r.lastAt - r.startedAt, count) };
 }
 
 export interface GraphileFigures extends RunFigures {

@@ -207,12 +207,18 @@ describe("HTTP/2 sessions", () => {
     expect(sim.stats().maxInFlight).toBe(12);
   });
 
-  it("keeps to one session while the server allows every call on it", async () => {
+  it("spreads calls over sessions of streamsPerSession streams while the server allows more on one", async () => {
     const sim = await simulator();
-    const b = backend({ urls: [sim.h2cUrl], maxConcurrency: 50 });
+    const b = backend({ urls: [sim.h2cUrl], maxConcurrency: 50, streamsPerSession: 20 });
     await Promise.all(Array.from({ length: 50 }, (_, i) => call(b, { n: i, sim: { latency_ms: 100 } })));
     expect(sim.stats().maxInFlight).toBe(50);
-    expect(sim.stats().connections).toBe(1);
+    expect(sim.stats().connections).toBe(3);
+  });
+
+  it("rejects a streamsPerSession that is not a positive integer", () => {
+    for (const bad of [0, 1.5, -3]) {
+      expect(() => backend({ urls: ["h2c://127.0.0.1:1"], streamsPerSession: bad })).toThrow(`Expected \`streamsPerSession\` to be an integer >= 1, got ${bad}`);
+    }
   });
 
   it("opens up to connectionsPerReplica sessions when the first is full", async () => {
@@ -221,6 +227,81 @@ describe("HTTP/2 sessions", () => {
     await Promise.all(Array.from({ length: 16 }, (_, i) => call(b, { n: i, sim: { latency_ms: 30 } })));
     expect(sim.stats().connections).toBe(2);
     expect(sim.stats().maxInFlight).toBe(8);
+  });
+
+  describe("a server that holds every stream", () => {
+    let server: Http2Server;
+    let url: string;
+    /** Streams seen per server session, in the order the sessions opened. */
+    const streams = new Map<ServerHttp2Session, number>();
+    const held: ServerHttp2Stream[] = [];
+    let dropped = 0;
+    beforeEach(async () => {
+      dropped = 0;
+      server = createH2Server();
+      server.on("drop", () => dropped++);
+      server.on("session", (s) => streams.set(s, 0));
+      server.on("stream", (stream) => {
+        stream.on("error", () => {});
+        stream.resume();
+        streams.set(stream.session as ServerHttp2Session, streams.get(stream.session as ServerHttp2Session)! + 1);
+        held.push(stream);
+      });
+      server.listen(0, "127.0.0.1");
+      await once(server, "listening");
+      url = `h2c://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    });
+    afterEach(async () => {
+      release();
+      for (const s of streams.keys()) s.destroy();
+      streams.clear();
+      await new Promise((r) => server.close(r));
+    });
+    function release(): void {
+      for (const stream of held.splice(0)) {
+        if (stream.closed) continue;
+        stream.respond({ ":status": 200, "content-type": "application/json" });
+        stream.end("{}");
+      }
+    }
+
+    it("puts a burst of 50 calls on sessions of 16 streams, opened together", async () => {
+      const b = backend({ urls: [url], maxConcurrency: 64 });
+      const replies = Promise.all(Array.from({ length: 50 }, (_, i) => call(b, { n: i })));
+      await waitFor(() => held.length === 50);
+      expect([...streams.values()]).toEqual([16, 16, 16, 2]);
+      release();
+      expect((await replies).map((r) => r.status)).toEqual(Array(50).fill(200));
+    });
+
+    it("carries every call on the sessions it has once connectionsPerReplica are open", async () => {
+      const b = backend({ urls: [url], connectionsPerReplica: 2 });
+      const replies = Promise.all(Array.from({ length: 50 }, (_, i) => call(b, { n: i })));
+      await waitFor(() => held.length === 50);
+      expect(streams.size).toBeLessThanOrEqual(2);
+      release();
+      expect((await replies).map((r) => r.status)).toEqual(Array(50).fill(200));
+    });
+
+    it("tries no other session for a second after one failed to connect, and carries the calls on the open one", async () => {
+      // A server that takes one connection: node drops the others (the 'drop' event) before any HTTP/2 byte.
+      server.maxConnections = 1;
+      let now = 0;
+      const b = backend({ urls: [url], maxConcurrency: 64, now: () => now });
+      const replies = [...Array.from({ length: 20 }, (_, i) => call(b, { n: i }))];
+      await waitFor(() => held.length === 20);
+      expect(dropped).toBe(1);
+      now = 999;
+      replies.push(call(b, { n: 20 }));
+      await waitFor(() => held.length === 21);
+      expect(dropped).toBe(1);
+      now = 1_000;
+      replies.push(call(b, { n: 21 }));
+      await waitFor(() => held.length === 22 && dropped === 2);
+      expect(streams.size).toBe(1);
+      release();
+      expect((await Promise.all(replies)).map((r) => r.status)).toEqual(Array(22).fill(200));
+    });
   });
 
   describe("answers cut into pieces", () => {

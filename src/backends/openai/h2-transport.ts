@@ -8,13 +8,19 @@ import { h2ErrorName, kindOf, toTransportError } from "./transport-errors.ts";
  * speaks h2 too, but its Client runs at most `pipelining` streams (default 1) and holds back non-idempotent
  * POSTs while another is running, so a session would carry one inference call at a time.
  *
- * A pool of sessions per replica, opened one at a time as the open ones fill, up to `connections` (by default the
- * model's max_concurrency, so a server that allows 100 streams per connection still gets all 256 calls of a
- * 256-call model, over three sessions). A session takes calls only after the server's SETTINGS arrived, and never
- * more than its SETTINGS_MAX_CONCURRENT_STREAMS: streams opened beyond the limit are refused by the server
- * (REFUSED_STREAM), not queued. Calls wait here when every session is full and no more may open. After GOAWAY a
- * session takes no new calls and a fresh one is opened on demand.
+ * A pool of sessions per replica, up to `connections` (by default the model's max_concurrency). While another may
+ * open, a session carries at most `streamsPerSession` calls (16): 256 calls run over 16 sessions, opened as the
+ * calls arrive, as many at once as the waiting calls fill. Once the pool is at `connections`, every session carries
+ * up to the server's SETTINGS_MAX_CONCURRENT_STREAMS, so `connections: 1` still runs every call on one session. A
+ * session takes calls only after the server's SETTINGS arrived, and never more than that limit: streams opened
+ * beyond it are refused by the server (REFUSED_STREAM), not queued. Calls wait here when every session is full and
+ * no more may open. After GOAWAY a session takes no new calls and a fresh one is opened on demand. When a session
+ * fails to connect while others are open (a server that takes only so many connections), no session opens for
+ * OPEN_PAUSE_MS and the open ones carry calls up to the server's limit: one failed connect per second, not one
+ * per call.
  */
+
+const OPEN_PAUSE_MS = 1_000;
 
 interface Session {
   readonly session: ClientHttp2Session;
@@ -44,6 +50,8 @@ export class H2Transport implements ReplicaTransport {
   #waiters: Waiter[] = [];
   readonly #headers = new Map<string, Readonly<Record<string, string>>>();
   #closed = false;
+  /** The clock reading before which no session opens, after a failed connect while others were open. */
+  #openPausedUntil = 0;
 
   constructor(ctx: TransportContext) {
     this.#ctx = ctx;
@@ -87,20 +95,38 @@ export class H2Transport implements ReplicaTransport {
 
   /** The ready session with the fewest streams and room for one more. */
   #pick(): Session | undefined {
+    const spread = this.#mayOpen();
     let best: Session | undefined;
     for (const s of this.#sessions) {
-      if (s.usable && s.ready && s.active < s.limit && (!best || s.active < best.active)) best = s;
+      const room = spread ? Math.min(s.limit, this.#ctx.streamsPerSession) : s.limit;
+      if (s.usable && s.ready && s.active < room && (!best || s.active < best.active)) best = s;
     }
     return best;
   }
 
-  /** Hands waiting calls to sessions with room; opens a session when none is connecting and the cap allows. */
+  /** Another session may open: the pool is below `connections` and no connect failed just now. */
+  #mayOpen(): boolean {
+    if (this.#closed || this.#openPausedUntil > this.#ctx.now()) return false;
+    let usable = 0;
+    for (const s of this.#sessions) if (s.usable) usable++;
+    return usable < this.#maxSessions;
+  }
+
+  /**
+   * Hands waiting calls to sessions with room. When none has room, opens sessions until the ones connecting can
+   * take every waiting call (`streamsPerSession` each; a server that allows fewer gets more sessions once its
+   * SETTINGS tell).
+   */
   #pump(): void {
     while (this.#waiters.length > 0) {
       const s = this.#pick();
       if (!s) {
-        const usable = this.#sessions.filter((x) => x.usable);
-        if (!this.#closed && usable.length < this.#maxSessions && usable.every((x) => x.ready)) this.#open();
+        let connecting = 0;
+        for (const x of this.#sessions) if (x.usable && !x.ready) connecting++;
+        while (connecting * this.#ctx.streamsPerSession < this.#waiters.length && this.#mayOpen()) {
+          this.#open();
+          connecting++;
+        }
         return;
       }
       const w = this.#waiters.shift()!;
@@ -146,7 +172,12 @@ export class H2Transport implements ReplicaTransport {
   /** Nothing was sent: the waiting calls fail "connection_refused" (or "timeout") and can go to another replica. */
   #connectFailed(err: unknown): void {
     this.#ctx.onConnectFailure(err);
-    if (this.#sessions.some((x) => x.usable)) return this.#pump();
+    if (this.#sessions.some((x) => x.usable)) {
+      this.#openPausedUntil = this.#ctx.now() + OPEN_PAUSE_MS;
+      // The pause ends with no event of its own: a stream closing pumps too, but waiters may have none to wait on.
+      if (this.#waiters.length > 0) setTimeout(() => this.#pump(), OPEN_PAUSE_MS).unref();
+      return this.#pump();
+    }
     for (const w of this.#waiters.splice(0)) {
       w.signal.removeEventListener("abort", w.onAbort);
       const kind = kindOf(err) === "timeout" ? "timeout" : "connection_refused";

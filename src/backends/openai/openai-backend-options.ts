@@ -35,6 +35,12 @@ export interface OpenAIBackendOptions {
    * each) or HTTP/2 sessions (each up to the server's SETTINGS_MAX_CONCURRENT_STREAMS). Default `maxConcurrency`.
    */
   readonly connectionsPerReplica?: number | undefined;
+  /**
+   * HTTP/2: the streams one session carries while the replica may open another, so that calls spread over
+   * several sessions. Default 16 (see h2-transport.ts for the figures). Past `connectionsPerReplica` sessions,
+   * each carries up to the server's SETTINGS_MAX_CONCURRENT_STREAMS.
+   */
+  readonly streamsPerSession?: number | undefined;
   /** The backend's own deadline per call; fires TransportError "timeout". Default: none — the dispatcher's
    * signal carries the per-request timeout, and one deadline is easier to reason about than two. */
   readonly requestTimeoutMs?: number | undefined;
@@ -45,7 +51,7 @@ export interface OpenAIBackendOptions {
   /** Longest ejection. Default 30,000 ms. */
   readonly ejectMaxMs?: number | undefined;
   readonly tls?: BackendTlsOptions | undefined;
-  /** Monotonic clock in ms for ejection timing; tests inject one. Default performance.now. */
+  /** Monotonic clock in ms for ejection and HTTP/2 open-pause timing; tests inject one. Default performance.now. */
   readonly now?: (() => number) | undefined;
 }
 
@@ -63,6 +69,15 @@ export interface ReplicaTarget {
   /** "alpn": https with protocol "auto", decided by the server's ALPN answer on first connect. */
   readonly wire: "http1" | "h2" | "alpn";
 }
+
+/**
+ * 256 calls of 50 ms from one process to one h2c replica (the simulator) reach 0.87-0.88 of the 5,120/s they
+ * allow over one session, 0.92-0.93 over sessions of 16 streams and 0.90-0.92 over sessions of 32 (three
+ * interleaved rounds of `npm run bench:h2-sessions`, 2026-12-06; BENCHMARKS.md). And a server of several
+ * processes behind one port (vLLM's --api-server-count, gunicorn workers) balances connections, not streams:
+ * one session would keep every call on one process.
+ */
+export const DEFAULT_STREAMS_PER_SESSION = 16;
 
 function fail(field: string, expected: string, got: unknown): never {
   throw new TypeError(`Expected \`${field}\` to be ${expected}, got ${JSON.stringify(got) ?? String(got)}`);
@@ -115,6 +130,7 @@ export interface ResolvedOptions {
   readonly targets: readonly ReplicaTarget[];
   readonly apiKey: string | undefined;
   readonly connectionsPerReplica: number;
+  readonly streamsPerSession: number;
   readonly requestTimeoutMs: number | undefined;
   readonly connectTimeoutMs: number;
   readonly ejectBaseMs: number;
@@ -141,6 +157,7 @@ export function resolveOptions(o: OpenAIBackendOptions): ResolvedOptions {
     targets: o.urls.map((u, i) => parseTarget(u, protocol, i)),
     apiKey: o.apiKey,
     connectionsPerReplica: positiveInt("connectionsPerReplica", o.connectionsPerReplica, positiveInt("maxConcurrency", o.maxConcurrency, 64)),
+    streamsPerSession: positiveInt("streamsPerSession", o.streamsPerSession, DEFAULT_STREAMS_PER_SESSION),
     requestTimeoutMs: o.requestTimeoutMs,
     connectTimeoutMs: positiveInt("connectTimeoutMs", o.connectTimeoutMs, 10_000),
     ejectBaseMs,

@@ -44,6 +44,8 @@ export class OpenAIBackend implements Backend {
         target,
         headers,
         connections: o.connectionsPerReplica,
+        streamsPerSession: o.streamsPerSession,
+        now: o.now,
         connectTimeoutMs: o.connectTimeoutMs,
         tls: o.tls,
         onConnectFailure: () => this.#replicas.markConnectFailure(i),

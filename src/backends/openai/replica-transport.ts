@@ -23,6 +23,10 @@ export interface TransportContext {
   readonly headers: Readonly<Record<string, string>>;
   /** Most sockets (HTTP/1.1) or sessions (HTTP/2) to the replica, each opened when the open ones are full. */
   readonly connections: number;
+  /** HTTP/2: streams per session while another session may open. */
+  readonly streamsPerSession: number;
+  /** Monotonic clock in ms (the backend's `now`). */
+  readonly now: () => number;
   readonly connectTimeoutMs: number;
   readonly tls: BackendTlsOptions | undefined;
   /** Called when a new connection to the replica cannot be established (the backend ejects the replica). */
