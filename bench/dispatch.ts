@@ -9,7 +9,8 @@
  *       h2c and over HTTP/1.1.
  *   (c) submit -> first backend call latency over single-request CreateBatch calls, timed at the simulator.
  *   (d) peak RSS of the lote process (VmHWM) over a 1,000,000-request batch, and how long it takes.
- * First, a calibration line: a write(2)'s cost and a serial HTTP/2 call's round trip, to compare machines by.
+ * First, a calibration line: a write(2)'s cost, a serial HTTP/2 call's round trip, and a gRPC unary round trip in
+ * one process back to back and 20 ms apart (support/grpc-round-trip.ts), to compare machines by.
  *
  * Every party is its own process (lote, simulator, bare client, graphile-worker) on the same machine as
  * Postgres. Flags: --quick (smaller sizes, ~1 min), --only=a,b,c,d (those parts), --parties=bare,lote,graphile (in (a)). Environment: LOTE_BENCH_DATABASE_URL (see
@@ -27,6 +28,7 @@ import { bareClientRun, graphileRun, loteRun, type RunFigures } from "./support/
 import { batchClient, encodedBatch } from "./support/lote-batches.ts";
 import { mib, startLoteServer } from "./support/lote-server.ts";
 import { startSimulatorProcess } from "./support/simulator-process.ts";
+import { grpcRoundTrip } from "./support/grpc-round-trip.ts";
 import { submitLatency } from "./support/submit-latency.ts";
 
 const quick = process.argv.includes("--quick");
@@ -90,9 +92,12 @@ for (const signal of ["SIGINT", "SIGTERM"] as const) {
 }
 // How expensive this machine's kernel path is, so that runs on different machines can be read side by side: the
 // (a) ratio moved from 0.61 on one 2-core VM to 0.81-0.87 on one 2.5-4 times slower (BENCHMARKS.md, fifth session).
-const calibration = { writeUs: writeSyscallUs(), serialCallMs: 1000 / (await bareClientRun(fast, 1, 1_000, "chat")).rate };
+const calibration = {
+  writeUs: writeSyscallUs(), serialCallMs: 1000 / (await bareClientRun(fast, 1, 1_000, "chat")).rate, grpc: await grpcRoundTrip(),
+};
 console.log(`calibration: a 16-byte write(2) ${calibration.writeUs.toFixed(2)} µs; one call at a time, bare client to simulator, ` +
-  `${calibration.serialCallMs.toFixed(3)} ms per call`);
+  `${calibration.serialCallMs.toFixed(3)} ms per call;\n  a gRPC unary round trip in one process, p50: ${calibration.grpc.backToBackMs.toFixed(2)} ms ` +
+  `back to back, ${calibration.grpc.idleMs.toFixed(2)} ms 20 ms apart (after 20 ms idle, as (c)'s submits come)`);
 const pool = new pg.Pool({ connectionString: db.url, max: 2 });
 const client = batchClient(server.url);
 const lote = { client, pool, lotePid: server.child.pid!, database: new URL(db.url).pathname.slice(1) };
