@@ -1,5 +1,6 @@
 /** Per-model configuration: which backend serves a model, and the limits that hold across the whole fleet. */
 import { endpointPaths, type EndpointPath } from "../backends/backend.ts";
+import { DEFAULT_STREAMS_PER_SESSION } from "../backends/openai/openai-backend-options.ts";
 import { ConfigError, field } from "./validate.ts";
 import type { Env } from "./config.ts";
 
@@ -14,6 +15,8 @@ export type BackendConfig =
       readonly protocol: "auto" | "http1" | "h2" | "h2c";
       /** PEM CA to trust for https:// replicas (self-signed deployments). */
       readonly caFile?: string;
+      /** HTTP/2: streams per session before another opens (the backend's `streamsPerSession`). Default 16. */
+      readonly streamsPerSession: number;
     }
   | {
       readonly kind: "kserve";
@@ -114,6 +117,7 @@ function parseBackend(raw: unknown, where: string, env: Env, modelName: string):
     apiKeyEnv,
     protocol: f.oneOf("protocol", b.protocol, "auto", ["auto", "http1", "h2", "h2c"] as const),
     caFile: f.optionalString("ca_file", b.ca_file),
+    streamsPerSession: f.int("streams_per_session", b.streams_per_session, DEFAULT_STREAMS_PER_SESSION, 1, 1_000_000),
   };
 }
 

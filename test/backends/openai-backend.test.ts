@@ -11,6 +11,8 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { TransportError, type InferenceReply } from "../../src/backends/backend.ts";
+import { createBackends } from "../../src/backends/create-backends.ts";
+import { buildConfig } from "../../src/config/config.ts";
 import { createOpenAIBackend, parseRetryAfter, type OpenAIBackend, type OpenAIBackendOptions } from "../../src/backends/openai/index.ts";
 import { startSimulator, type Simulator, type SimulatorOptions } from "../../src/simulator/index.ts";
 import { freePort } from "../support/ports.ts";
@@ -272,6 +274,20 @@ describe("HTTP/2 sessions", () => {
       expect([...streams.values()]).toEqual([16, 16, 16, 2]);
       release();
       expect((await replies).map((r) => r.status)).toEqual(Array(50).fill(200));
+    });
+
+    it("takes streams_per_session from the config file", async () => {
+      const model = (backend: object) => ({ name: "m", max_concurrency: 64, backend: { kind: "openai", urls: [url], ...backend } });
+      const config = buildConfig({ include_builtin_models: false, models: [model({ streams_per_session: 8 })] }, {});
+      const b = (await createBackends(config.models)).get("m")! as OpenAIBackend;
+      backends.push(b);
+      const replies = Promise.all(Array.from({ length: 20 }, (_, i) => call(b, { n: i })));
+      await waitFor(() => held.length === 20);
+      expect([...streams.values()]).toEqual([8, 8, 4]);
+      release();
+      expect((await replies).map((r) => r.status)).toEqual(Array(20).fill(200));
+      expect(() => buildConfig({ include_builtin_models: false, models: [model({ streams_per_session: 0 })] }, {}))
+        .toThrow(/streams_per_session.*an integer from 1 to 1000000, got 0/);
     });
 
     it("carries every call on the sessions it has once connectionsPerReplica are open", async () => {
