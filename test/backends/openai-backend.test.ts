@@ -271,7 +271,8 @@ describe("HTTP/2 sessions", () => {
       const b = backend({ urls: [url], maxConcurrency: 64 });
       const replies = Promise.all(Array.from({ length: 50 }, (_, i) => call(b, { n: i })));
       await waitFor(() => held.length === 50);
-      expect([...streams.values()]).toEqual([16, 16, 16, 2]);
+      // Whichever session's SETTINGS come last gets the remainder.
+      expect([...streams.values()].sort((a, b) => b - a)).toEqual([16, 16, 16, 2]);
       release();
       expect((await replies).map((r) => r.status)).toEqual(Array(50).fill(200));
     });
@@ -283,7 +284,7 @@ describe("HTTP/2 sessions", () => {
       backends.push(b);
       const replies = Promise.all(Array.from({ length: 20 }, (_, i) => call(b, { n: i })));
       await waitFor(() => held.length === 20);
-      expect([...streams.values()]).toEqual([8, 8, 4]);
+      expect([...streams.values()].sort((a, b) => b - a)).toEqual([8, 8, 4]);
       release();
       expect((await replies).map((r) => r.status)).toEqual(Array(20).fill(200));
       expect(() => buildConfig({ include_builtin_models: false, models: [model({ streams_per_session: 0 })] }, {}))
