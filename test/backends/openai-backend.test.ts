@@ -277,6 +277,23 @@ describe("HTTP/2 sessions", () => {
       expect((await replies).map((r) => r.status)).toEqual(Array(50).fill(200));
     });
 
+    it("tries another session when the pause ends, for calls that wait on full sessions", async () => {
+      server.updateSettings({ maxConcurrentStreams: 2 });
+      server.maxConnections = 1;
+      let now = 0;
+      const b = backend({ urls: [url], maxConcurrency: 64, now: () => now });
+      const replies = Array.from({ length: 4 }, (_, i) => call(b, { n: i }));
+      // Two run on the one session the server takes; the other two wait, and no session may open until 1,000 ms.
+      await waitFor(() => held.length === 2 && dropped === 1);
+      server.maxConnections = 10;
+      now = 1_000;
+      // Nothing ends and nothing new arrives: only the pause's own timer can open the session they need.
+      await waitFor(() => held.length === 4);
+      expect(streams.size).toBe(2);
+      release();
+      expect((await Promise.all(replies)).map((r) => r.status)).toEqual(Array(4).fill(200));
+    });
+
     it("takes streams_per_session from the config file", async () => {
       const model = (backend: object) => ({ name: "m", max_concurrency: 64, backend: { kind: "openai", urls: [url], ...backend } });
       const config = buildConfig({ include_builtin_models: false, models: [model({ streams_per_session: 8 })] }, {});
@@ -319,6 +336,30 @@ describe("HTTP/2 sessions", () => {
       release();
       expect((await Promise.all(replies)).map((r) => r.status)).toEqual(Array(22).fill(200));
     });
+  });
+
+  it("opens a session for a call during the pause when no session is left to carry it", async () => {
+    // Nothing listens yet: a burst of 20 opens two sessions, the first one's failure starts the pause, the second
+    // one's fails every call. A call made within the pause must still connect once the server is up.
+    const port = await freePort();
+    let now = 0;
+    const b = backend({ urls: [`h2c://127.0.0.1:${port}`], maxConcurrency: 64, now: () => now });
+    const failed = await Promise.all(Array.from({ length: 20 }, (_, i) => rejection(call(b, { n: i }))));
+    expect(new Set(failed.map((e) => e.kind))).toEqual(new Set(["connection_refused"]));
+    const server = createH2Server();
+    server.on("stream", (stream) => {
+      stream.respond({ ":status": 200, "content-type": "application/json" });
+      stream.end("{}");
+    });
+    server.listen(port, "127.0.0.1");
+    await once(server, "listening");
+    try {
+      now = 500;
+      expect((await call(b, { n: 20 })).status).toBe(200);
+    } finally {
+      await b.close();
+      await new Promise((r) => server.close(r));
+    }
   });
 
   describe("answers cut into pieces", () => {

@@ -15,8 +15,8 @@ import { h2ErrorName, kindOf, toTransportError } from "./transport-errors.ts";
  * session takes calls only after the server's SETTINGS arrived, and never more than that limit: streams opened
  * beyond it are refused by the server (REFUSED_STREAM), not queued. Calls wait here when every session is full and
  * no more may open. After GOAWAY a session takes no new calls and a fresh one is opened on demand. When a session
- * fails to connect while others are open (a server that takes only so many connections), no session opens for
- * OPEN_PAUSE_MS and the open ones carry calls up to the server's limit: one failed connect per second, not one
+ * fails to connect while others are open (a server that takes only so many connections), no other session opens
+ * for OPEN_PAUSE_MS and the open ones carry calls up to the server's limit: one failed connect per second, not one
  * per call.
  */
 
@@ -52,6 +52,7 @@ export class H2Transport implements ReplicaTransport {
   #closed = false;
   /** The clock reading before which no session opens, after a failed connect while others were open. */
   #openPausedUntil = 0;
+  #pauseTimer: NodeJS.Timeout | undefined;
 
   constructor(ctx: TransportContext) {
     this.#ctx = ctx;
@@ -78,6 +79,7 @@ export class H2Transport implements ReplicaTransport {
 
   async close(): Promise<void> {
     this.#closed = true;
+    clearTimeout(this.#pauseTimer);
     for (const w of this.#waiters.splice(0)) {
       w.signal.removeEventListener("abort", w.onAbort);
       w.reject(this.#aborted(w.method, w.path));
@@ -104,12 +106,27 @@ export class H2Transport implements ReplicaTransport {
     return best;
   }
 
-  /** Another session may open: the pool is below `connections` and no connect failed just now. */
+  /**
+   * Another session may open: the pool is below `connections` and no connect failed just now. The pause only stops
+   * spreading: with no session left to carry a call, one opens whenever a call waits.
+   */
   #mayOpen(): boolean {
-    if (this.#closed || this.#openPausedUntil > this.#ctx.now()) return false;
+    if (this.#closed) return false;
     let usable = 0;
     for (const s of this.#sessions) if (s.usable) usable++;
-    return usable < this.#maxSessions;
+    if (usable === 0) return true;
+    return usable < this.#maxSessions && this.#openPausedUntil <= this.#ctx.now();
+  }
+
+  /** Pumps again when the pause ends: nothing else may happen then for the calls that wait. */
+  #pumpAtPauseEnd(): void {
+    const ms = this.#openPausedUntil - this.#ctx.now();
+    if (ms <= 0 || this.#pauseTimer || this.#closed) return;
+    this.#pauseTimer = setTimeout(() => {
+      this.#pauseTimer = undefined;
+      this.#pump();
+    }, ms);
+    this.#pauseTimer.unref();
   }
 
   /**
@@ -127,6 +144,7 @@ export class H2Transport implements ReplicaTransport {
           this.#open();
           connecting++;
         }
+        if (connecting === 0) this.#pumpAtPauseEnd();
         return;
       }
       const w = this.#waiters.shift()!;
@@ -174,8 +192,6 @@ export class H2Transport implements ReplicaTransport {
     this.#ctx.onConnectFailure(err);
     if (this.#sessions.some((x) => x.usable)) {
       this.#openPausedUntil = this.#ctx.now() + OPEN_PAUSE_MS;
-      // The pause ends with no event of its own: a stream closing pumps too, but waiters may have none to wait on.
-      if (this.#waiters.length > 0) setTimeout(() => this.#pump(), OPEN_PAUSE_MS).unref();
       return this.#pump();
     }
     for (const w of this.#waiters.splice(0)) {

@@ -37,8 +37,8 @@ export interface OpenAIBackendOptions {
   readonly connectionsPerReplica?: number | undefined;
   /**
    * HTTP/2: the streams one session carries while the replica may open another, so that calls spread over
-   * several sessions. Default 16 (see h2-transport.ts for the figures). Past `connectionsPerReplica` sessions,
-   * each carries up to the server's SETTINGS_MAX_CONCURRENT_STREAMS.
+   * several sessions. Default 16 (DEFAULT_STREAMS_PER_SESSION says why). Once `connectionsPerReplica` sessions are
+   * open, each carries up to the server's SETTINGS_MAX_CONCURRENT_STREAMS.
    */
   readonly streamsPerSession?: number | undefined;
   /** The backend's own deadline per call; fires TransportError "timeout". Default: none — the dispatcher's
@@ -73,9 +73,10 @@ export interface ReplicaTarget {
 /**
  * 256 calls of 50 ms from one process to one h2c replica (the simulator) reach 0.87-0.88 of the 5,120/s they
  * allow over one session, 0.92-0.93 over sessions of 16 streams and 0.90-0.92 over sessions of 32 (three
- * interleaved rounds of `npm run bench:h2-sessions`, 2026-12-06; BENCHMARKS.md). And a server of several
- * processes behind one port (vLLM's --api-server-count, gunicorn workers) balances connections, not streams:
- * one session would keep every call on one process.
+ * interleaved rounds of `npm run bench:h2-sessions`, 2026-12-06; BENCHMARKS.md). lote's own dispatch rate did
+ * not move with it (its claims hold it back), graphile-worker's did. And a server of several processes behind one
+ * port (vLLM's --api-server-count, gunicorn workers) balances connections, not streams: one session would keep
+ * every call on one process.
  */
 export const DEFAULT_STREAMS_PER_SESSION = 16;
 
