@@ -17,10 +17,17 @@ import { h2ErrorName, kindOf, toTransportError } from "./transport-errors.ts";
  * no more may open. After GOAWAY a session takes no new calls and a fresh one is opened on demand. When a session
  * fails to connect while others are open (a server that takes only so many connections), no other session opens
  * for OPEN_PAUSE_MS and the open ones carry calls up to the server's limit: one failed connect per second, not one
- * per call.
+ * per call. The open ones do the same while a new session is slow to connect (SLOW_CONNECT_MS).
  */
 
 const OPEN_PAUSE_MS = 1_000;
+
+/**
+ * A session still without the server's SETTINGS after this long stops holding calls back: they overflow onto the
+ * open sessions, up to the server's limit, rather than wait for it up to the connect timeout (10 s). A connect
+ * takes one round trip (~1 ms on a LAN); 100 ms is a slow WAN's.
+ */
+const SLOW_CONNECT_MS = 100;
 
 interface Session {
   readonly session: ClientHttp2Session;
@@ -30,6 +37,8 @@ interface Session {
   ready: boolean;
   /** Takes new streams: false after GOAWAY, error or close. */
   usable: boolean;
+  /** Still connecting after SLOW_CONNECT_MS. */
+  slow: boolean;
   error: unknown;
 }
 
@@ -97,7 +106,8 @@ export class H2Transport implements ReplicaTransport {
 
   /** The ready session with the fewest streams and room for one more. */
   #pick(): Session | undefined {
-    const spread = this.#mayOpen();
+    let spread = this.#mayOpen();
+    for (const s of this.#sessions) if (s.slow && s.usable && !s.ready) spread = false;
     let best: Session | undefined;
     for (const s of this.#sessions) {
       const room = spread ? Math.min(s.limit, this.#ctx.streamsPerSession) : s.limit;
@@ -159,16 +169,22 @@ export class H2Transport implements ReplicaTransport {
       ...(ctx.target.secure ? { ...tlsConnectOptions(ctx), ALPNProtocols: ["h2"] } : {}),
       settings: { enablePush: false },
     });
-    const s: Session = { session, active: 0, limit: 1, ready: false, usable: true, error: undefined };
+    const s: Session = { session, active: 0, limit: 1, ready: false, usable: true, slow: false, error: undefined };
     this.#sessions.push(s);
     const timer = setTimeout(() => {
       session.destroy(Object.assign(new Error(`no HTTP/2 SETTINGS within ${ctx.connectTimeoutMs} ms`), { code: "ETIMEDOUT" }));
     }, ctx.connectTimeoutMs);
+    const slowTimer = setTimeout(() => {
+      s.slow = true;
+      this.#pump();
+    }, SLOW_CONNECT_MS);
+    slowTimer.unref();
     session.on("remoteSettings", (settings) => {
       s.limit = settings.maxConcurrentStreams ?? 2 ** 32 - 1;
       if (!s.ready) {
         s.ready = true;
         clearTimeout(timer);
+        clearTimeout(slowTimer);
         if (s.active === 0) session.unref();
       }
       this.#pump();
@@ -180,6 +196,7 @@ export class H2Transport implements ReplicaTransport {
     session.on("error", (err) => (s.error = err));
     session.once("close", () => {
       clearTimeout(timer);
+      clearTimeout(slowTimer);
       s.usable = false;
       this.#sessions = this.#sessions.filter((x) => x !== s);
       if (!s.ready && !this.#closed) this.#connectFailed(s.error ?? new Error("connection closed before HTTP/2 SETTINGS"));
