@@ -206,10 +206,20 @@ describe("BatchService over gRPC (grpc-js client, server as a child process)", (
       const b = await call(client, "getBatch", { id: created.id });
       return b.status === "BATCH_STATUS_COMPLETED" ? b : undefined;
     });
-    const retry = await call(client, "retryBatch", { id: created.id });
-    expect(retry.retriedFrom).toBe(created.id);
-    expect(retry.requestCounts.total).toBe("1");
-    await expect(call(client, "retryBatch", { id: retry.id })).rejects.toMatchObject({ code: grpc.status.FAILED_PRECONDITION });
+    // Hold the model's claim lock (lote.claim_items takes it first): nothing of the model starts meanwhile, so the
+    // new batch is certainly unfinished when it is retried. Without it the one-request batch could finish first.
+    const holder = await pool.connect();
+    try {
+      await holder.query("BEGIN");
+      await holder.query("SELECT pg_advisory_xact_lock(hashtext('lote.claim_items'), hashtext($1))", ["lote-sentiment"]);
+      const retry = await call(client, "retryBatch", { id: created.id });
+      expect(retry.retriedFrom).toBe(created.id);
+      expect(retry.requestCounts.total).toBe("1");
+      await expect(call(client, "retryBatch", { id: retry.id })).rejects.toMatchObject({ code: grpc.status.FAILED_PRECONDITION });
+    } finally {
+      await holder.query("COMMIT");
+      holder.release();
+    }
   });
 
   it("serves Connect JSON over plain HTTP/1.1 on the same port", async () => {
