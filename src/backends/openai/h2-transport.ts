@@ -104,7 +104,10 @@ export class H2Transport implements ReplicaTransport {
     return new TransportError("aborted", `${describeCall(this.#ctx, method, path)}: aborted${this.#closed ? " (backend closed)" : ""}`);
   }
 
-  /** The ready session with the fewest streams and room for one more. */
+  /**
+   * The ready session with the fewest streams and room for one more. Room is `streamsPerSession` while another
+   * session may open and none is slow to connect; otherwise the server's own limit.
+   */
   #pick(): Session | undefined {
     let spread = this.#mayOpen();
     for (const s of this.#sessions) if (s.slow && s.usable && !s.ready) spread = false;
