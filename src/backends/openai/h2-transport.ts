@@ -104,19 +104,24 @@ export class H2Transport implements ReplicaTransport {
     return new TransportError("aborted", `${describeCall(this.#ctx, method, path)}: aborted${this.#closed ? " (backend closed)" : ""}`);
   }
 
-  /**
-   * The ready session with the fewest streams and room for one more. Room is `streamsPerSession` while another
-   * session may open and none is slow to connect; otherwise the server's own limit.
-   */
+  /** The ready session with the fewest streams and room for one more (`#cap`, and the server's own limit). */
   #pick(): Session | undefined {
-    let spread = this.#mayOpen();
-    for (const s of this.#sessions) if (s.slow && s.usable && !s.ready) spread = false;
+    const cap = this.#cap();
     let best: Session | undefined;
     for (const s of this.#sessions) {
-      const room = spread ? Math.min(s.limit, this.#ctx.streamsPerSession) : s.limit;
-      if (s.usable && s.ready && s.active < room && (!best || s.active < best.active)) best = s;
+      if (s.usable && s.ready && s.active < Math.min(s.limit, cap) && (!best || s.active < best.active)) best = s;
     }
     return best;
+  }
+
+  /**
+   * Streams a session takes now: `streamsPerSession` while another session may open and none is slow to connect;
+   * otherwise no cap of ours, only the server's limit.
+   */
+  #cap(): number {
+    if (!this.#mayOpen()) return Infinity;
+    for (const s of this.#sessions) if (s.slow && s.usable && !s.ready) return Infinity;
+    return this.#ctx.streamsPerSession;
   }
 
   /**
