@@ -41,6 +41,13 @@ async function waitFor(check: () => boolean, ms = 5_000): Promise<void> {
   }
 }
 
+/** Listens on 127.0.0.1 (`port` 0: any free one) and resolves with the port. */
+async function listenLocal(server: { listen(port: number, host: string): unknown; address(): unknown } & NodeJS.EventEmitter, port = 0): Promise<number> {
+  server.listen(port, "127.0.0.1");
+  await once(server, "listening");
+  return (server.address() as AddressInfo).port;
+}
+
 function rejection(p: Promise<unknown>): Promise<TransportError> {
   return p.then(
     () => { throw new Error("expected a rejection"); },
@@ -252,9 +259,7 @@ describe("HTTP/2 sessions", () => {
         streams.set(stream.session as ServerHttp2Session, streams.get(stream.session as ServerHttp2Session)! + 1);
         held.push(stream);
       });
-      server.listen(0, "127.0.0.1");
-      await once(server, "listening");
-      url = `h2c://127.0.0.1:${(server.address() as AddressInfo).port}`;
+      url = `h2c://127.0.0.1:${await listenLocal(server)}`;
     });
     afterEach(async () => {
       release();
@@ -310,10 +315,9 @@ describe("HTTP/2 sessions", () => {
         sockets.push(upstream);
         client.pipe(upstream).pipe(client);
       });
-      proxy.listen(0, "127.0.0.1");
-      await once(proxy, "listening");
+      const proxyPort = await listenLocal(proxy);
       try {
-        const b = backend({ urls: [`h2c://127.0.0.1:${(proxy.address() as AddressInfo).port}`], maxConcurrency: 64 });
+        const b = backend({ urls: [`h2c://127.0.0.1:${proxyPort}`], maxConcurrency: 64 });
         const replies = Array.from({ length: 20 }, (_, i) => call(b, { n: i }));
         // 16 on the first session at once; the other 4 after the second session has been connecting for 100 ms.
         await waitFor(() => held.length === 20);
@@ -383,8 +387,7 @@ describe("HTTP/2 sessions", () => {
       stream.respond({ ":status": 200, "content-type": "application/json" });
       stream.end("{}");
     });
-    server.listen(port, "127.0.0.1");
-    await once(server, "listening");
+    await listenLocal(server, port);
     try {
       now = 500;
       expect((await call(b, { n: 20 })).status).toBe(200);
@@ -408,9 +411,7 @@ describe("HTTP/2 sessions", () => {
         stream.resume();
         handle(stream);
       });
-      server.listen(0, "127.0.0.1");
-      await once(server, "listening");
-      url = `h2c://127.0.0.1:${(server.address() as AddressInfo).port}`;
+      url = `h2c://127.0.0.1:${await listenLocal(server)}`;
     });
     afterEach(async () => {
       for (const s of sessions.splice(0)) s.destroy();
@@ -469,9 +470,7 @@ describe("HTTP/2 sessions", () => {
         stream.session!.goaway(h2.NGHTTP2_NO_ERROR, held[0]!.id);
         answer(held[0]!);
       });
-      server.listen(0, "127.0.0.1");
-      await once(server, "listening");
-      url = `${kind === "h2c" ? "h2c" : "https"}://127.0.0.1:${(server.address() as AddressInfo).port}`;
+      url = `${kind === "h2c" ? "h2c" : "https"}://127.0.0.1:${await listenLocal(server)}`;
     });
     afterEach(async () => {
       for (const s of sessions) s.destroy();
@@ -536,10 +535,9 @@ describe("OpenAI backend", () => {
         setImmediate(() => socket.destroy());
       });
     });
-    server.listen(0, "127.0.0.1");
-    await once(server, "listening");
+    const port = await listenLocal(server);
     try {
-      const err = await rejection(call(backend({ urls: [`http://127.0.0.1:${(server.address() as AddressInfo).port}`] }), {}));
+      const err = await rejection(call(backend({ urls: [`http://127.0.0.1:${port}`] }), {}));
       expect(err.kind).toBe("connection_reset");
     } finally {
       await new Promise((r) => server.close(r));
