@@ -191,6 +191,33 @@ describe("dispatch against the simulated backend (real processes, sockets and Po
     await waitForStatus(client, slow.batch.id, "BATCH_STATUS_CANCELLED", 10_000);
   });
 
+  it("answers RunBatch before its deadline though cancelling the unfinished requests waits on a lock, and cancels them once it is free", async () => {
+    sim = await startSimulator({ port: 0 });
+    const lote = await start("serve", { models: [modelConfig(sim)] });
+    const client = clientOf(lote);
+    const started = Date.now();
+    const answer = call(client, "runBatch", {
+      endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: [chatRequest("stuck", "sim-model", "s", { sim: { hang: true } })],
+    }, new grpc.Metadata(), { deadline: started + 2_000 });
+    await until("the call at the backend", () => (sim.stats().inFlight === 1 ? true : undefined));
+    const { rows } = await pool.query("SELECT id FROM lote.batches WHERE priority = 1000 ORDER BY created_at DESC LIMIT 1");
+    // CancelBatch locks the batch row first: holding that lock stands for a commit that waits on a busy disk.
+    const locker = await pool.connect();
+    try {
+      await locker.query("BEGIN");
+      await locker.query("SELECT 1 FROM lote.batches WHERE id = $1 FOR UPDATE", [rows[0].id]);
+      const slow = await answer;
+      expect(Date.now() - started).toBeLessThan(2_000);
+      expect(slow.batch).toMatchObject({ id: rows[0].id, status: "BATCH_STATUS_IN_PROGRESS" });
+      expect(slow.results[0]).toMatchObject({ customId: "stuck", error: expect.objectContaining({ code: "deadline_exceeded" }) });
+      await locker.query("ROLLBACK");
+    } finally {
+      locker.release();
+    }
+    await waitForStatus(client, rows[0].id, "BATCH_STATUS_CANCELLED", 10_000);
+    await until("backend sees the abort", () => (sim.stats().inFlight === 0 ? true : undefined), 5_000);
+  });
+
   it("cancels a running batch: pending items at once, in-flight calls aborted at the backend", async () => {
     sim = await startSimulator({ port: 0, latency: { kind: "fixed", ms: 20_000 } });
     const lote = await start("serve", { models: [modelConfig(sim, { max_concurrency: 8 })] });
