@@ -20,14 +20,13 @@ import { endpointPath, toBatch, toResult } from "./to-proto.ts";
 export const runBatchPriority = 1000;
 /**
  * The answer must be on the wire before the client's deadline fires, after the rest of the batch is cancelled: stop
- * waiting for results a tenth of the deadline early, at least 150 ms and at most 1 s (a quarter of one under 600 ms).
- * 150 ms alone was too little once in CI, with other tests' batches writing to the same disk.
+ * waiting for results a tenth of the deadline early, at least 150 ms and at most 1 s (a quarter of one under 600 ms),
+ * and answer half of that early at the latest, whatever Postgres is doing. 150 ms for both was too little once in
+ * CI: the cancel's commit stalled with other tests' batches writing to the same disk.
  */
 function stopWaitingMs(timeoutMs: number): number {
   return Math.min(timeoutMs / 4, Math.max(150, Math.min(1_000, timeoutMs / 10)));
 }
-// If the cancel's commit is still waiting (on the disk, on a lock) this close to the deadline, answer without it.
-const answerMarginMs = 30;
 // Without a deadline a RunBatch still ends: its batch expires after this window.
 const runBatchWindowSeconds = 3600;
 
@@ -35,8 +34,9 @@ export async function runBatch(deps: BatchServiceDeps, req: RunBatchRequest, ctx
   const tenant = await deps.auth.tenantOf(ctx);
   const started = Date.now();
   const timeoutMs = ctx.timeoutMs();
-  const deadline = timeoutMs === undefined ? Infinity : started + timeoutMs - stopWaitingMs(timeoutMs);
-  const answerBy = timeoutMs === undefined ? Infinity : started + timeoutMs - Math.min(answerMarginMs, timeoutMs / 8);
+  const margin = timeoutMs === undefined ? 0 : stopWaitingMs(timeoutMs);
+  const stopWaitingAt = timeoutMs === undefined ? Infinity : started + timeoutMs - margin;
+  const answerBy = timeoutMs === undefined ? Infinity : started + timeoutMs - margin / 2;
   const endpoint = endpointPath(req.endpoint);
   const violations = validateBatchOptions({ metadata: req.metadata, completionWindowSeconds: undefined, priority: 0, requestId: "" });
   const checked = validateRequests(endpoint, toRequestInputs(req.requests),
@@ -48,32 +48,40 @@ export async function runBatch(deps: BatchServiceDeps, req: RunBatchRequest, ctx
     completionWindowSeconds: runBatchWindowSeconds, metadata: req.metadata, items: checked.requests,
   });
   const byIdx = new Map<number, ResultRecord>();
-  let after = 0n;
   let seen = batch;
-  for (;;) {
-    seen = (await getBatch(deps.pool, tenant, batch.id))!;
-    const status = seen.status;
+  let answered = false;
+  // The reads, then the cancel of what is unfinished. The answer waits for them until answerBy and no longer: a read
+  // or the cancel's commit can stall on a lock or a busy disk, and then the work goes on after the answer.
+  const collecting = (async () => {
+    let after = 0n;
     for (;;) {
-      const rows = await getResults(deps.pool, batch.id, after, 1000);
-      for (const r of rows) byIdx.set(r.idx, r);
-      if (rows.length > 0) after = rows[rows.length - 1]!.seq;
-      if (rows.length < 1000) break;
+      const now = (await getBatch(deps.pool, tenant, batch.id))!;
+      for (;;) {
+        const rows = await getResults(deps.pool, batch.id, after, 1000);
+        for (const r of rows) byIdx.set(r.idx, r);
+        if (rows.length > 0) after = rows[rows.length - 1]!.seq;
+        if (rows.length < 1000) break;
+      }
+      seen = now;
+      // All results in is not enough: wait the few ms until the batch is COMPLETED so the answer shows it.
+      if (isTerminal(now.status)) break;
+      const left = stopWaitingAt - Date.now();
+      if (left <= 0 || ctx.signal.aborted) break;
+      await deps.events.wait(batch.id, Math.min(left, 1_000), ctx.signal);
     }
-    // All results in is not enough: wait the few ms until the batch is COMPLETED so the answer shows it.
-    if (isTerminal(status)) break;
-    const left = deadline - Date.now();
-    if (left <= 0 || ctx.signal.aborted) break;
-    await deps.events.wait(batch.id, Math.min(left, 1_000), ctx.signal);
-  }
-  const unfinished = byIdx.size < checked.requests.length;
-  const closing = (async () => {
-    // Nobody will read the rest: stop spending backend capacity on it.
-    if (unfinished) await cancelBatch(deps.pool, tenant, batch.id);
-    return (await getBatch(deps.pool, tenant, batch.id))!;
+    if (byIdx.size < checked.requests.length) {
+      // Nobody will read the rest: stop spending backend capacity on it. If this fails the batch expires in an hour.
+      await cancelBatch(deps.pool, tenant, batch.id).catch((err) =>
+        deps.logger.warn({ err: (err as Error).message, batchId: batch.id }, "RunBatch could not cancel its unfinished requests"));
+      seen = (await getBatch(deps.pool, tenant, batch.id))!;
+    }
   })();
-  // Answered without it, the cancel still commits; a failure is only logged (the batch then expires in an hour).
-  closing.catch((err) => deps.logger.warn({ err: (err as Error).message, batchId: batch.id }, "RunBatch could not cancel its unfinished requests"));
-  const final = (await settledBefore(closing, answerBy)) ?? seen;
+  collecting.catch((err) => {
+    if (answered) deps.logger.warn({ err: (err as Error).message, batchId: batch.id }, "RunBatch failed after its answer");
+  });
+  await settledBefore(collecting, answerBy);
+  answered = true;
+  const final = seen;
   const results: Result[] = checked.requests.map((r, idx) => {
     const row = byIdx.get(idx);
     if (row && row.errorCode !== "batch_cancelled") return toResult(batch.id, row, req.rawJson);
@@ -85,13 +93,13 @@ export async function runBatch(deps: BatchServiceDeps, req: RunBatchRequest, ctx
   return create(RunBatchResponseSchema, { batch: toBatch(final), results });
 }
 
-/** What `work` resolves to if that happens before `time` (epoch ms), else undefined; a rejection also gives undefined. */
-async function settledBefore<T>(work: Promise<T>, time: number): Promise<T | undefined> {
-  if (time === Infinity) return work.catch(() => undefined);
+/** Resolves when `work` does or when `time` (epoch ms) comes, whichever is first; rejects if `work` rejects first. */
+async function settledBefore(work: Promise<void>, time: number): Promise<void> {
+  if (time === Infinity) return work;
   let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<undefined>((resolve) => (timer = setTimeout(resolve, Math.max(0, time - Date.now()), undefined)));
+  const late = new Promise<void>((resolve) => (timer = setTimeout(resolve, Math.max(0, time - Date.now()))));
   try {
-    return await Promise.race([work.catch(() => undefined), late]);
+    await Promise.race([work, late]);
   } finally {
     clearTimeout(timer);
   }

@@ -183,8 +183,8 @@ describe("dispatch against the simulated backend (real processes, sockets and Po
     const slow = await call(client, "runBatch", {
       endpoint: "ENDPOINT_CHAT_COMPLETIONS",
       requests: [chatRequest("quick", "sim-model", "q"), chatRequest("stuck", "sim-model", "s", { sim: { hang: true } })],
-    }, new grpc.Metadata(), { deadline: Date.now() + 1_500 });
-    expect(Date.now() - started).toBeLessThan(1_500);
+    }, new grpc.Metadata(), { deadline: started + 4_000 });
+    expect(Date.now() - started).toBeLessThan(4_000);
     expect(slow.results[0]).toMatchObject({ customId: "quick", response: expect.objectContaining({ statusCode: 200 }) });
     expect(slow.results[1]).toMatchObject({ customId: "stuck", error: expect.objectContaining({ code: "deadline_exceeded" }) });
     // Nothing keeps running for a call nobody waits on any more.
@@ -198,7 +198,7 @@ describe("dispatch against the simulated backend (real processes, sockets and Po
     const started = Date.now();
     const answer = call(client, "runBatch", {
       endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: [chatRequest("stuck", "sim-model", "s", { sim: { hang: true } })],
-    }, new grpc.Metadata(), { deadline: started + 2_000 });
+    }, new grpc.Metadata(), { deadline: started + 4_000 });
     await until("the call at the backend", () => (sim.stats().inFlight === 1 ? true : undefined));
     const { rows } = await pool.query("SELECT id FROM lote.batches WHERE priority = 1000 ORDER BY created_at DESC LIMIT 1");
     // CancelBatch locks the batch row first: holding that lock stands for a commit that waits on a busy disk.
@@ -207,11 +207,11 @@ describe("dispatch against the simulated backend (real processes, sockets and Po
       await locker.query("BEGIN");
       await locker.query("SELECT 1 FROM lote.batches WHERE id = $1 FOR UPDATE", [rows[0].id]);
       const slow = await answer;
-      expect(Date.now() - started).toBeLessThan(2_000);
+      expect(Date.now() - started).toBeLessThan(4_000);
       expect(slow.batch).toMatchObject({ id: rows[0].id, status: "BATCH_STATUS_IN_PROGRESS" });
       expect(slow.results[0]).toMatchObject({ customId: "stuck", error: expect.objectContaining({ code: "deadline_exceeded" }) });
-      await locker.query("ROLLBACK");
     } finally {
+      await locker.query("ROLLBACK");
       locker.release();
     }
     await waitForStatus(client, rows[0].id, "BATCH_STATUS_CANCELLED", 10_000);
