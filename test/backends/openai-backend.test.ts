@@ -292,7 +292,9 @@ describe("HTTP/2 sessions", () => {
       const b = backend({ urls: [url], maxConcurrency: 64, now: () => now });
       const replies = Array.from({ length: 4 }, (_, i) => call(b, { n: i }));
       // Two run on the one session the server takes; the other two wait, and no session may open until 1,000 ms.
-      await waitFor(() => held.length === 2 && dropped === 1);
+      // The client's side of the drop, not only the server's: a failure seen after the clock moves to 1,000 would
+      // pause until 2,000 on a clock that stays at 1,000 (this failed once on a loaded machine).
+      await waitFor(() => held.length === 2 && dropped === 1 && b.state()[0]!.consecutiveFailures === 1);
       server.maxConnections = 10;
       now = 1_000;
       // Nothing ends and nothing new arrives: only the pause's own timer can open the session they need.
