@@ -20,7 +20,7 @@ import { endpointPath, toBatch, toResult } from "./to-proto.ts";
 export const runBatchPriority = 1000;
 /**
  * The answer must be on the wire before the client's deadline fires, after the rest of the batch is cancelled: stop
- * waiting for results a tenth of the deadline early, at least 150 ms and at most 1 s (a quarter of one under 600 ms),
+ * waiting for results a tenth of the deadline early, at least 150 ms and at most 1 s (a quarter of a deadline under 600 ms),
  * and answer half of that early at the latest, whatever Postgres is doing. 150 ms for both was too little once in
  * CI: the cancel's commit stalled with other tests' batches writing to the same disk.
  */
@@ -81,7 +81,6 @@ export async function runBatch(deps: BatchServiceDeps, req: RunBatchRequest, ctx
   });
   await settledBefore(collecting, answerBy);
   answered = true;
-  const final = seen;
   const results: Result[] = checked.requests.map((r, idx) => {
     const row = byIdx.get(idx);
     if (row && row.errorCode !== "batch_cancelled") return toResult(batch.id, row, req.rawJson);
@@ -90,7 +89,7 @@ export async function runBatch(deps: BatchServiceDeps, req: RunBatchRequest, ctx
       error: { code: "deadline_exceeded", message: "The call's deadline passed before this request finished.", statusCode: 0 },
     });
   });
-  return create(RunBatchResponseSchema, { batch: toBatch(final), results });
+  return create(RunBatchResponseSchema, { batch: toBatch(seen), results });
 }
 
 /** Resolves when `work` does or when `time` (epoch ms) comes, whichever is first; rejects if `work` rejects first. */
