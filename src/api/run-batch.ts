@@ -19,10 +19,10 @@ import { endpointPath, toBatch, toResult } from "./to-proto.ts";
 /** Above the -100..100 users may set, so synchronous calls overtake queued batches. */
 export const runBatchPriority = 1000;
 /**
- * The answer must be on the wire before the client's deadline fires, after the rest of the batch is cancelled: stop
- * waiting for results a tenth of the deadline early, at least 150 ms and at most 1 s (a quarter of a deadline under 600 ms),
- * and answer half of that early at the latest, whatever Postgres is doing. 150 ms for both was too little once in
- * CI: the cancel's commit stalled with other tests' batches writing to the same disk.
+ * The answer must be on the wire before the client's deadline fires, after the rest of the batch is cancelled:
+ * stop waiting for results a tenth of the deadline early, at least 150 ms and at most 1 s (a quarter of a deadline
+ * under 600 ms), and answer half of that early at the latest, whatever Postgres is doing. 150 ms for both was too
+ * little once in CI: the cancel's commit stalled with other tests' batches writing to the same disk.
  */
 function stopWaitingMs(timeoutMs: number): number {
   return Math.min(timeoutMs / 4, Math.max(150, Math.min(1_000, timeoutMs / 10)));
