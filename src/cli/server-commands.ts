@@ -22,8 +22,8 @@ async function runRole(role: Role, opts: { config?: string }): Promise<void> {
   const logger = createLogger({ level: config.logLevel });
   const node = await startLote(config, role, logger);
   installShutdown({ close: (graceMs) => node.api?.close(graceMs) ?? Promise.resolve() }, () => node.close(), { graceMs: config.shutdownGraceMs, logger });
-  // One machine-readable line on stdout so scripts and tests know where the API is.
-  process.stdout.write(`${JSON.stringify({ listening: node.api?.url ?? null, role })}\n`);
+  // One machine-readable line on stdout so scripts and tests know where the API (and the metrics) are.
+  process.stdout.write(`${JSON.stringify({ listening: node.api?.url ?? null, role, metrics: node.metrics?.url ?? null })}\n`);
 }
 
 export function registerServerCommands(program: Command): void {

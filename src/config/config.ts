@@ -53,6 +53,15 @@ export interface Config {
   readonly models: ReadonlyMap<string, ModelConfig>;
   /** pino level. Default info (LOTE_LOG_LEVEL). */
   readonly logLevel: string;
+  /** Prometheus metrics over plain HTTP at /metrics; absent when no port is set. */
+  readonly metrics?: MetricsConfig;
+}
+
+export interface MetricsConfig {
+  /** Default 127.0.0.1 (LOTE_METRICS_HOST): like the API, metrics leave the machine only when configured to. */
+  readonly host: string;
+  /** No default (LOTE_METRICS_PORT): metrics are served only when a port is set. */
+  readonly port: number;
 }
 
 export interface WorkerConfig {
@@ -96,7 +105,7 @@ export function loadConfig(options: { env?: Env; configPath?: string; overrides?
 
 const knownKeys = new Set(["host", "port", "tls", "database_url", "data_dir", "embedded_postgres_port", "auth_required",
   "max_message_bytes", "max_batch_requests", "run_batch_max_requests", "max_body_bytes", "shutdown_grace_ms",
-  "worker", "models", "log_level", "include_builtin_models"]);
+  "worker", "models", "log_level", "include_builtin_models", "metrics"]);
 
 export function buildConfig(file: Record<string, unknown>, env: Env, source = "config"): Config {
   for (const key of Object.keys(file)) {
@@ -137,6 +146,16 @@ export function buildConfig(file: Record<string, unknown>, env: Env, source = "c
     completionFlushMs: fw.int("completion_flush_ms", w.completion_flush_ms, 5, 0, 10_000),
     maintenanceIntervalMs: fw.int("maintenance_interval_ms", w.maintenance_interval_ms, 1_000, 10, 60_000),
   };
+  const m = (file.metrics ?? {}) as Record<string, unknown>;
+  if (typeof m !== "object" || Array.isArray(m)) throw new ConfigError(`${source}: metrics: expected a mapping with port and host, got ${typeof m}`);
+  for (const key of Object.keys(m)) {
+    if (key !== "port" && key !== "host") throw new ConfigError(`${source}: metrics: unknown key \`${key}\`; expected port, host`);
+  }
+  const fm = field(`${source}: metrics`);
+  const metricsPort = env.LOTE_METRICS_PORT ?? m.port;
+  const metrics: MetricsConfig | undefined = metricsPort === undefined || metricsPort === ""
+    ? undefined
+    : { port: fm.int("port", metricsPort, 0, 0, 65535), host: fm.string("host", env.LOTE_METRICS_HOST ?? m.host, "127.0.0.1") };
   const models = new Map<string, ModelConfig>();
   if (f.bool("include_builtin_models", file.include_builtin_models, true)) {
     for (const m of builtinModelConfigs()) models.set(m.name, m);
@@ -163,6 +182,7 @@ export function buildConfig(file: Record<string, unknown>, env: Env, source = "c
     worker,
     models,
     logLevel: f.oneOf("log_level", env.LOTE_LOG_LEVEL ?? file.log_level, "info", ["trace", "debug", "info", "warn", "error", "fatal", "silent"]),
+    metrics,
   };
 }
 

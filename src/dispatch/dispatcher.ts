@@ -3,7 +3,7 @@ import type pg from "pg";
 import type { Logger } from "pino";
 import type { Backend } from "../backends/backend.ts";
 import type { ModelConfig, WorkerConfig } from "../config/config.ts";
-import { claimItems, heartbeat, type ClaimedItem, type Notifier } from "../store/index.ts";
+import { claimItems, heartbeat, type ClaimedItem, type Completion, type Notifier } from "../store/index.ts";
 import { Completer } from "./completer.ts";
 import { executeCall } from "./execute-call.ts";
 import { InFlight } from "./in-flight.ts";
@@ -20,6 +20,16 @@ export interface DispatcherOptions {
   readonly logger: Logger;
   /** Jitter source; injectable so tests can pin backoff. */
   readonly random?: () => number;
+  /** Told of every claim and every call's end (metrics). */
+  readonly observer?: DispatchObserver;
+}
+
+/** What a call's end wrote: its completion's outcome, or "expired" when expiry had written the item already. */
+export type CallOutcome = Completion["outcome"] | "expired";
+
+export interface DispatchObserver {
+  claimed(model: string, items: number, seconds: number): void;
+  callEnded(model: string, outcome: CallOutcome, seconds: number): void;
 }
 
 interface ModelLoop {
@@ -161,6 +171,7 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
       let claimed: ClaimedItem[];
       // The claim sees everything committed before it starts; only a wake-up from now on calls for another.
       loop.woken = false;
+      const claimStarted = performance.now();
       try {
         claimed = await claimItems(this.o.pool, {
           model: config.name, limit: free, workerId: this.o.workerId, leaseMs: this.o.worker.leaseMs,
@@ -177,6 +188,7 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
         await this.waitForWake(loop, Math.min(5_000, 100 * 2 ** errors));
         continue;
       }
+      this.o.observer?.claimed(config.name, claimed.length, (performance.now() - claimStarted) / 1000);
       this.claimedTotal += claimed.length;
       this.claimedSinceVacuum += claimed.length;
       if (this.claimedSinceVacuum >= vacuumEveryItems) {
@@ -203,8 +215,10 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
     this.inFlight.add(item.batchId, controller);
     loop.inFlight++;
     loop.tenantCalls.set(item.tenantId, (loop.tenantCalls.get(item.tenantId) ?? 0) + 1);
+    const started = performance.now();
     executeCall(loop.backend, loop.config, item, controller, this.random)
       .then((completion) => {
+        this.o.observer?.callEnded(loop.config.name, completion?.outcome ?? "expired", (performance.now() - started) / 1000);
         if (!completion) return;
         this.completer.push(completion);
         if (completion.outcome === "retry") {

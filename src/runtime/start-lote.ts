@@ -13,6 +13,7 @@ import { BatchEvents } from "../batch/batch-events.ts";
 import { newId } from "../batch/ids.ts";
 import type { Config } from "../config/config.ts";
 import { Dispatcher } from "../dispatch/index.ts";
+import { LoteMetrics, startMetricsServer, type MetricsServer } from "../metrics/index.ts";
 import { Notifier, openDatabase, type Database } from "../store/index.ts";
 
 export type Role = "serve" | "api" | "worker";
@@ -21,6 +22,7 @@ export interface LoteNode {
   readonly db: Database;
   readonly api?: ApiServer;
   readonly dispatcher?: Dispatcher;
+  readonly metrics?: MetricsServer;
   close(): Promise<void>;
 }
 
@@ -30,12 +32,19 @@ export async function startLote(config: Config, role: Role, logger: Logger): Pro
   await notifier.start();
   let api: ApiServer | undefined;
   let dispatcher: Dispatcher | undefined;
+  let metricsServer: MetricsServer | undefined;
+  const metrics = config.metrics ? new LoteMetrics() : undefined;
   const backends = role === "api" ? new Map() : await createBackends(config.models);
   try {
     if (role !== "api") {
       const workerId = newId(`w_${hostname().slice(0, 20).replace(/[^a-zA-Z0-9-]/g, "")}_${process.pid}`);
-      dispatcher = new Dispatcher({ pool: db.pool, notifier, backends, models: config.models, worker: config.worker, workerId, logger });
+      dispatcher = new Dispatcher({ pool: db.pool, notifier, backends, models: config.models, worker: config.worker, workerId, logger, observer: metrics });
+      metrics?.watch(dispatcher);
       dispatcher.start();
+    }
+    if (metrics && config.metrics) {
+      metricsServer = await startMetricsServer({ host: config.metrics.host, port: config.metrics.port, registry: metrics.registry, logger });
+      logger.info({ url: metricsServer.url }, "metrics listening");
     }
     if (role !== "worker") {
       const auth = new Authenticator({ required: config.authRequired, pool: db.pool });
@@ -55,6 +64,7 @@ export async function startLote(config: Config, role: Role, logger: Logger): Pro
       }
     }
   } catch (err) {
+    await metricsServer?.close();
     await dispatcher?.stop(0);
     await notifier.close();
     await closeBackends(backends);
@@ -65,9 +75,11 @@ export async function startLote(config: Config, role: Role, logger: Logger): Pro
     db,
     api,
     dispatcher,
+    metrics: metricsServer,
     async close() {
       await api?.close(config.shutdownGraceMs);
       await dispatcher?.stop(config.shutdownGraceMs);
+      await metricsServer?.close();
       await closeBackends(backends);
       await notifier.close();
       await db.close();

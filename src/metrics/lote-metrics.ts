@@ -1,0 +1,68 @@
+/**
+ * What a node tells Prometheus: the worker pool's claims and calls per model, what it has in flight, the completions
+ * waiting to be written, and prom-client's default process metrics (CPU, memory, event-loop delay, GC). Counters and
+ * histograms are fed by the dispatcher as things happen (DispatchObserver); gauges are read from it at scrape time.
+ */
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
+import type { CallOutcome, Dispatcher, DispatchObserver } from "../dispatch/index.ts";
+
+/**
+ * Inference calls take from a few ms (a small model, a cache hit) to minutes (long generations): buckets from 5 ms
+ * to 2 min, about doubling. A claim is one Postgres round trip: 0.5 ms to 1 s.
+ */
+const callBuckets = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120];
+const claimBuckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1];
+
+export class LoteMetrics implements DispatchObserver {
+  readonly registry = new Registry();
+  readonly #claims: Counter<"model">;
+  readonly #claimedItems: Counter<"model">;
+  readonly #claimSeconds: Histogram<"model">;
+  readonly #calls: Counter<"model" | "outcome">;
+  readonly #callSeconds: Histogram<"model" | "outcome">;
+
+  constructor() {
+    const registers = [this.registry];
+    collectDefaultMetrics({ register: this.registry });
+    this.#claims = new Counter({ name: "lote_claims_total", help: "Claims this node ran against the queue, empty ones included.", labelNames: ["model"], registers });
+    this.#claimedItems = new Counter({ name: "lote_claimed_items_total", help: "Requests this node claimed (one per backend call it started).", labelNames: ["model"], registers });
+    this.#claimSeconds = new Histogram({ name: "lote_claim_duration_seconds", help: "Time of one claim, from the node's side.", labelNames: ["model"], buckets: claimBuckets, registers });
+    this.#calls = new Counter({
+      name: "lote_calls_total",
+      help: "Backend calls ended, by what was written: succeeded, failed, retry (back to pending), cancelled, expired.",
+      labelNames: ["model", "outcome"], registers,
+    });
+    this.#callSeconds = new Histogram({
+      name: "lote_call_duration_seconds", help: "Time of one backend call, retries of the transport included.",
+      labelNames: ["model", "outcome"], buckets: callBuckets, registers,
+    });
+  }
+
+  claimed(model: string, items: number, seconds: number): void {
+    this.#claims.inc({ model });
+    if (items > 0) this.#claimedItems.inc({ model }, items);
+    this.#claimSeconds.observe({ model }, seconds);
+  }
+
+  callEnded(model: string, outcome: CallOutcome, seconds: number): void {
+    this.#calls.inc({ model, outcome });
+    this.#callSeconds.observe({ model, outcome }, seconds);
+  }
+
+  /** Gauges read from the dispatcher at each scrape. */
+  watch(dispatcher: Dispatcher): void {
+    const registers = [this.registry];
+    new Gauge({
+      name: "lote_calls_in_flight", help: "Backend calls this node has running now.", labelNames: ["model"], registers,
+      collect() {
+        for (const [model, m] of Object.entries(dispatcher.state().models)) this.set({ model }, m.inFlight);
+      },
+    });
+    new Gauge({
+      name: "lote_completion_backlog", help: "Finished calls whose results are not yet written to Postgres.", registers,
+      collect() {
+        this.set(dispatcher.state().backlog);
+      },
+    });
+  }
+}

@@ -1,0 +1,101 @@
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { buildConfig, ConfigError } from "../../src/config/config.ts";
+import { startSimulator, type Simulator } from "../../src/simulator/index.ts";
+import { createTestDatabase, type TestDatabase } from "../support/database.ts";
+import { batchServiceClient, call, chatRequest } from "../support/grpc-client.ts";
+import { startLoteProcess, type LoteProcess } from "../support/lote-process.ts";
+import { freePort } from "../support/ports.ts";
+import { until } from "../support/until.ts";
+
+/** The value of one sample line, e.g. `lote_calls_total{model="m",outcome="succeeded"}`; undefined when absent. */
+function sample(text: string, series: string): number | undefined {
+  const line = text.split("\n").find((l) => l.startsWith(`${series} `));
+  return line === undefined ? undefined : Number(line.slice(series.length + 1));
+}
+
+describe("Prometheus metrics of a worker node (real process, scraped over HTTP)", () => {
+  let db: TestDatabase;
+  let sim: Simulator;
+  let lote: LoteProcess;
+  let client: any;
+  let metricsUrl: string;
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+  });
+  afterEach(async () => {
+    client?.close();
+    await lote?.stop();
+    await sim?.close();
+  });
+  afterAll(async () => {
+    await db.drop();
+  });
+
+  async function start(): Promise<void> {
+    sim = await startSimulator({ port: 0 });
+    const port = await freePort();
+    lote = await startLoteProcess({
+      databaseUrl: db.url,
+      config: { metrics: { port }, models: [{ name: "sim-model", backend: { kind: "openai", urls: [sim.h2cUrl] }, max_concurrency: 8 }] },
+    });
+    client = batchServiceClient(`127.0.0.1:${lote.port}`);
+    metricsUrl = `http://127.0.0.1:${port}/metrics`;
+  }
+  const scrape = async () => {
+    const res = await fetch(metricsUrl);
+    expect(res.status).toBe(200);
+    expect(res.headers.get("content-type")).toMatch(/^text\/plain; version=0\.0\.4/);
+    return res.text();
+  };
+
+  it("counts claimed requests and ended calls by outcome, with their durations, once a batch has run", async () => {
+    await start();
+    const requests = [
+      ...Array.from({ length: 20 }, (_, i) => chatRequest(`ok${i}`, "sim-model", `hello ${i}`)),
+      chatRequest("bad0", "sim-model", "b", { sim: { fail_first: 99, status: 400 } }),
+      chatRequest("bad1", "sim-model", "b", { sim: { fail_first: 99, status: 400 } }),
+    ];
+    const batch = await call(client, "createBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests });
+    await until("batch COMPLETED", async () => ((await call(client, "getBatch", { id: batch.id })).status === "BATCH_STATUS_COMPLETED" ? true : undefined), 30_000);
+    const text = await scrape();
+    expect(sample(text, 'lote_claimed_items_total{model="sim-model"}')).toBe(22);
+    expect(sample(text, 'lote_calls_total{model="sim-model",outcome="succeeded"}')).toBe(20);
+    expect(sample(text, 'lote_calls_total{model="sim-model",outcome="failed"}')).toBe(2);
+    expect(sample(text, 'lote_call_duration_seconds_count{model="sim-model",outcome="succeeded"}')).toBe(20);
+    expect(sample(text, 'lote_call_duration_seconds_sum{model="sim-model",outcome="succeeded"}')).toBeGreaterThan(0);
+    expect(sample(text, 'lote_claims_total{model="sim-model"}')).toBeGreaterThanOrEqual(3); // 8 slots for 22 requests
+    expect(sample(text, 'lote_calls_in_flight{model="sim-model"}')).toBe(0);
+    expect(sample(text, "lote_completion_backlog")).toBe(0);
+    // prom-client's default process metrics come along.
+    expect(sample(text, "process_cpu_user_seconds_total")).toBeGreaterThan(0);
+    expect(text).toContain("# HELP lote_calls_total ");
+  });
+
+  it("shows a call in flight while the backend holds it, and answers 404 beside /metrics", async () => {
+    await start();
+    const batch = await call(client, "createBatch", {
+      endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: [chatRequest("stuck", "sim-model", "s", { sim: { hang: true } })],
+    });
+    await until("the call at the backend", () => (sim.stats().inFlight === 1 ? true : undefined));
+    expect(sample(await scrape(), 'lote_calls_in_flight{model="sim-model"}')).toBe(1);
+    expect((await fetch(metricsUrl.replace("/metrics", "/other"))).status).toBe(404);
+    await call(client, "cancelBatch", { id: batch.id });
+    await until("the cancelled call counted", async () => (sample(await scrape(), 'lote_calls_total{model="sim-model",outcome="cancelled"}') === 1 ? true : undefined));
+  });
+});
+
+describe("metrics configuration", () => {
+  it("serves no metrics unless a port is set, and binds them to 127.0.0.1 by default", () => {
+    expect(buildConfig({}, {}).metrics).toBeUndefined();
+    expect(buildConfig({ metrics: { port: 9464 } }, {}).metrics).toEqual({ port: 9464, host: "127.0.0.1" });
+    expect(buildConfig({}, { LOTE_METRICS_PORT: "9100", LOTE_METRICS_HOST: "0.0.0.0" }).metrics).toEqual({ port: 9100, host: "0.0.0.0" });
+  });
+
+  it("names the key and what was expected when the metrics settings are wrong", () => {
+    expect(() => buildConfig({ metrics: { port: "ninety" } }, {})).toThrow(ConfigError);
+    expect(() => buildConfig({ metrics: { port: "ninety" } }, {})).toThrow("config: metrics: `port`: expected an integer from 0 to 65535, got \"ninety\"");
+    expect(() => buildConfig({ metrics: { port: 9464, path: "/m" } }, {})).toThrow("config: metrics: unknown key `path`; expected port, host");
+    expect(() => buildConfig({ metrics: 9464 }, {})).toThrow("config: metrics: expected a mapping with port and host, got number");
+  });
+});
