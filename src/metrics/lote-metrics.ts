@@ -1,8 +1,10 @@
 /**
- * What a node tells Prometheus: the worker pool's claims and calls per model, what it has in flight, the completions
- * waiting to be written, and prom-client's default process metrics (CPU, memory, event-loop delay, GC). Counters and
- * histograms are fed by the dispatcher as things happen (DispatchObserver); gauges are read from it at scrape time.
+ * What a node tells Prometheus: the API's calls by method and code, the worker pool's claims and calls per model,
+ * what it has in flight, the completions waiting to be written, and prom-client's default process metrics (CPU,
+ * memory, event-loop delay, GC). Counters and histograms are fed as things happen (an interceptor on the API, the
+ * DispatchObserver in the dispatcher); gauges are read from the dispatcher at scrape time.
  */
+import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
 import type { CallOutcome, Dispatcher, DispatchObserver } from "../dispatch/index.ts";
 
@@ -20,6 +22,8 @@ export class LoteMetrics implements DispatchObserver {
   readonly #claimSeconds: Histogram<"model">;
   readonly #calls: Counter<"model" | "outcome">;
   readonly #callSeconds: Histogram<"model" | "outcome">;
+  readonly #apiCalls: Counter<"method" | "code">;
+  readonly #apiSeconds: Histogram<"method" | "code">;
 
   constructor() {
     const registers = [this.registry];
@@ -36,6 +40,53 @@ export class LoteMetrics implements DispatchObserver {
       name: "lote_call_duration_seconds", help: "Time of one backend call, retries of the transport included.",
       labelNames: ["model", "outcome"], buckets: callBuckets, registers,
     });
+    this.#apiCalls = new Counter({
+      name: "lote_api_calls_total", help: "API calls ended, by method (service/method) and status code (OK, NotFound, ...).",
+      labelNames: ["method", "code"], registers,
+    });
+    this.#apiSeconds = new Histogram({
+      name: "lote_api_call_duration_seconds", help: "Time of one API call; for a stream, until its last message.",
+      labelNames: ["method", "code"], buckets: callBuckets, registers,
+    });
+  }
+
+  /** Counts and times every API call; a stream is counted when it ends, with the code it ended with. */
+  apiInterceptor(): Interceptor {
+    return (next) => async (req) => {
+      const method = `${req.service.typeName}/${req.method.name}`;
+      const started = performance.now();
+      const ended = (err: unknown) => {
+        const code = err === undefined ? "OK" : Code[ConnectError.from(err).code];
+        this.#apiCalls.inc({ method, code });
+        this.#apiSeconds.observe({ method, code }, (performance.now() - started) / 1000);
+      };
+      let res;
+      try {
+        res = await next(req);
+      } catch (err) {
+        ended(err);
+        throw err;
+      }
+      if (!res.stream) {
+        ended(undefined);
+        return res;
+      }
+      const messages = res.message;
+      async function* observed() {
+        let outcome: { err: unknown } | undefined;
+        try {
+          yield* messages;
+          outcome = { err: undefined };
+        } catch (err) {
+          outcome = { err };
+          throw err;
+        } finally {
+          // Neither finished nor failed: the server stopped reading it, because the client went away.
+          ended(outcome ? outcome.err : new ConnectError("stream abandoned", Code.Canceled));
+        }
+      }
+      return { ...res, message: observed() };
+    };
   }
 
   claimed(model: string, items: number, seconds: number): void {

@@ -55,6 +55,7 @@ export async function startLote(config: Config, role: Role, logger: Logger): Pro
         readMaxBytes: config.maxMessageBytes,
         tls: config.tls ? { cert: config.tls.cert, key: config.tls.key, ca: config.tls.ca, requireClientCert: config.tls.requireClientCert } : undefined,
         routes: (router) => router.service(BatchService, batchServiceImpl({ pool: db.pool, config, auth, events, logger })),
+        interceptors: metrics ? [metrics.apiInterceptor()] : [],
         health: { check: () => db.ping() },
         logger,
       });

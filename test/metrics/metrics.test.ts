@@ -2,7 +2,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { buildConfig, ConfigError } from "../../src/config/config.ts";
 import { startSimulator, type Simulator } from "../../src/simulator/index.ts";
 import { createTestDatabase, type TestDatabase } from "../support/database.ts";
-import { batchServiceClient, call, chatRequest } from "../support/grpc-client.ts";
+import { batchServiceClient, call, chatRequest, collect } from "../support/grpc-client.ts";
 import { startLoteProcess, type LoteProcess } from "../support/lote-process.ts";
 import { freePort } from "../support/ports.ts";
 import { until } from "../support/until.ts";
@@ -82,6 +82,34 @@ describe("Prometheus metrics of a worker node (real process, scraped over HTTP)"
     expect((await fetch(metricsUrl.replace("/metrics", "/other"))).status).toBe(404);
     await call(client, "cancelBatch", { id: batch.id });
     await until("the cancelled call counted", async () => (sample(await scrape(), 'lote_calls_total{model="sim-model",outcome="cancelled"}') === 1 ? true : undefined));
+  });
+});
+
+describe("Prometheus metrics of an API node", () => {
+  it("counts API calls by method and status code, a stream when it ends", async () => {
+    const db = await createTestDatabase();
+    const port = await freePort();
+    const lote = await startLoteProcess({ databaseUrl: db.url, role: "api", config: { metrics: { port } } });
+    const client = batchServiceClient(`127.0.0.1:${lote.port}`);
+    try {
+      const batch = await call(client, "createBatch", { endpoint: "ENDPOINT_CLASSIFY", requests: [{ customId: "a", bodyJson: Buffer.from(JSON.stringify({ model: "lote-sentiment", input: "bom" })) }] });
+      await call(client, "getBatch", { id: batch.id });
+      await expect(call(client, "getBatch", { id: "batch_nope" })).rejects.toMatchObject({ code: 5 });
+      // No worker runs the request: a StreamResults without follow ends at once with nothing to send.
+      await collect(client.streamResults({ batchId: batch.id }));
+      const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+      expect(sample(text, 'lote_api_calls_total{method="lote.v1.BatchService/CreateBatch",code="OK"}')).toBe(1);
+      expect(sample(text, 'lote_api_calls_total{method="lote.v1.BatchService/GetBatch",code="OK"}')).toBe(1);
+      expect(sample(text, 'lote_api_calls_total{method="lote.v1.BatchService/GetBatch",code="NotFound"}')).toBe(1);
+      expect(sample(text, 'lote_api_calls_total{method="lote.v1.BatchService/StreamResults",code="OK"}')).toBe(1);
+      expect(sample(text, 'lote_api_call_duration_seconds_count{method="lote.v1.BatchService/CreateBatch",code="OK"}')).toBe(1);
+      // An API node has no worker pool: no dispatch series.
+      expect(text).not.toContain("lote_calls_in_flight");
+    } finally {
+      client.close();
+      await lote.stop();
+      await db.drop();
+    }
   });
 });
 
