@@ -6,6 +6,7 @@
  */
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
+import type { ModelConfig } from "../config/config.ts";
 import type { CallOutcome, Dispatcher, DispatchObserver } from "../dispatch/index.ts";
 
 /**
@@ -100,9 +101,15 @@ export class LoteMetrics implements DispatchObserver {
     this.#callSeconds.observe({ model, outcome }, seconds);
   }
 
-  /** Gauges read from the dispatcher at each scrape. */
-  watch(dispatcher: Dispatcher): void {
+  /** Gauges read from the dispatcher at each scrape, and each model's configured fleet-wide limit. */
+  watch(dispatcher: Dispatcher, models: ReadonlyMap<string, ModelConfig>): void {
     const registers = [this.registry];
+    const limit = new Gauge({
+      name: "lote_model_max_concurrency",
+      help: "The model's max_concurrency, fleet-wide: sum(lote_calls_in_flight) by (model) over it is the model's saturation.",
+      labelNames: ["model"], registers,
+    });
+    for (const [model, config] of models) limit.set({ model }, config.maxConcurrency);
     new Gauge({
       name: "lote_calls_in_flight", help: "Backend calls this node has running now.", labelNames: ["model"], registers,
       collect() {

@@ -39,7 +39,7 @@ export async function startLote(config: Config, role: Role, logger: Logger): Pro
     if (role !== "api") {
       const workerId = newId(`w_${hostname().slice(0, 20).replace(/[^a-zA-Z0-9-]/g, "")}_${process.pid}`);
       dispatcher = new Dispatcher({ pool: db.pool, notifier, backends, models: config.models, worker: config.worker, workerId, logger, observer: metrics });
-      metrics?.watch(dispatcher);
+      metrics?.watch(dispatcher, config.models);
       dispatcher.start();
     }
     if (metrics && config.metrics) {

@@ -66,6 +66,7 @@ describe("Prometheus metrics of a worker node (real process, scraped over HTTP)"
     expect(sample(text, 'lote_call_duration_seconds_sum{model="sim-model",outcome="succeeded"}')).toBeGreaterThan(0);
     expect(sample(text, 'lote_claims_total{model="sim-model"}')).toBeGreaterThanOrEqual(3); // 8 slots for 22 requests
     expect(sample(text, 'lote_calls_in_flight{model="sim-model"}')).toBe(0);
+    expect(sample(text, 'lote_model_max_concurrency{model="sim-model"}')).toBe(8);
     expect(sample(text, "lote_completion_backlog")).toBe(0);
     // prom-client's default process metrics come along.
     expect(sample(text, "process_cpu_user_seconds_total")).toBeGreaterThan(0);
