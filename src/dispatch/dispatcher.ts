@@ -3,7 +3,7 @@ import type pg from "pg";
 import type { Logger } from "pino";
 import type { Backend } from "../backends/backend.ts";
 import type { ModelConfig, WorkerConfig } from "../config/config.ts";
-import { claimItems, heartbeat, type ClaimedItem, type Completion, type Notifier } from "../store/index.ts";
+import { claimItems, heartbeat, markWorkerAlive, retireWorker, type ClaimedItem, type Completion, type Notifier } from "../store/index.ts";
 import { Completer } from "./completer.ts";
 import { executeCall } from "./execute-call.ts";
 import { InFlight } from "./in-flight.ts";
@@ -36,6 +36,13 @@ interface ModelLoop {
   readonly config: ModelConfig;
   readonly backend: Backend;
   inFlight: number;
+  /**
+   * The slots of max_concurrency this node takes: max_concurrency over the worker nodes alive for the model,
+   * rounded up, so the shares add up to at least the limit (`refreshShares`). The claim still holds the limit
+   * itself fleet-wide; the share only keeps this node from taking every slot another node's calls free.
+   */
+  share: number;
+  workers: number;
   /** inFlight by tenant: whose turn the next free slot is (the claim gives it to the tenant holding the fewest). */
   readonly tenantCalls: Map<string, number>;
   /** Ends the loop's current wait; set only while it waits. */
@@ -75,6 +82,11 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
   private readonly maintenance: Maintenance;
   private status: DispatcherState = "idle";
   private heartbeatTimer: NodeJS.Timeout | undefined;
+  /** The first reading of lote.workers (or its failure): the loops claim only after it, so a new node starts at its share. */
+  private sharesRead: Promise<void> = Promise.resolve();
+  /** The reading of lote.workers under way, if any. */
+  private sharesRefresh: Promise<void> | undefined;
+  private sharesAgain = false;
   private claimedTotal = 0;
   private claimedSinceVacuum = 0;
   private readonly random: () => number;
@@ -102,7 +114,7 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
     });
     for (const [name, config] of o.models) {
       const backend = o.backends.get(name);
-      if (backend) this.loops.set(name, { config, backend, inFlight: 0, tenantCalls: new Map(), wake: undefined, woken: false, recheckMs: firstRecheckMs, running: undefined });
+      if (backend) this.loops.set(name, { config, backend, inFlight: 0, share: config.maxConcurrency, workers: 1, tenantCalls: new Map(), wake: undefined, woken: false, recheckMs: firstRecheckMs, running: undefined });
     }
   }
 
@@ -110,12 +122,15 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
     if (this.status !== "idle") throw new Error(`Expected the dispatcher to be idle, got ${this.status}`);
     this.status = "running";
     this.o.notifier.on("notification", this.onNotification);
-    this.o.notifier.on("reconnected", this.wakeAll);
+    this.o.notifier.on("reconnected", this.onReconnected);
+    this.sharesRead = this.refreshShares();
     for (const loop of this.loops.values()) loop.running = this.run(loop);
-    // Renew leases three times per lease: two heartbeats can be lost before another node rescues our items.
+    // Renew leases three times per lease: two heartbeats can be lost before another node rescues our items. The
+    // worker's own row (lote.workers) is renewed with them, and the shares read again.
     this.heartbeatTimer = setInterval(() => {
       heartbeat(this.o.pool, this.o.workerId, [...this.loops.keys()], this.o.worker.leaseMs).catch((err) =>
         this.log.warn({ err: (err as Error).message }, "heartbeat failed"));
+      void this.refreshShares();
     }, Math.max(100, Math.floor(this.o.worker.leaseMs / 3)));
     this.heartbeatTimer.unref();
     this.maintenance.start();
@@ -130,8 +145,51 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
       // "<status> <batch id>", sent by every status transition (src/store/transition-batch.ts).
       const [status = "", batchId = ""] = payload.split(" ");
       this.inFlight.abortIfStopped(batchId, status);
+    } else if (channel === "lote_workers" && payload !== this.o.workerId) {
+      // A node started or stopped: the shares change now, not at our next heartbeat.
+      void this.refreshShares();
     }
   };
+
+  private readonly onReconnected = (): void => {
+    this.wakeAll();
+    void this.refreshShares();
+  };
+
+  /**
+   * Renews this worker's row in lote.workers and sets each model's share from the workers alive for it. One reading
+   * at a time; a request that comes during one makes one more. A failure keeps the shares as they were (logged):
+   * the fleet-wide limit does not depend on them.
+   */
+  private refreshShares(): Promise<void> {
+    if (this.status !== "running") return Promise.resolve();
+    if (this.sharesRefresh) {
+      this.sharesAgain = true;
+      return this.sharesRefresh;
+    }
+    return (this.sharesRefresh = this.readShares().finally(() => (this.sharesRefresh = undefined)));
+  }
+
+  private async readShares(): Promise<void> {
+    try {
+      do {
+        this.sharesAgain = false;
+        const workers = await markWorkerAlive(this.o.pool, {
+          workerId: this.o.workerId, models: [...this.loops.keys()], liveMs: this.o.worker.leaseMs,
+        });
+        if (this.status !== "running") return;
+        for (const [name, loop] of this.loops) {
+          loop.workers = workers.get(name) ?? 1;
+          const share = Math.ceil(loop.config.maxConcurrency / loop.workers);
+          if (share !== loop.share) this.log.info({ model: name, share, workers: loop.workers }, "model share changed");
+          if (share > loop.share) this.wake(loop);
+          loop.share = share;
+        }
+      } while (this.sharesAgain);
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, "reading the workers alive failed");
+    }
+  }
 
   private readonly wakeAll = (): void => {
     for (const loop of this.loops.values()) this.wake(loop);
@@ -161,8 +219,9 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
   private async run(loop: ModelLoop): Promise<void> {
     const { config } = loop;
     let errors = 0;
+    await this.sharesRead;
     while (this.status === "running") {
-      const free = Math.min(this.o.worker.concurrency - this.inFlight.size, config.maxConcurrency - loop.inFlight);
+      const free = Math.min(this.o.worker.concurrency - this.inFlight.size, loop.share - loop.inFlight);
       // Backpressure: if Postgres falls behind on completions, stop taking new work until it catches up.
       if (free <= 0 || this.completer.backlog > 4 * this.o.worker.completionBatchSize) {
         await this.waitForWake(loop, this.o.worker.pollIntervalMs);
@@ -246,7 +305,7 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
       claimed: this.claimedTotal,
       completed: this.completer.flushed,
       backlog: this.completer.backlog,
-      models: Object.fromEntries([...this.loops].map(([name, l]) => [name, { inFlight: l.inFlight }])),
+      models: Object.fromEntries([...this.loops].map(([name, l]) => [name, { inFlight: l.inFlight, share: l.share, workers: l.workers }])),
     };
   }
 
@@ -259,10 +318,16 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
     this.status = "stopping";
     this.wakeAll();
     this.o.notifier.off("notification", this.onNotification);
-    this.o.notifier.off("reconnected", this.wakeAll);
+    this.o.notifier.off("reconnected", this.onReconnected);
     clearInterval(this.heartbeatTimer);
     this.maintenance.stop();
     await Promise.all([...this.loops.values()].map((l) => l.running));
+    // Claims have stopped: the other nodes may take our shares now (our calls in flight still count against the
+    // fleet-wide limit until their completions are written). After any reading under way, whose upsert would
+    // otherwise bring the row back.
+    await this.sharesRefresh;
+    await retireWorker(this.o.pool, this.o.workerId).catch((err) =>
+      this.log.warn({ err: (err as Error).message }, "removing this worker from lote.workers failed"));
     let graceTimer: NodeJS.Timeout | undefined;
     const graceOver = new Promise<void>((resolve) => (graceTimer = setTimeout(resolve, graceMs)));
     await Promise.race([this.inFlight.whenEmpty(), graceOver]);

@@ -119,6 +119,21 @@ export class LoteMetrics implements DispatchObserver {
       },
     });
     new Gauge({
+      name: "lote_model_share",
+      help: "Slots of the model's max_concurrency this node takes: the limit over lote_model_workers, rounded up.",
+      labelNames: ["model"], registers,
+      collect() {
+        for (const [model, m] of Object.entries(dispatcher.state().models)) this.set({ model }, m.share);
+      },
+    });
+    new Gauge({
+      name: "lote_model_workers", help: "Worker nodes alive for the model (lote.workers), as this node last read them.",
+      labelNames: ["model"], registers,
+      collect() {
+        for (const [model, m] of Object.entries(dispatcher.state().models)) this.set({ model }, m.workers);
+      },
+    });
+    new Gauge({
       name: "lote_completion_backlog", help: "Finished calls whose results are not yet written to Postgres.", registers,
       collect() {
         this.set(dispatcher.state().backlog);

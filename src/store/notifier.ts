@@ -2,7 +2,7 @@ import { EventEmitter } from "node:events";
 import pg from "pg";
 import type { Logger } from "pino";
 
-export const channels = ["lote_work", "lote_batch", "lote_status"] as const;
+export const channels = ["lote_work", "lote_batch", "lote_status", "lote_workers"] as const;
 export type Channel = (typeof channels)[number];
 
 /**

@@ -6,6 +6,7 @@ import { createApiKey } from "../../src/store/index.ts";
 import { createTestDatabase, type TestDatabase, testPool } from "../support/database.ts";
 import { batchServiceClient, call, chatRequest, collect } from "../support/grpc-client.ts";
 import { startLoteProcess, type LoteProcess } from "../support/lote-process.ts";
+import { freePort } from "../support/ports.ts";
 import { until } from "../support/until.ts";
 
 
@@ -109,6 +110,63 @@ describe("dispatch against the simulated backend (real processes, sockets and Po
     expect(sim.stats().requests).toBe(300);
     expect(sim.stats().maxInFlight).toBeLessThanOrEqual(5);
     expect(sim.stats().maxInFlight).toBeGreaterThanOrEqual(3);
+  });
+
+  it("shares a model's max_concurrency between worker processes, and gives a stopped or killed worker's share back", async () => {
+    // 8 slots and calls of 50 ms: 400 requests take ~2.5 s. Before worker shares, the worker whose calls ended took
+    // every freed slot at once and the other found none: one claimed everything.
+    sim = await startSimulator({ port: 0, latency: { kind: "fixed", ms: 50 } });
+    const model = modelConfig(sim, { max_concurrency: 8 });
+    const api = await start("api", { models: [model] });
+    const ports = [await freePort(), await freePort()];
+    // A 2 s lease: a killed worker stops counting 2 s after its last heartbeat (every 667 ms).
+    const workerConfig = (port: number) => ({ models: [model], metrics: { port }, worker: { lease_ms: 2_000 } });
+    const workers = await Promise.all(ports.map((port) => start("worker", workerConfig(port))));
+    const scrape = async (port: number) => {
+      const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+      const value = (series: string) => Number(text.split("\n").find((l) => l.startsWith(`${series} `))?.split(" ")[1] ?? NaN);
+      return {
+        workers: value('lote_model_workers{model="sim-model"}'),
+        share: value('lote_model_share{model="sim-model"}'),
+        claimed: value('lote_claimed_items_total{model="sim-model"}') || 0,
+      };
+    };
+    await until("both workers counting two workers", async () => {
+      const seen = await Promise.all(ports.map(scrape));
+      return seen.every((m) => m.workers === 2 && m.share === 4) ? true : undefined;
+    }, 10_000);
+
+    const client = clientOf(api);
+    const batch = await call(client, "createBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: requests(400) });
+    await waitForStatus(client, batch.id, "BATCH_STATUS_COMPLETED");
+    expect(sim.stats().requests).toBe(400);
+    expect(sim.stats().maxInFlight).toBeLessThanOrEqual(8);
+    const [a, b] = await Promise.all(ports.map(scrape));
+    expect(a!.claimed + b!.claimed).toBe(400);
+    // Each takes 4 of the 8 slots, so each runs about half.
+    expect(a!.claimed).toBeGreaterThanOrEqual(150);
+    expect(b!.claimed).toBeGreaterThanOrEqual(150);
+
+    // A clean stop removes the worker from lote.workers and says so: the other takes all 8 slots at once.
+    expect(await workers[1]!.stop()).toBe(0);
+    await until("the remaining worker's share back to 8", async () => {
+      const m = await scrape(ports[0]!);
+      return m.workers === 1 && m.share === 8 ? true : undefined;
+    }, 5_000);
+    sim.resetStats();
+    const second = await call(client, "createBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: requests(40, "s") });
+    await waitForStatus(client, second.id, "BATCH_STATUS_COMPLETED");
+    expect(sim.stats().maxInFlight).toBe(8);
+
+    // A worker that joins halves it again; one that is killed stops counting once its row is older than its lease.
+    const victim = await start("worker", workerConfig(ports[1]!));
+    await until("a share of 4 with the third worker", async () => ((await scrape(ports[0]!)).share === 4 ? true : undefined), 5_000);
+    victim.child.kill("SIGKILL");
+    expect(await victim.exited).toBe("SIGKILL");
+    const killedAt = Date.now();
+    await until("the share back to 8 after the kill", async () => ((await scrape(ports[0]!)).share === 8 ? true : undefined), 10_000);
+    // Not before the victim's row went stale: 2 s after its last heartbeat, which was at most 667 ms before the kill.
+    expect(Date.now() - killedAt).toBeGreaterThanOrEqual(2_000 - 700);
   });
 
   it.each([
