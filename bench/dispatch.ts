@@ -211,7 +211,7 @@ try {
     // (e.g. --trace-gc) reaches this process alone, through the environment it inherits.
     const nodeOptions = process.env.NODE_OPTIONS;
     if (process.env.LOTE_BENCH_WORKER_NODE_OPTIONS) process.env.NODE_OPTIONS = process.env.LOTE_BENCH_WORKER_NODE_OPTIONS;
-    const worker = await startLoteServer({ databaseUrl: db.url, role: "worker" as "serve", config: millionConfig, cpuProfDir: process.env.LOTE_BENCH_CPU_PROF })
+    const worker = await startLoteServer({ databaseUrl: db.url, role: "worker", config: millionConfig, cpuProfDir: process.env.LOTE_BENCH_CPU_PROF })
       .finally(() => (nodeOptions === undefined ? delete process.env.NODE_OPTIONS : (process.env.NODE_OPTIONS = nodeOptions)));
     loteProcesses.push(api, worker);
     try {

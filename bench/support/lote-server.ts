@@ -26,7 +26,7 @@ const root = new URL("../../", import.meta.url).pathname;
 const serverNodeFlags = (JSON.parse(readFileSync(join(root, "package.json"), "utf8")).scripts.start as string)
   .split(" ").filter((arg) => arg.startsWith("--max-"));
 
-export async function startLoteServer(options: { databaseUrl: string; role: "api" | "serve"; config: Record<string, unknown>; cpuProfDir?: string }): Promise<LoteServer> {
+export async function startLoteServer(options: { databaseUrl: string; role: "api" | "serve" | "worker"; config: Record<string, unknown>; cpuProfDir?: string }): Promise<LoteServer> {
   const port = await freePort();
   const dir = mkdtempSync(join(tmpdir(), "lote-bench-cfg-"));
   const configPath = join(dir, "lote.yaml");
