@@ -149,6 +149,9 @@ describe("dispatch against the simulated backend (real processes, sockets and Po
 
     // A clean stop removes the worker from lote.workers and says so: the other takes all 8 slots at once.
     expect(await workers[1]!.stop()).toBe(0);
+    // Its row went with it (no waiting for its 2 s to run out).
+    const registered = await pool.query("SELECT count(*)::int AS n FROM lote.workers WHERE alive_until > now()");
+    expect(registered.rows[0].n).toBe(1);
     await until("the remaining worker's share back to 8", async () => {
       const m = await scrape(ports[0]!);
       return m.workers === 1 && m.share === 8 ? true : undefined;
