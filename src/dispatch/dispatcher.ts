@@ -5,6 +5,7 @@ import type { Backend } from "../backends/backend.ts";
 import type { ModelConfig, WorkerConfig } from "../config/config.ts";
 import { claimItems, heartbeat, markWorkerAlive, retireWorker, type ClaimedItem, type Completion, type Notifier } from "../store/index.ts";
 import { Completer } from "./completer.ts";
+import { fleetShare } from "./fleet-share.ts";
 import { executeCall } from "./execute-call.ts";
 import { InFlight } from "./in-flight.ts";
 import { Maintenance } from "./maintenance.ts";
@@ -37,11 +38,12 @@ interface ModelLoop {
   readonly backend: Backend;
   inFlight: number;
   /**
-   * The slots of max_concurrency this node takes: max_concurrency over the worker nodes alive for the model,
-   * rounded up, so the shares add up to at least the limit (`refreshShares`). The claim still holds the limit
-   * itself fleet-wide; the share only keeps this node from taking every slot another node's calls free.
+   * The slots of max_concurrency this node takes, shared with the worker nodes alive for the model by their
+   * capacities (`fleetShare`, `refreshShares`). The claim still holds the limit itself fleet-wide; the share only
+   * keeps this node from taking every slot another node's calls free.
    */
   share: number;
+  /** The worker nodes alive for the model, this one included, as last read. */
   workers: number;
   /** inFlight by tenant: whose turn the next free slot is (the claim gives it to the tenant holding the fewest). */
   readonly tenantCalls: Map<string, number>;
@@ -174,13 +176,15 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
     try {
       do {
         this.sharesAgain = false;
-        const workers = await markWorkerAlive(this.o.pool, {
-          workerId: this.o.workerId, models: [...this.loops.keys()], liveMs: this.o.worker.leaseMs,
+        const others = await markWorkerAlive(this.o.pool, {
+          workerId: this.o.workerId, capacities: new Map([...this.loops].map(([name, l]) => [name, this.capacity(l)])),
+          liveMs: this.o.worker.leaseMs,
         });
         if (this.status !== "running") return;
         for (const [name, loop] of this.loops) {
-          loop.workers = workers.get(name) ?? 1;
-          const share = Math.ceil(loop.config.maxConcurrency / loop.workers);
+          const caps = others.get(name) ?? [];
+          loop.workers = 1 + caps.length;
+          const share = fleetShare(loop.config.maxConcurrency, this.capacity(loop), caps);
           if (share !== loop.share) this.log.info({ model: name, share, workers: loop.workers }, "model share changed");
           if (share > loop.share) this.wake(loop);
           loop.share = share;
@@ -189,6 +193,11 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
     } catch (err) {
       this.log.warn({ err: (err as Error).message }, "reading the workers alive failed");
     }
+  }
+
+  /** Calls of the loop's model this node can run at most. */
+  private capacity(loop: ModelLoop): number {
+    return Math.min(this.o.worker.concurrency, loop.config.maxConcurrency);
   }
 
   private readonly wakeAll = (): void => {

@@ -120,7 +120,7 @@ export class LoteMetrics implements DispatchObserver {
     });
     new Gauge({
       name: "lote_model_share",
-      help: "Slots of the model's max_concurrency this node takes: the limit over lote_model_workers, rounded up.",
+      help: "Slots of the model's max_concurrency this node takes: its share among lote_model_workers, by what each can run.",
       labelNames: ["model"], registers,
       collect() {
         for (const [model, m] of Object.entries(dispatcher.state().models)) this.set({ model }, m.share);

@@ -172,6 +172,25 @@ describe("dispatch against the simulated backend (real processes, sockets and Po
     expect(Date.now() - killedAt).toBeGreaterThanOrEqual(2_000 - 700);
   });
 
+  it("gives a worker whose worker.concurrency is small only what it can run, and the rest of the slots to the other", async () => {
+    // 8 slots; one worker runs at most 2 calls. Equal shares (4 and 4) would leave 2 slots unused: 6 at once.
+    sim = await startSimulator({ port: 0, latency: { kind: "fixed", ms: 200 } });
+    const model = modelConfig(sim, { max_concurrency: 8 });
+    const api = await start("api", { models: [model] });
+    const ports = [await freePort(), await freePort()];
+    await start("worker", { models: [model], metrics: { port: ports[0] }, worker: { concurrency: 2 } });
+    await start("worker", { models: [model], metrics: { port: ports[1] } });
+    const share = async (port: number) => {
+      const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+      return Number(text.split("\n").find((l) => l.startsWith('lote_model_share{model="sim-model"} '))?.split(" ")[1]);
+    };
+    await until("shares of 2 and 6", async () => ((await share(ports[0]!)) === 2 && (await share(ports[1]!)) === 6 ? true : undefined), 10_000);
+    const client = clientOf(api);
+    const batch = await call(client, "createBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: requests(48) });
+    await waitForStatus(client, batch.id, "BATCH_STATUS_COMPLETED");
+    expect(sim.stats().maxInFlight).toBe(8);
+  });
+
   it.each([
     { over: "HTTP/1.1 (a socket per call)", sim: {}, url: (s: Simulator) => s.url },
     { over: "h2c to a server that allows 32 streams per connection", sim: { h2MaxConcurrentStreams: 32 }, url: (s: Simulator) => s.h2cUrl },

@@ -6,23 +6,27 @@ import { until } from "../support/until.ts";
 
 describe("the worker registry (lote.workers)", () => {
   const fixture = useMigratedDatabase();
-  const alive = (workerId: string, models: string[], liveMs = 30_000) => markWorkerAlive(fixture.pool, { workerId, models, liveMs });
+  /** Capacity 10 for each model unless given as "model:capacity". */
+  const alive = (workerId: string, models: string[], liveMs = 30_000) => markWorkerAlive(fixture.pool, {
+    workerId, liveMs, capacities: new Map(models.map((m) => m.split(":")).map(([m, c]) => [m!, Number(c ?? 10)])),
+  });
 
-  it("counts the workers alive for each model, the asking one included, each alive for its own lease_ms", async () => {
-    expect(await alive("wa", ["m1", "m2"])).toEqual(new Map([["m1", 1], ["m2", 1]]));
-    expect(await alive("wb", ["m1"], 60_000)).toEqual(new Map([["m1", 2]]));
-    expect(await alive("wa", ["m1", "m2"])).toEqual(new Map([["m1", 2], ["m2", 1]]));
+  it("answers the capacities of the other workers alive for each model, each alive for its own lease_ms", async () => {
+    expect(await alive("wa", ["m1", "m2"])).toEqual(new Map([["m1", []], ["m2", []]]));
+    expect(await alive("wb", ["m1:3"], 60_000)).toEqual(new Map([["m1", [10]]]));
+    expect(await alive("wa", ["m1", "m2"])).toEqual(new Map([["m1", [3]], ["m2", []]]));
 
     // wb renewed 50 s ago with its 60 s lease still counts, whatever the lease of the worker asking; 70 s ago, not.
     await fixture.pool.query("UPDATE lote.workers SET alive_until = now() + interval '10 seconds' WHERE id = 'wb'");
-    expect(await alive("wa", ["m1", "m2"], 1_000)).toEqual(new Map([["m1", 2], ["m2", 1]]));
+    expect(await alive("wa", ["m1", "m2"], 1_000)).toEqual(new Map([["m1", [3]], ["m2", []]]));
     await fixture.pool.query("UPDATE lote.workers SET alive_until = now() - interval '10 seconds' WHERE id = 'wb'");
-    expect(await alive("wa", ["m1", "m2"], 3_600_000)).toEqual(new Map([["m1", 1], ["m2", 1]]));
-    // Renewed, it counts again.
-    expect(await alive("wb", ["m1"])).toEqual(new Map([["m1", 2]]));
+    expect(await alive("wa", ["m1", "m2"], 3_600_000)).toEqual(new Map([["m1", []], ["m2", []]]));
+    // Renewed, with another capacity, it counts again.
+    expect(await alive("wb", ["m1:7", "m2:5"])).toEqual(new Map([["m1", [10]], ["m2", [10]]]));
+    expect(await alive("wa", ["m1", "m2"])).toEqual(new Map([["m1", [7]], ["m2", [5]]]));
 
     await retireWorker(fixture.pool, "wb");
-    expect(await alive("wa", ["m1", "m2"])).toEqual(new Map([["m1", 1], ["m2", 1]]));
+    expect(await alive("wa", ["m1", "m2"])).toEqual(new Map([["m1", []], ["m2", []]]));
     await retireWorker(fixture.pool, "wa");
   });
 
