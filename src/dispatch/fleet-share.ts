@@ -17,6 +17,7 @@ export function fleetShare(limit: number, own: number, others: readonly number[]
     level = left / (caps.length - i);
     if (caps[i]! >= level) break;
     left -= caps[i]!;
+    // Node i takes all it can run; if it was the last, every node does (the limit is more than they can run).
     level = Infinity;
   }
   return Math.max(1, Math.min(own, Math.ceil(level)));
