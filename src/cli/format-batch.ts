@@ -54,7 +54,11 @@ export function formatBatchSummary(b: Batch): string {
 /** The `list` table: id, status, model, done/total, created; columns sized to their content. */
 export function formatBatchTable(batches: readonly Batch[]): string {
   const header = ["ID", "STATUS", "MODEL", "DONE/TOTAL", "CREATED"];
-  const rows = batches.map((b) => [b.id, statusName(b.status), b.model, `${doneCount(b.requestCounts)}/${b.requestCounts?.total ?? 0n}`, time(b.createdAt)]);
+  return formatColumns(header, batches.map((b) => [b.id, statusName(b.status), b.model, `${doneCount(b.requestCounts)}/${b.requestCounts?.total ?? 0n}`, time(b.createdAt)]));
+}
+
+/** A table: columns sized to their content, two spaces apart, the last one not padded. */
+export function formatColumns(header: readonly string[], rows: readonly (readonly string[])[]): string {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   return [header, ...rows].map((r) => r.map((cell, i) => (i === r.length - 1 ? cell : cell.padEnd(widths[i]!))).join("  ")).join("\n");
 }

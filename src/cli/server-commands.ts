@@ -3,7 +3,8 @@ import { installShutdown } from "../api/shutdown.ts";
 import { ConfigError, loadConfig } from "../config/config.ts";
 import { createLogger } from "../log/logger.ts";
 import { startLote, type Role } from "../runtime/start-lote.ts";
-import { createApiKey, openDatabase } from "../store/index.ts";
+import { createApiKey, listWorkers, openDatabase, type WorkerRecord } from "../store/index.ts";
+import { formatColumns } from "./format-batch.ts";
 
 function configOrExit(configPath: string | undefined) {
   try {
@@ -52,10 +53,34 @@ export function registerServerCommands(program: Command): void {
         await db.close();
       }
     });
+  program.command("workers").description("list the worker nodes alive and the models each one runs (talks to the database directly)")
+    .option("--all", "also the dead ones of the last hour (crashed: their row was not removed)")
+    .option("--json", "print a JSON array")
+    .option("-c, --config <file>", "config file")
+    .action(async (opts: { all?: boolean; json?: boolean; config?: string }) => {
+      const config = configOrExit(opts.config);
+      const logger = createLogger({ level: "warn" });
+      const db = await openDatabase({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, embeddedPort: config.embeddedPostgresPort, logger });
+      try {
+        const workers = await listWorkers(db.pool, { all: opts.all });
+        process.stdout.write(opts.json ? `${JSON.stringify(workers)}\n` : formatWorkers(workers, opts.all ?? false));
+      } finally {
+        await db.close();
+      }
+    });
   program.command("simulate").description("run the simulated OpenAI-compatible backend (tests, demos, benchmarks)")
     .allowUnknownOption(true).helpOption(false)
     .action(async (_opts, cmd: Command) => {
       const { runSimulatorCli } = await import("../simulator/index.ts");
       await runSimulatorCli(cmd.args);
     });
+}
+
+/** One line per worker: id, state, start, lease end, and each model with the calls it can run of it. */
+function formatWorkers(workers: readonly WorkerRecord[], all: boolean): string {
+  if (workers.length === 0) return all ? "no worker nodes in the last hour\n" : "no worker nodes alive\n";
+  const time = (d: Date) => d.toISOString().replace("T", " ").slice(0, 19);
+  return `${formatColumns(["WORKER", "STATE", "STARTED (UTC)", "ALIVE UNTIL (UTC)", "MODELS (CALLS IT CAN RUN)"],
+    workers.map((w) => [w.id, w.alive ? "alive" : "dead", time(w.startedAt), time(w.aliveUntil),
+      w.models.map((m) => `${m.model} (${m.capacity})`).join(", ")]))}\n`;
 }

@@ -11,5 +11,5 @@ export { claimItems, heartbeat, findExpiredLeases, vacuumItems, type ClaimedItem
 export { completeItems, type Completion } from "./complete-items.ts";
 export { transitionBatch } from "./transition-batch.ts";
 export { Notifier, type Channel } from "./notifier.ts";
-export { markWorkerAlive, retireWorker, type WorkerPresence } from "./workers.ts";
+export { listWorkers, markWorkerAlive, retireWorker, type WorkerPresence, type WorkerRecord } from "./workers.ts";
 export { createApiKey, findTenantByKey, revokeApiKey } from "./api-keys.ts";

@@ -44,3 +44,26 @@ export async function retireWorker(db: Queryable, workerId: string): Promise<voi
     [workerId],
   );
 }
+
+export interface WorkerRecord {
+  readonly id: string;
+  readonly startedAt: Date;
+  readonly aliveUntil: Date;
+  /** Renewed within its lease: it counts in the shares. */
+  readonly alive: boolean;
+  /** The models it dispatches, and how many calls of each it can run. */
+  readonly models: { readonly model: string; readonly capacity: number }[];
+}
+
+/** The worker nodes alive, oldest first; with `all`, also the dead ones not yet removed (dead for under an hour). */
+export async function listWorkers(db: Queryable, options: { all?: boolean } = {}): Promise<WorkerRecord[]> {
+  const { rows } = await db.query<{ id: string; started_at: Date; alive_until: Date; alive: boolean; models: string[]; capacities: number[] }>(
+    `SELECT id, started_at, alive_until, alive_until > now() AS alive, models, capacities FROM lote.workers
+      WHERE $1 OR alive_until > now() ORDER BY started_at, id`,
+    [options.all ?? false],
+  );
+  return rows.map((r) => ({
+    id: r.id, startedAt: r.started_at, aliveUntil: r.alive_until, alive: r.alive,
+    models: r.models.map((model, i) => ({ model, capacity: r.capacities[i]! })),
+  }));
+}
