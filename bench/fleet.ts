@@ -14,6 +14,7 @@ import { openBenchDatabase, freePort } from "./support/bench-postgres.ts";
 import { batchClient, encodedBatch, runBatch } from "./support/lote-batches.ts";
 import { startLoteServer } from "./support/lote-server.ts";
 import { startSimulatorProcess } from "./support/simulator-process.ts";
+import { metricOf } from "../test/support/metrics.ts";
 
 const flag = (name: string, dflt: number) => Number(process.argv.find((a) => a.startsWith(`--${name}=`))?.split("=")[1] ?? dflt);
 const requests = flag("requests", 5_000);
@@ -31,19 +32,8 @@ const batch = encodedBatch(benchBodies(requests, "sim-model", "chat"));
 console.log(`lote fleet benchmark, ${new Date().toISOString()}; postgres: ${db.version} (${db.source})`);
 console.log(`${requests.toLocaleString("en")} chat requests per batch at ${latencyMs} ms, max_concurrency ${maxConcurrency} (at most ${maxConcurrency * 1000 / latencyMs}/s)`);
 
-async function claimedBy(port: number): Promise<number> {
-  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
-  const line = text.split("\n").find((l) => l.startsWith('lote_claimed_items_total{model="sim-model"} '));
-  return line ? Number(line.split(" ")[1]) : 0;
-}
-
-async function shares(ports: readonly number[]): Promise<number[]> {
-  const read = async (port: number) => {
-    const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
-    return Number(text.split("\n").find((l) => l.startsWith('lote_model_share{model="sim-model"} '))?.split(" ")[1]);
-  };
-  return Promise.all(ports.map(read));
-}
+const claimedBy = async (port: number) => (await metricOf(port, 'lote_claimed_items_total{model="sim-model"}')) ?? 0;
+const shares = (ports: readonly number[]) => Promise.all(ports.map((port) => metricOf(port, 'lote_model_share{model="sim-model"}')));
 
 try {
   for (let round = 1; round <= rounds; round++) {

@@ -6,6 +6,7 @@ import { createApiKey } from "../../src/store/index.ts";
 import { createTestDatabase, type TestDatabase, testPool } from "../support/database.ts";
 import { batchServiceClient, call, chatRequest, collect } from "../support/grpc-client.ts";
 import { startLoteProcess, type LoteProcess } from "../support/lote-process.ts";
+import { metricOf, sample, scrapeMetrics } from "../support/metrics.ts";
 import { freePort } from "../support/ports.ts";
 import { until } from "../support/until.ts";
 
@@ -123,12 +124,11 @@ describe("dispatch against the simulated backend (real processes, sockets and Po
     const workerConfig = (port: number) => ({ models: [model], metrics: { port }, worker: { lease_ms: 2_000 } });
     const workers = await Promise.all(ports.map((port) => start("worker", workerConfig(port))));
     const scrape = async (port: number) => {
-      const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
-      const value = (series: string) => Number(text.split("\n").find((l) => l.startsWith(`${series} `))?.split(" ")[1] ?? NaN);
+      const text = await scrapeMetrics(port);
       return {
-        workers: value('lote_model_workers{model="sim-model"}'),
-        share: value('lote_model_share{model="sim-model"}'),
-        claimed: value('lote_claimed_items_total{model="sim-model"}') || 0,
+        workers: sample(text, 'lote_model_workers{model="sim-model"}'),
+        share: sample(text, 'lote_model_share{model="sim-model"}'),
+        claimed: sample(text, 'lote_claimed_items_total{model="sim-model"}') ?? 0,
       };
     };
     await until("both workers counting two workers", async () => {
@@ -180,10 +180,7 @@ describe("dispatch against the simulated backend (real processes, sockets and Po
     const ports = [await freePort(), await freePort()];
     await start("worker", { models: [model], metrics: { port: ports[0] }, worker: { concurrency: 2 } });
     await start("worker", { models: [model], metrics: { port: ports[1] } });
-    const share = async (port: number) => {
-      const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
-      return Number(text.split("\n").find((l) => l.startsWith('lote_model_share{model="sim-model"} '))?.split(" ")[1]);
-    };
+    const share = (port: number) => metricOf(port, 'lote_model_share{model="sim-model"}');
     await until("shares of 2 and 6", async () => ((await share(ports[0]!)) === 2 && (await share(ports[1]!)) === 6 ? true : undefined), 10_000);
     const client = clientOf(api);
     const batch = await call(client, "createBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: requests(48) });

@@ -4,14 +4,9 @@ import { startSimulator, type Simulator } from "../../src/simulator/index.ts";
 import { createTestDatabase, type TestDatabase } from "../support/database.ts";
 import { batchServiceClient, call, chatRequest, collect } from "../support/grpc-client.ts";
 import { startLoteProcess, type LoteProcess } from "../support/lote-process.ts";
+import { sample, scrapeMetrics } from "../support/metrics.ts";
 import { freePort } from "../support/ports.ts";
 import { until } from "../support/until.ts";
-
-/** The value of one sample line, e.g. `lote_calls_total{model="m",outcome="succeeded"}`; undefined when absent. */
-function sample(text: string, series: string): number | undefined {
-  const line = text.split("\n").find((l) => l.startsWith(`${series} `));
-  return line === undefined ? undefined : Number(line.slice(series.length + 1));
-}
 
 describe("Prometheus metrics of a worker node (real process, scraped over HTTP)", () => {
   let db: TestDatabase;
@@ -98,7 +93,7 @@ describe("Prometheus metrics of an API node", () => {
       await expect(call(client, "getBatch", { id: "batch_nope" })).rejects.toMatchObject({ code: 5 });
       // No worker runs the request: a StreamResults without follow ends at once with nothing to send.
       await collect(client.streamResults({ batchId: batch.id }));
-      const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+      const text = await scrapeMetrics(port);
       expect(sample(text, 'lote_api_calls_total{method="lote.v1.BatchService/CreateBatch",code="OK"}')).toBe(1);
       expect(sample(text, 'lote_api_calls_total{method="lote.v1.BatchService/GetBatch",code="OK"}')).toBe(1);
       expect(sample(text, 'lote_api_calls_total{method="lote.v1.BatchService/GetBatch",code="NotFound"}')).toBe(1);
