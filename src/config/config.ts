@@ -76,6 +76,11 @@ export interface WorkerConfig {
   readonly completionFlushMs: number;
   /** How often expiry, finalisation and lease rescue run. Default 1,000 ms. */
   readonly maintenanceIntervalMs: number;
+  /**
+   * The longest the dispatcher waits for one of its bounded queries (claims, completions, heartbeats, lease rescue,
+   * finalisation) before it gives up on the query and its connection. Default 10,000 ms.
+   */
+  readonly queryTimeoutMs: number;
 }
 
 export type Env = Readonly<Record<string, string | undefined>>;
@@ -145,6 +150,7 @@ export function buildConfig(file: Record<string, unknown>, env: Env, source = "c
     completionBatchSize: fw.int("completion_batch_size", w.completion_batch_size, 500, 1, 10_000),
     completionFlushMs: fw.int("completion_flush_ms", w.completion_flush_ms, 5, 0, 10_000),
     maintenanceIntervalMs: fw.int("maintenance_interval_ms", w.maintenance_interval_ms, 1_000, 10, 60_000),
+    queryTimeoutMs: fw.int("query_timeout_ms", w.query_timeout_ms, 10_000, 100, 3_600_000),
   };
   const m = (file.metrics ?? {}) as Record<string, unknown>;
   if (typeof m !== "object" || Array.isArray(m)) throw new ConfigError(`${source}: metrics: expected a mapping with port and host, got ${typeof m}`);

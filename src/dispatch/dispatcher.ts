@@ -7,11 +7,22 @@ import { claimItems, heartbeat, markWorkerAlive, retireWorker, type ClaimedItem,
 import { Completer } from "./completer.ts";
 import { fleetShare } from "./fleet-share.ts";
 import { executeCall } from "./execute-call.ts";
+import { HeldItems } from "./held-items.ts";
 import { InFlight } from "./in-flight.ts";
 import { Maintenance } from "./maintenance.ts";
 
 export interface DispatcherOptions {
+  /**
+   * For the dispatcher's bounded queries: claims, completions, heartbeats, the worker registry, lease rescue and
+   * finalisation. Give it a pool whose connections time out (Database.openPool, `worker.query_timeout_ms`): a query
+   * sent into a connection whose server vanished without closing it (a failover) otherwise waits for TCP to give
+   * up, ~15 minutes, and the node's claims, completions or heartbeats with it. Timing out is safe for each of them:
+   * a completion is retried and fenced by attempt, a claim that committed unseen leaves rows whose leases run out
+   * (heartbeats renew only the items the node holds), and a missed heartbeat is made up by the next.
+   */
   readonly pool: pg.Pool;
+  /** For statements of unbounded size, with no timeout: expiring a whole batch, VACUUM. Default `pool`. */
+  readonly bulkPool?: pg.Pool;
   readonly notifier: Notifier;
   readonly backends: ReadonlyMap<string, Backend>;
   readonly models: ReadonlyMap<string, ModelConfig>;
@@ -80,6 +91,8 @@ const vacuumEveryItems = 50_000;
 export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; finished: boolean }[]] }> {
   private readonly loops = new Map<string, ModelLoop>();
   private readonly inFlight = new InFlight();
+  /** What the heartbeat renews: from claim until the completion is written. */
+  private readonly held = new HeldItems();
   private readonly completer: Completer;
   private readonly maintenance: Maintenance;
   private status: DispatcherState = "idle";
@@ -101,6 +114,7 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
     this.completer = new Completer({
       pool: o.pool, logger: this.log, batchSize: o.worker.completionBatchSize, flushMs: o.worker.completionFlushMs,
       onFlushed: (touched, rows) => {
+        for (const row of rows) this.held.release(row);
         const finished = touched.filter((t) => t.finished).map((t) => t.batchId);
         if (finished.length > 0) this.maintenance.finishSoon(finished);
         // Retried rows are pending again: claim them now rather than at the next poll. Other flushes change
@@ -112,7 +126,7 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
       },
     });
     this.maintenance = new Maintenance({
-      pool: o.pool, models: o.models, inFlight: this.inFlight, logger: this.log, intervalMs: o.worker.maintenanceIntervalMs,
+      pool: o.pool, bulkPool: o.bulkPool ?? o.pool, models: o.models, inFlight: this.inFlight, logger: this.log, intervalMs: o.worker.maintenanceIntervalMs,
     });
     for (const [name, config] of o.models) {
       const backend = o.backends.get(name);
@@ -130,7 +144,7 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
     // Renew leases three times per lease: two heartbeats can be lost before another node rescues our items. The
     // worker's own row (lote.workers) is renewed with them, and the shares read again.
     this.heartbeatTimer = setInterval(() => {
-      heartbeat(this.o.pool, this.o.workerId, [...this.loops.keys()], this.o.worker.leaseMs).catch((err) =>
+      heartbeat(this.o.pool, this.o.workerId, this.held.list(), this.o.worker.leaseMs).catch((err) =>
         this.log.warn({ err: (err as Error).message }, "heartbeat failed"));
       void this.refreshShares();
     }, Math.max(100, Math.floor(this.o.worker.leaseMs / 3)));
@@ -280,6 +294,7 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
 
   private execute(loop: ModelLoop, item: ClaimedItem): void {
     const controller = new AbortController();
+    this.held.hold(item);
     this.inFlight.add(item.batchId, controller);
     loop.inFlight++;
     loop.tenantCalls.set(item.tenantId, (loop.tenantCalls.get(item.tenantId) ?? 0) + 1);
@@ -287,7 +302,11 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
     executeCall(loop.backend, loop.config, item, controller, this.random)
       .then((completion) => {
         this.o.observer?.callEnded(loop.config.name, completion?.outcome ?? "expired", (performance.now() - started) / 1000);
-        if (!completion) return;
+        if (!completion) {
+          // Expiry wrote this item's result already.
+          this.held.release(item);
+          return;
+        }
         this.completer.push(completion);
         if (completion.outcome === "retry") {
           // Come back for it when its backoff ends, not only at the next poll.
@@ -311,6 +330,7 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
     return {
       status: this.status,
       inFlight: this.inFlight.size,
+      held: this.held.size,
       claimed: this.claimedTotal,
       completed: this.completer.flushed,
       backlog: this.completer.backlog,

@@ -8,6 +8,8 @@ import type { InFlight } from "./in-flight.ts";
 
 export interface MaintenanceOptions {
   readonly pool: pg.Pool;
+  /** Expiry (a whole batch's items in one transaction) and VACUUM: no query timeout (see DispatcherOptions). */
+  readonly bulkPool: pg.Pool;
   readonly models: ReadonlyMap<string, ModelConfig>;
   readonly inFlight: InFlight;
   readonly logger: Logger;
@@ -26,7 +28,7 @@ export class Maintenance {
   private ticks = 0;
   private readonly pendingFinish = new Set<string>();
   private finishScheduled = false;
-  private vacuumScheduled = false;
+  private vacuuming: Promise<void> | undefined;
 
   constructor(private readonly o: MaintenanceOptions) {}
 
@@ -42,7 +44,7 @@ export class Maintenance {
   }
 
   idle(): Promise<void> {
-    return this.running;
+    return Promise.all([this.running, this.vacuuming]).then(() => {});
   }
 
   /** Batches that may have just finished: checked right away instead of at the next tick. */
@@ -58,14 +60,13 @@ export class Maintenance {
     });
   }
 
-  /** Vacuums lote.items (see vacuumItems), at most one at a time, between the other tasks. */
+  /**
+   * Vacuums lote.items (see vacuumItems), at most one at a time, beside the other tasks rather than between them:
+   * it has no timeout, and a VACUUM stuck on a connection whose server vanished must not hold up finalisation.
+   */
   vacuumSoon(): void {
-    if (this.vacuumScheduled) return;
-    this.vacuumScheduled = true;
-    this.running = this.running.then(async () => {
-      await this.guard("vacuum", () => vacuumItems(this.o.pool));
-      this.vacuumScheduled = false;
-    });
+    if (this.vacuuming) return;
+    this.vacuuming = this.guard("vacuum", () => vacuumItems(this.o.bulkPool)).finally(() => (this.vacuuming = undefined));
   }
 
   /** Aborts this node's calls for batches that are no longer running (cancelled or expired). */
@@ -79,7 +80,7 @@ export class Maintenance {
   private async tick(): Promise<void> {
     this.ticks++;
     await this.guard("expire", async () => {
-      const expired = await expireDueBatches(this.o.pool);
+      const expired = await expireDueBatches(this.o.pool, this.o.bulkPool);
       for (const id of expired) this.o.inFlight.abortBatch(id, "expired");
       if (expired.length > 0) this.o.logger.info({ batches: expired }, "batches expired");
     });

@@ -28,7 +28,7 @@ export interface LoteNode {
 
 export async function startLote(config: Config, role: Role, logger: Logger): Promise<LoteNode> {
   const db = await openDatabase({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, embeddedPort: config.embeddedPostgresPort, logger });
-  const notifier = new Notifier({ connectionString: db.url, logger });
+  const notifier = new Notifier({ connectionString: db.url, logger, pingMs: config.worker.queryTimeoutMs });
   await notifier.start();
   let api: ApiServer | undefined;
   let dispatcher: Dispatcher | undefined;
@@ -38,7 +38,10 @@ export async function startLote(config: Config, role: Role, logger: Logger): Pro
   try {
     if (role !== "api") {
       const workerId = newId(`w_${hostname().slice(0, 20).replace(/[^a-zA-Z0-9-]/g, "")}_${process.pid}`);
-      dispatcher = new Dispatcher({ pool: db.pool, notifier, backends, models: config.models, worker: config.worker, workerId, logger, observer: metrics });
+      // Its own pool: its queries time out (see DispatcherOptions), and API calls cannot take its connections. One
+      // claim at a time per model, plus the completer, the heartbeat, the worker registry and maintenance.
+      const pool = db.openPool({ max: Math.max(10, config.models.size + 4), queryTimeoutMs: config.worker.queryTimeoutMs, applicationName: "lote-dispatch" });
+      dispatcher = new Dispatcher({ pool, bulkPool: db.pool, notifier, backends, models: config.models, worker: config.worker, workerId, logger, observer: metrics });
       metrics?.watch(dispatcher, config.models);
       dispatcher.start();
     }

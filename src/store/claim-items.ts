@@ -55,23 +55,40 @@ export async function claimItems(pool: Queryable, r: ClaimRequest): Promise<Clai
   return rows.map((c) => ({ batchId: c[0], idx: c[1], customId: c[2], attempt: c[3], body: c[4], endpoint: c[5], estTokens: c[6], tenantId: c[7] }));
 }
 
+/** An item a node holds: claimed by it, and not yet written back by its completion. */
+export interface HeldItem {
+  readonly batchId: string;
+  readonly idx: number;
+  readonly attempt: number;
+}
+
 /**
- * Renews the lease of every item this worker is running (one statement per heartbeat, not one per item).
+ * Renews the leases of the items this worker holds, named one by one (one statement per heartbeat, not one per
+ * item). Not "every running row with my worker id": a claim that committed but whose answer never reached the node
+ * (the connection dropped after COMMIT) leaves rows running under its id that it never called, and renewing them by
+ * id kept them running, and their batch unfinished, for as long as the node lived. Named, they lose their lease and
+ * the rescuer runs them again. Each key is one primary-key probe (LATERAL from the list, so the plan starts from it).
  * SKIP LOCKED: a row locked right now is being completed, so it needs no renewal, and waiting for it would
  * lock rows in an order no completion follows: the two deadlocked (a failed flush, retried) in a 60,000-item
  * run of bench/dispatch.ts. A row skipped by a completion that then fails is renewed by the next heartbeat; a lease
  * outlives two missed ones.
  */
-export async function heartbeat(pool: pg.Pool, workerId: string, models: readonly string[], leaseMs: number): Promise<number> {
-  // By (model, worker): the items_running index (migration 003). lease_expires_at is in no index, so each renewal
-  // is a HOT update.
-  const result = await pool.query(
-    `UPDATE lote.items SET lease_expires_at = now() + $2 * interval '1 millisecond'
-      WHERE ctid = ANY (ARRAY(SELECT ctid FROM lote.items WHERE model = ANY($3::text[]) AND worker_id = $1 AND status = 'running'
-                              FOR UPDATE SKIP LOCKED))
+export async function heartbeat(pool: Queryable, workerId: string, held: readonly HeldItem[], leaseMs: number): Promise<number> {
+  if (held.length === 0) return 0;
+  // lease_expires_at is in no index, so each renewal is a HOT update.
+  const result = await pool.query({
+    name: "lote.heartbeat",
+    text: `UPDATE lote.items SET lease_expires_at = now() + $2 * interval '1 millisecond'
+      WHERE ctid = ANY (ARRAY(
+              SELECT t.tid FROM unnest($3::text[], $4::integer[], $5::integer[]) AS k(batch_id, idx, attempt)
+                CROSS JOIN LATERAL (
+                  SELECT it.ctid AS tid FROM lote.items it
+                   WHERE it.batch_id = k.batch_id AND it.idx = k.idx AND it.attempt = k.attempt
+                     AND it.worker_id = $1 AND it.status = 'running'
+                     FOR UPDATE SKIP LOCKED) t))
         AND worker_id = $1 AND status = 'running'`,
-    [workerId, leaseMs, models],
-  );
+    values: [workerId, leaseMs, held.map((h) => h.batchId), held.map((h) => h.idx), held.map((h) => h.attempt)],
+  });
   return result.rowCount ?? 0;
 }
 

@@ -7,7 +7,7 @@ export { batchStatuses, getBatch, listBatches, getUnsucceededItems, type ListBat
 export { getResults, getResultsByIdx, type ResultRecord, type ResultFilter } from "./get-results.ts";
 export { cancelBatch, type CancelOutcome } from "./cancel-batch.ts";
 export { expireDueBatches, finishBatches, pruneModelUsage } from "./maintain-batches.ts";
-export { claimItems, heartbeat, findExpiredLeases, vacuumItems, type ClaimedItem, type ClaimRequest, type ExpiredLease } from "./claim-items.ts";
+export { claimItems, heartbeat, findExpiredLeases, vacuumItems, type ClaimedItem, type HeldItem, type ClaimRequest, type ExpiredLease } from "./claim-items.ts";
 export { completeItems, type Completion } from "./complete-items.ts";
 export { transitionBatch } from "./transition-batch.ts";
 export { Notifier, type Channel } from "./notifier.ts";

@@ -1,20 +1,22 @@
 import type pg from "pg";
 import { runningItemsOf } from "./batch-row.ts";
 import { closeItems, inTransaction, lockBatch } from "./close-items.ts";
-import { transitionBatch } from "./transition-batch.ts";
+import { transitionBatch, type Queryable } from "./transition-batch.ts";
 
 /**
  * IN_PROGRESS (or VALIDATING/FINALIZING) batches past expires_at -> EXPIRED. Every unfinished item, pending or
  * running, gets a `batch_expired` result in the same transaction; a worker still calling the backend for one of
  * them is fenced out (its completion matches no running row) and aborts on the `lote_status` notification.
+ * `bulkPool` runs those transactions (a whole batch's items: no query timeout there); `pool` the search for due
+ * batches, which runs every maintenance tick.
  */
-export async function expireDueBatches(pool: pg.Pool, limit = 100): Promise<string[]> {
+export async function expireDueBatches(pool: Queryable, bulkPool: pg.Pool = pool as pg.Pool, limit = 100): Promise<string[]> {
   const { rows } = await pool.query(
     `SELECT id FROM lote.batches WHERE status IN ('validating', 'in_progress', 'finalizing') AND expires_at <= now()
       ORDER BY expires_at LIMIT $1`, [limit]);
   const expired: string[] = [];
   for (const { id } of rows) {
-    const done = await inTransaction(pool, async (client) => {
+    const done = await inTransaction(bulkPool, async (client) => {
       const status = await lockBatch(client, id);
       if (!status || !(await transitionBatch(client, id, "expire"))) return false;
       await closeItems(client, id, ["pending", "running"], "expired", {

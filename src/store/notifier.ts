@@ -1,12 +1,16 @@
 import { EventEmitter } from "node:events";
 import pg from "pg";
 import type { Logger } from "pino";
+import { keepAlive } from "./open-database.ts";
 
 export const channels = ["lote_work", "lote_batch", "lote_status", "lote_workers"] as const;
 export type Channel = (typeof channels)[number];
 
 /**
- * One dedicated LISTEN connection per node, re-established (with backoff up to 5 s) when it drops. Emits
+ * One dedicated LISTEN connection per node, re-established (with backoff up to 5 s) when it drops, or when it
+ * stops answering: every `pingMs` it runs `SELECT 1`, which must answer within `pingMs`. A LISTEN connection only
+ * reads, so one whose server vanished without closing it (a failover) would otherwise wait for notifications that
+ * never come, with nothing to tell. Emits
  * `notification` (channel, payload) and `reconnected`: notifications sent while it was down are lost, so on
  * `reconnected` every consumer re-reads from Postgres. Polling stays the source of truth; this only wakes early.
  */
@@ -15,8 +19,9 @@ export class Notifier extends EventEmitter<{ notification: [Channel, string]; re
   private closed = false;
   private retryMs = 100;
   private timer: NodeJS.Timeout | undefined;
+  private pingTimer: NodeJS.Timeout | undefined;
 
-  constructor(private readonly options: { connectionString: string; logger: Logger }) {
+  constructor(private readonly options: { connectionString: string; logger: Logger; pingMs?: number }) {
     super();
     this.setMaxListeners(0);
   }
@@ -26,7 +31,7 @@ export class Notifier extends EventEmitter<{ notification: [Channel, string]; re
   }
 
   private async connect(): Promise<void> {
-    const client = new pg.Client({ connectionString: this.options.connectionString, application_name: "lote-listener" });
+    const client = new pg.Client({ connectionString: this.options.connectionString, application_name: "lote-listener", ...keepAlive });
     client.on("notification", (msg) => this.emit("notification", msg.channel as Channel, msg.payload ?? ""));
     client.on("error", (err) => this.lost(client, err));
     client.on("end", () => this.lost(client, new Error("connection ended")));
@@ -34,6 +39,19 @@ export class Notifier extends EventEmitter<{ notification: [Channel, string]; re
     for (const channel of channels) await client.query(`LISTEN ${channel}`);
     this.client = client;
     this.retryMs = 100;
+    this.schedulePing(client);
+  }
+
+  private schedulePing(client: pg.Client): void {
+    const ms = this.options.pingMs ?? 10_000;
+    this.pingTimer = setTimeout(() => {
+      if (this.client !== client) return;
+      client.query({ text: "SELECT 1", query_timeout: ms } as pg.QueryConfig).then(
+        () => this.schedulePing(client),
+        (err: Error) => this.lost(client, new Error(`no answer to a ping within ${ms} ms (${err.message})`)),
+      );
+    }, ms);
+    this.pingTimer.unref();
   }
 
   private lost(client: pg.Client, err: Error): void {
@@ -72,6 +90,7 @@ export class Notifier extends EventEmitter<{ notification: [Channel, string]; re
   async close(): Promise<void> {
     this.closed = true;
     clearTimeout(this.timer);
+    clearTimeout(this.pingTimer);
     const client = this.client;
     this.client = undefined;
     await client?.end().catch(() => {});

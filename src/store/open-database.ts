@@ -10,6 +10,12 @@ export interface Database {
   readonly url: string;
   /** True when lote started its own PostgreSQL. */
   readonly embedded: boolean;
+  /**
+   * Another pool on the same database, ended by close(). Its connections give up on a query that has not answered
+   * within `queryTimeoutMs` and are dropped (the dispatcher's: see Dispatcher). Cleared of lote's timeouts for
+   * statements of unbounded size, which stay on `pool`.
+   */
+  openPool(options: { max: number; queryTimeoutMs: number; applicationName: string }): pg.Pool;
   /** Is Postgres answering? (health checks) */
   ping(): Promise<boolean>;
   close(): Promise<void>;
@@ -57,14 +63,21 @@ export async function openDatabase(options: OpenDatabaseOptions): Promise<Databa
     url = `postgres://lote:lote@127.0.0.1:${options.embeddedPort}/postgres`;
     options.logger.info({ dataDir, port: options.embeddedPort }, "embedded PostgreSQL started");
   }
-  const pool = new pg.Pool({ connectionString: url, max: options.poolSize ?? 20, application_name: "lote" });
-  // An idle client losing its connection must not crash the process; the next query reconnects.
-  pool.on("error", (err) => options.logger.warn({ err: err.message }, "idle Postgres connection lost"));
+  const pools: pg.Pool[] = [];
+  const newPool = (config: pg.PoolConfig) => {
+    const p = new pg.Pool({ connectionString: url, ...keepAlive, ...config });
+    // An idle client losing its connection must not crash the process; the next query reconnects.
+    p.on("error", (err) => options.logger.warn({ err: err.message, pool: config.application_name }, "idle Postgres connection lost"));
+    pools.push(p);
+    return p;
+  };
+  const pool = newPool({ max: options.poolSize ?? 20, application_name: "lote" });
   await migrate(pool);
   return {
     pool,
     url,
     embedded: embedded !== undefined,
+    openPool: (o) => newPool({ max: o.max, query_timeout: o.queryTimeoutMs, application_name: o.applicationName }),
     async ping() {
       try {
         await pool.query("SELECT 1");
@@ -74,11 +87,19 @@ export async function openDatabase(options: OpenDatabaseOptions): Promise<Databa
       }
     },
     async close() {
-      await pool.end().catch(() => {});
+      await Promise.all(pools.map((p) => p.end().catch(() => {})));
       await embedded?.stop().catch(() => {});
     },
   };
 }
+
+/**
+ * TCP keepalive on every connection to Postgres: a database host that vanished without closing its connections (a
+ * failover, a partition) is noticed on an idle connection after 10 s plus Node's 10 probes 1 s apart, ~20 s,
+ * instead of never (idle pool connections, the LISTEN connection) or ~15 minutes of retransmissions. A query sent
+ * into such a connection is not covered: see the dispatcher's query timeout.
+ */
+export const keepAlive = { keepAlive: true, keepAliveInitialDelayMillis: 10_000 } as const;
 
 const hookedEvents = ["SIGTERM", "SIGINT", "SIGHUP", "SIGBREAK", "beforeExit", "message", "exit"] as const;
 

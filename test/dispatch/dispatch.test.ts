@@ -8,6 +8,7 @@ import { batchServiceClient, call, chatRequest, collect } from "../support/grpc-
 import { startLoteProcess, type LoteProcess } from "../support/lote-process.ts";
 import { metricOf, sample, scrapeMetrics } from "../support/metrics.ts";
 import { freePort } from "../support/ports.ts";
+import { TcpProxy } from "../support/tcp-proxy.ts";
 import { until } from "../support/until.ts";
 
 
@@ -24,6 +25,7 @@ describe("dispatch against the simulated backend (real processes, sockets and Po
   let pool: pg.Pool;
   const processes: LoteProcess[] = [];
   const clients: any[] = [];
+  const proxies: TcpProxy[] = [];
 
   async function start(role: "serve" | "api" | "worker", config: Record<string, unknown>) {
     const p = await startLoteProcess({ databaseUrl: db.url, role, config });
@@ -49,6 +51,7 @@ describe("dispatch against the simulated backend (real processes, sockets and Po
   afterEach(async () => {
     for (const c of clients.splice(0)) c.close();
     await Promise.all(processes.splice(0).map((p) => p.stop()));
+    for (const p of proxies.splice(0)) await p.cut();
     await sim?.close();
   });
   afterAll(async () => {
@@ -98,6 +101,75 @@ describe("dispatch against the simulated backend (real processes, sockets and Po
     // Each of them was rescued when its lease ran out and run again: a second attempt.
     const rescued = await pool.query("SELECT count(*)::int AS n FROM lote.results WHERE batch_id = $1 AND attempts >= 2", [batch.id]);
     expect(rescued.rows[0].n).toBeGreaterThanOrEqual(held.rows[0].n);
+  });
+
+  it("runs the items of a claim whose answer never reached the worker: their lease runs out and they are rescued", async () => {
+    // What a claim leaves when the connection drops after its COMMIT: rows running under a live worker's id that
+    // it never called. Made here by hand while the worker is paused (SIGSTOP), so it cannot claim them first.
+    sim = await startSimulator({ port: 0, latency: { kind: "fixed", ms: 20 } });
+    const config = { models: [modelConfig(sim)], worker: { lease_ms: 1_500, maintenance_interval_ms: 200 } };
+    const api = await start("api", config);
+    const worker = await start("worker", config);
+    const workerId = await until("the worker registered", async () => (await pool.query(
+      "SELECT id FROM lote.workers WHERE split_part(id, '_', 3) = $1", [String(worker.child.pid)])).rows[0]?.id as string | undefined);
+    worker.child.kill("SIGSTOP");
+    try {
+      const client = clientOf(api);
+      const batch = await call(client, "createBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: requests(30) });
+      const orphaned = await pool.query(
+        `UPDATE lote.items SET status = 'running', attempt = attempt + 1, worker_id = $2, lease_expires_at = now() + interval '1500 ms'
+          WHERE batch_id = $1 AND idx < 5 AND status = 'pending'`, [batch.id, workerId]);
+      expect(orphaned.rowCount).toBe(5);
+      worker.child.kill("SIGCONT");
+      // Before the fix the worker's heartbeat renewed every running row with its id, every 500 ms: these five
+      // stayed running, and the batch unfinished, for as long as the worker lived.
+      const done = await waitForStatus(client, batch.id, "BATCH_STATUS_COMPLETED", 30_000);
+      expect(done.requestCounts).toMatchObject({ total: "30", completed: "30", failed: "0" });
+      const { rows } = await pool.query(
+        "SELECT count(*)::int AS n, count(DISTINCT idx)::int AS d, count(*) FILTER (WHERE idx < 5 AND attempts = 2)::int AS rescued FROM lote.results WHERE batch_id = $1",
+        [batch.id]);
+      expect(rows[0]).toEqual({ n: 30, d: 30, rescued: 5 });
+      expect(sim.stats().requests).toBe(30);
+    } finally {
+      worker.child.kill("SIGCONT");
+    }
+  });
+
+  it("carries on over new connections when its Postgres connections go silent mid-batch, as in a failover", async () => {
+    // The worker reaches Postgres through a proxy that then freezes every connection open at that moment: no data,
+    // no FIN, no RST, as when the database host vanishes and its address moves to a new one. A query sent into such
+    // a connection waits for TCP to give up (~15 minutes): before query timeouts the worker's claims, completions
+    // and heartbeats all hung there, and so did the batch.
+    sim = await startSimulator({ port: 0, latency: { kind: "fixed", ms: 20 } });
+    const proxy = new TcpProxy({ host: new URL(db.url).hostname, port: Number(new URL(db.url).port || 5432) });
+    await proxy.start();
+    proxies.push(proxy);
+    const viaProxy = new URL(db.url);
+    viaProxy.hostname = "127.0.0.1";
+    viaProxy.port = String(proxy.port);
+    const model = modelConfig(sim, { max_concurrency: 16 });
+    const api = await start("api", { models: [model] });
+    const worker = await startLoteProcess({
+      databaseUrl: viaProxy.toString(), role: "worker",
+      config: { models: [model], worker: { query_timeout_ms: 1_000, lease_ms: 6_000, maintenance_interval_ms: 200 } },
+    });
+    processes.push(worker);
+    const client = clientOf(api);
+    const batch = await call(client, "createBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: requests(1_500) });
+    await until("a fifth of the batch", async () => {
+      const b = await call(client, "getBatch", { id: batch.id });
+      return Number(b.requestCounts.completed) >= 300 ? b : undefined;
+    });
+    expect(proxy.freeze()).toBeGreaterThanOrEqual(2);
+    // A claim that committed just before the freeze, its answer lost, leaves rows running under the worker's id:
+    // they wait out their 6 s lease and are rescued.
+    const done = await waitForStatus(client, batch.id, "BATCH_STATUS_COMPLETED", 45_000);
+    expect(done.requestCounts).toMatchObject({ total: "1500", completed: "1500", failed: "0" });
+    const { rows } = await pool.query("SELECT count(*)::int AS n, count(DISTINCT idx)::int AS d FROM lote.results WHERE batch_id = $1", [batch.id]);
+    expect(rows[0]).toEqual({ n: 1_500, d: 1_500 });
+    // It noticed by itself: queries abandoned after 1 s, and the LISTEN connection replaced when its ping went unanswered.
+    await until("the LISTEN connection replaced", async () => (worker.logs().includes("notification connection re-established") ? true : undefined), 10_000);
+    expect(worker.logs()).toContain("Query read timeout");
   });
 
   it("never exceeds max_concurrency, measured at the backend, with two worker processes", async () => {

@@ -2,6 +2,7 @@ import pino from "pino";
 import { describe, expect, it } from "vitest";
 import { Notifier } from "../../src/store/index.ts";
 import { useMigratedDatabase } from "../support/database.ts";
+import { TcpProxy } from "../support/tcp-proxy.ts";
 
 describe("Notifier", () => {
   const fixture = useMigratedDatabase();
@@ -28,6 +29,30 @@ describe("Notifier", () => {
       expect(await got).toEqual(["lote_batch", "batch_x"]);
     } finally {
       await notifier.close();
+    }
+  });
+
+  it("replaces a LISTEN connection that stops answering without closing, and hears notifications again", async () => {
+    // Through a proxy that then freezes the connection: no data, no FIN, no RST, as when the server's host
+    // vanishes. Only the ping can tell; the connection itself would wait for notifications forever.
+    const target = new URL(fixture.db.url);
+    const proxy = new TcpProxy({ host: target.hostname, port: Number(target.port || 5432) });
+    await proxy.start();
+    const viaProxy = new URL(fixture.db.url);
+    viaProxy.hostname = "127.0.0.1";
+    viaProxy.port = String(proxy.port);
+    const notifier = new Notifier({ connectionString: viaProxy.toString(), logger: pino({ level: "silent" }), pingMs: 300 });
+    await notifier.start();
+    try {
+      const reconnected = new Promise<void>((resolve) => notifier.once("reconnected", () => resolve()));
+      expect(proxy.freeze()).toBe(1);
+      await reconnected;
+      const got = next(notifier);
+      await fixture.pool.query("SELECT pg_notify('lote_work', 'model-b')");
+      expect(await got).toEqual(["lote_work", "model-b"]);
+    } finally {
+      await notifier.close();
+      await proxy.cut();
     }
   });
 });

@@ -2,7 +2,7 @@ import pg from "pg";
 import { beforeAll, describe, expect, it } from "vitest";
 import { newBatchId } from "../../src/batch/ids.ts";
 import {
-  cancelBatch, claimItems, completeItems, createBatch, expireDueBatches, finishBatches, getBatch, getResults, listBatches, migrate,
+  cancelBatch, claimItems, completeItems, createBatch, expireDueBatches, finishBatches, getBatch, getResults, heartbeat, listBatches, migrate,
 } from "../../src/store/index.ts";
 import { useMigratedDatabase } from "../support/database.ts";
 import { until } from "../support/until.ts";
@@ -212,5 +212,25 @@ describe("store", () => {
     }
     expect((await pool.query("SELECT count(*)::int AS n FROM lote.items WHERE batch_id = $1", [batch.id])).rows[0].n).toBe(0);
     expect((await getResults(pool, batch.id, 0n, 10)).map((r) => r.customId)).toEqual(["c0"]);
+  });
+
+  it("renews the leases of the items a worker names, not other rows running under its id", async () => {
+    await pool.query("UPDATE lote.items SET status = 'cancelled' WHERE status IN ('pending', 'running')");
+    const { batch } = await createBatch(pool, newBatch(4));
+    const claimed = await claim(pool, 4, 1000, "w-beat");
+    expect(claimed).toHaveLength(4);
+    // Leases about to run out; the worker names two of its items, a third with a stale attempt, and not the fourth
+    // (a claim whose answer it never got).
+    await pool.query("UPDATE lote.items SET lease_expires_at = now() + interval '1 second' WHERE batch_id = $1", [batch.id]);
+    const [a, b, c] = claimed;
+    const renewed = await heartbeat(pool, "w-beat", [a!, b!, { ...c!, attempt: c!.attempt - 1 }], 60_000);
+    expect(renewed).toBe(2);
+    const { rows } = await pool.query(
+      "SELECT idx, lease_expires_at > now() + interval '30 seconds' AS renewed FROM lote.items WHERE batch_id = $1 ORDER BY idx", [batch.id]);
+    const byIdx = new Map(rows.map((r) => [r.idx, r.renewed]));
+    expect([byIdx.get(a!.idx), byIdx.get(b!.idx), byIdx.get(c!.idx), byIdx.get(claimed[3]!.idx)]).toEqual([true, true, false, false]);
+    // Another worker naming the same items renews nothing: the rows are not its.
+    expect(await heartbeat(pool, "w-other", [a!, b!], 60_000)).toBe(0);
+    expect(await heartbeat(pool, "w-beat", [], 60_000)).toBe(0);
   });
 });

@@ -1,9 +1,14 @@
 import { createConnection, createServer, type Server, type Socket } from "node:net";
 
-/** A TCP proxy on 127.0.0.1 that a test can cut (as a network partition would) and restore on the same port. */
+/**
+ * A TCP proxy on 127.0.0.1 that a test can cut (as a network partition would) and restore on the same port, or
+ * freeze: the connections open now stop passing data but stay open, as when a server host vanishes without a FIN
+ * or RST (a failover behind a virtual IP), while new connections pass.
+ */
 export class TcpProxy {
   private server: Server | undefined;
   private readonly sockets = new Set<Socket>();
+  private readonly pairs = new Set<[Socket, Socket]>();
   port = 0;
 
   constructor(private readonly target: { host: string; port: number }) {}
@@ -16,13 +21,31 @@ export class TcpProxy {
         s.on("close", () => this.sockets.delete(s));
         s.on("error", () => {});
       }
+      const pair: [Socket, Socket] = [client, upstream];
+      this.pairs.add(pair);
       client.pipe(upstream).pipe(client);
-      client.on("close", () => upstream.destroy());
+      client.on("close", () => {
+        upstream.destroy();
+        this.pairs.delete(pair);
+      });
       upstream.on("close", () => client.destroy());
     });
     await new Promise<void>((resolve) => this.server!.listen(port, "127.0.0.1", resolve));
     this.port = (this.server.address() as { port: number }).port;
     return this.port;
+  }
+
+  /** The connections open now stop passing data, both ways, and are never closed (until `cut`). */
+  freeze(): number {
+    for (const [client, upstream] of this.pairs) {
+      client.unpipe(upstream);
+      upstream.unpipe(client);
+      client.pause();
+      upstream.pause();
+    }
+    const frozen = this.pairs.size;
+    this.pairs.clear();
+    return frozen;
   }
 
   /** Drops every connection and stops accepting new ones. */
