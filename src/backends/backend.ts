@@ -45,7 +45,8 @@ export type TransportErrorKind =
   | "connection_reset" // ECONNRESET, EPIPE, socket closed mid-response
   | "connection_refused" // ECONNREFUSED, ENOTFOUND, connect failure
   | "goaway" // HTTP/2 GOAWAY / REFUSED_STREAM before the answer
-  | "protocol"; // malformed answer
+  | "protocol" // malformed answer
+  | "response_too_large"; // the answer was longer than the backend allows (max_response_bytes); the call was cut off
 
 export class TransportError extends Error {
   override readonly name = "TransportError";

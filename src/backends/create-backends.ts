@@ -27,7 +27,7 @@ export async function createBackends(models: ReadonlyMap<string, ModelConfig>): 
       const { createOpenAIBackend } = await import("./openai/index.ts");
       out.set(name, createOpenAIBackend({
         name: `openai:${name}`, urls: [...b.urls], apiKey: b.apiKey, protocol: b.protocol, maxConcurrency: m.maxConcurrency,
-        streamsPerSession: b.streamsPerSession,
+        streamsPerSession: b.streamsPerSession, maxResponseBytes: b.maxResponseBytes,
         tls: b.caFile ? { ca: readFileSync(b.caFile, "utf8") } : undefined,
       }));
     }

@@ -1,6 +1,6 @@
 /** Per-model configuration: which backend serves a model, and the limits that hold across the whole fleet. */
 import { endpointPaths, type EndpointPath } from "../backends/backend.ts";
-import { DEFAULT_STREAMS_PER_SESSION } from "../backends/openai/openai-backend-options.ts";
+import { DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_STREAMS_PER_SESSION } from "../backends/openai/openai-backend-options.ts";
 import { ConfigError, field } from "./validate.ts";
 import type { Env } from "./config.ts";
 
@@ -17,6 +17,8 @@ export type BackendConfig =
       readonly caFile?: string;
       /** HTTP/2: streams per session before another opens (the backend's `streamsPerSession`). Default 16. */
       readonly streamsPerSession: number;
+      /** Longest answer body read; a longer one fails the request as `response_too_large`. Default 64 MiB. */
+      readonly maxResponseBytes: number;
     }
   | {
       readonly kind: "kserve";
@@ -118,6 +120,7 @@ function parseBackend(raw: unknown, where: string, env: Env, modelName: string):
     protocol: f.oneOf("protocol", b.protocol, "auto", ["auto", "http1", "h2", "h2c"] as const),
     caFile: f.optionalString("ca_file", b.ca_file),
     streamsPerSession: f.int("streams_per_session", b.streams_per_session, DEFAULT_STREAMS_PER_SESSION, 1, 1_000_000),
+    maxResponseBytes: f.int("max_response_bytes", b.max_response_bytes, DEFAULT_MAX_RESPONSE_BYTES, 1_024, 2 ** 30),
   };
 }
 

@@ -62,14 +62,48 @@ export class Completer {
 
   private async write(rows: Completion[]): Promise<void> {
     try {
-      const touched = await completeItems(this.o.pool, rows);
+      await this.writeRows(rows);
       this.failures = 0;
-      this.flushedTotal += rows.length;
-      this.o.onFlushed(touched, rows);
     } catch (err) {
       this.failures++;
       this.o.logger.warn({ err: (err as Error).message, rows: rows.length, failures: this.failures }, "completion flush failed; will retry");
       this.buffer.unshift(...rows);
+    }
+  }
+
+  /**
+   * One statement for all the rows, unless Postgres refuses their data: then halves, down to the row it refuses,
+   * which is written as failed with `result_not_storable` instead. Retrying a refused row could never succeed, and
+   * every flush after it would carry it: one bad answer stopped all of a node's completions, forever. Anything
+   * else (a lost connection, a timeout) throws, and the whole flush is retried.
+   */
+  private async writeRows(rows: Completion[]): Promise<void> {
+    try {
+      const touched = await completeItems(this.o.pool, rows);
+      this.flushedTotal += rows.length;
+      this.o.onFlushed(touched, rows);
+    } catch (err) {
+      if (!refusesData(err)) throw err;
+      if (rows.length > 1) {
+        const half = rows.length >> 1;
+        await this.writeRows(rows.slice(0, half));
+        await this.writeRows(rows.slice(half));
+        return;
+      }
+      const row = rows[0]!;
+      const message = (err as Error).message;
+      if (row.outcome === "failed" && row.errorCode === "result_not_storable") {
+        // Even the replacement was refused: leave the item to its lease and the rescuer, and stop holding it.
+        this.o.logger.error({ err: message, batchId: row.batchId, idx: row.idx }, "Postgres refused a completion's replacement; leaving the item to the rescuer");
+        this.o.onFlushed([], rows);
+        return;
+      }
+      this.o.logger.error({ err: message, batchId: row.batchId, idx: row.idx }, "Postgres refused a completion's data; storing it as failed");
+      await this.writeRows([{
+        outcome: "failed", batchId: row.batchId, idx: row.idx, attempt: row.attempt, statusCode: row.statusCode,
+        requestId: "requestId" in row ? row.requestId : "", errorCode: "result_not_storable",
+        errorMessage: `The backend's answer could not be stored: ${message}`.slice(0, 1_000),
+      }]);
     }
   }
 
@@ -83,4 +117,15 @@ export class Completer {
     }
     clearTimeout(this.timer);
   }
+}
+
+/**
+ * Postgres refused the values themselves (SQLSTATE class 22, data exception: a number out of range, text it cannot
+ * take; class 54, a program limit such as a value too long), or they could not even be encoded (RangeError: a
+ * string longer than V8 allows). The same rows would be refused again.
+ */
+function refusesData(err: unknown): boolean {
+  if (err instanceof RangeError) return true;
+  const code = (err as { code?: unknown })?.code;
+  return typeof code === "string" && (code.startsWith("22") || code.startsWith("54"));
 }

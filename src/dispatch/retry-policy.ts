@@ -22,6 +22,8 @@ export const retryableTransport: Readonly<Record<TransportErrorKind, boolean>> =
   goaway: true,
   // A garbled answer is more often a proxy or a dying replica than a bad request.
   protocol: true,
+  // The same request would get the same answer.
+  response_too_large: false,
 };
 
 export function isRetryable(f: Failure): boolean {

@@ -6,6 +6,14 @@ export interface Usage {
 
 const none: Usage = { input: 0, output: 0, total: 0 };
 
+/**
+ * The most tokens one answer may report. The counts are stored as bigint and summed per batch; a backend that
+ * reported 1e21 (JSON "1e+21", not a bigint) or enough to overflow a batch's sum made every completion flush of the
+ * node fail, and retry, forever. 2^31 − 1 per request is far beyond any real answer, and a million of them still
+ * sum well inside a bigint.
+ */
+const maxTokens = 2 ** 31 - 1;
+
 /** Token usage from a backend response body: OpenAI chat/completions/embeddings and the Responses API names. */
 export function usageOf(body: string): Usage {
   const fast = topLevelUsage(body);
@@ -22,7 +30,7 @@ export function usageOf(body: string): Usage {
 function fromObject(u: unknown): Usage {
   if (!u || typeof u !== "object") return none;
   const o = u as Record<string, unknown>;
-  const num = (v: unknown) => (typeof v === "number" && Number.isFinite(v) ? Math.max(0, Math.round(v)) : 0);
+  const num = (v: unknown) => (typeof v === "number" && Number.isFinite(v) ? Math.min(maxTokens, Math.max(0, Math.round(v))) : 0);
   const input = num(o.prompt_tokens ?? o.input_tokens);
   const output = num(o.completion_tokens ?? o.output_tokens);
   const total = num(o.total_tokens) || input + output;

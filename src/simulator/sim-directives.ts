@@ -14,6 +14,7 @@ import { createHash } from "node:crypto";
  * - `fail_first` (N): apply the failure above only to the first N attempts of an identical body (counted by a
  *   hash of the whole body, including "sim"), then answer normally. Without it the failure applies every time.
  * - `latency_ms` (number): think this long instead of drawing from the latency distribution.
+ * - `answer_bytes` (number): pad a normal answer to at least this many bytes (a "padding" member first).
  *
  * A request carrying directives is exempt from the random faults (errorRate, rateLimitRate, resetRate,
  * hangRate), so its outcome depends only on what it asked for.
@@ -25,6 +26,7 @@ export interface SimDirectives {
   readonly hang?: boolean;
   readonly reset?: boolean;
   readonly latencyMs?: number;
+  readonly answerBytes?: number;
 }
 
 /** What the directives decide for one attempt. */
@@ -51,6 +53,7 @@ export function readDirectives(parsed: unknown): SimDirectives | undefined {
     hang: s.hang === true,
     reset: s.reset === true,
     latencyMs: num(s.latency_ms),
+    answerBytes: num(s.answer_bytes),
   };
 }
 

@@ -116,8 +116,9 @@ export class SimulatorCore {
     // 256 arrived together (bench/dispatch.ts (b)): the wait for the loop to read every body came on top.
     const delay = (directives?.latencyMs ?? this.#latency()) - (performance.now() - ex.arrivedAt);
     // Unref'd: an open request keeps the process alive through its socket; a timer alone must not.
-    if (delay > 0) setTimeout(this.#finish, delay, ex, outcome, path as InferencePath, body, parsed, n).unref();
-    else this.#finish(ex, outcome, path as InferencePath, body, parsed, n);
+    const padTo = directives?.answerBytes;
+    if (delay > 0) setTimeout(this.#finish, delay, ex, outcome, path as InferencePath, body, parsed, n, padTo).unref();
+    else this.#finish(ex, outcome, path as InferencePath, body, parsed, n, padTo);
   }
 
   #drawFault(): DirectedOutcome {
@@ -131,7 +132,7 @@ export class SimulatorCore {
     return answerOutcome;
   }
 
-  readonly #finish = (ex: Exchange, o: DirectedOutcome, path: InferencePath, body: string, parsed: unknown, n: number): void => {
+  readonly #finish = (ex: Exchange, o: DirectedOutcome, path: InferencePath, body: string, parsed: unknown, n: number, padTo?: number): void => {
     if (ex.closed) return;
     const requestId = `sim-${n}`;
     if (o.kind === "reset") {
@@ -147,7 +148,7 @@ export class SimulatorCore {
         promptTokens: estimatePromptTokens(body),
         inputs: inputsOf(parsed),
       });
-      this.#send(ex, 200, answer, requestId);
+      this.#send(ex, 200, padTo === undefined ? answer : padded(answer, padTo), requestId);
     }
   };
 
@@ -156,6 +157,12 @@ export class SimulatorCore {
     if (ex.tracked) this.stats.answered(status);
     ex.respond(status, body, requestId, retryAfter);
   }
+}
+
+/** The answer with a "padding" member in front, so that it is at least `bytes` long (ASCII: bytes = characters). */
+function padded(answer: string, bytes: number): string {
+  const fill = Math.max(0, Math.floor(bytes) - answer.length - `"padding":"",`.length);
+  return `{"padding":"${"x".repeat(fill)}",${answer.slice(1)}`;
 }
 
 function modelOf(body: string, parsed: unknown): string | undefined {

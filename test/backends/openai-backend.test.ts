@@ -137,6 +137,18 @@ describe.each(modes)("over $name", (mode) => {
     expect((await call(b, {})).status).toBe(200);
   });
 
+  it("cuts off an answer longer than maxResponseBytes as response_too_large, and keeps serving afterwards", async () => {
+    const b = backend({ urls: [mode.url(sim)], maxResponseBytes: 64 * 1024 });
+    const err = await rejection(call(b, { sim: { answer_bytes: 4 * 1024 * 1024 } }));
+    expect(err.kind).toBe("response_too_large");
+    expect(err.message).toContain("longer than 65536 bytes");
+    // Just under the limit is read whole.
+    const fits = await call(b, { sim: { answer_bytes: 60 * 1024 } });
+    expect(fits.status).toBe(200);
+    expect(fits.body.length).toBeGreaterThanOrEqual(60 * 1024);
+    expect(JSON.parse(fits.body).usage.completion_tokens).toBe(16);
+  });
+
   it("rejects aborted when the signal fires mid-call, and the simulator sees the request end", async () => {
     const b = backend({ urls: [mode.url(sim)] });
     const ac = new AbortController();

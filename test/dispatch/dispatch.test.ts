@@ -302,6 +302,29 @@ describe("dispatch against the simulated backend (real processes, sockets and Po
     expect(results.broken.error).toMatchObject({ code: "server_error", statusCode: 500 });
   });
 
+  it("fails an answer longer than max_response_bytes at once as response_too_large, and stores the others", async () => {
+    sim = await startSimulator({ port: 0 });
+    const backend = { kind: "openai", urls: [sim.h2cUrl], max_response_bytes: 100_000 };
+    const lote = await start("serve", { models: [modelConfig(sim, { backend })] });
+    const client = clientOf(lote);
+    const batch = await call(client, "createBatch", {
+      endpoint: "ENDPOINT_CHAT_COMPLETIONS",
+      requests: [
+        chatRequest("huge", "sim-model", "a", { sim: { answer_bytes: 5_000_000 } }),
+        chatRequest("fits", "sim-model", "b", { sim: { answer_bytes: 90_000 } }),
+        chatRequest("plain", "sim-model", "c"),
+      ],
+    });
+    const done = await waitForStatus(client, batch.id, "BATCH_STATUS_COMPLETED");
+    expect(done.requestCounts).toMatchObject({ completed: "2", failed: "1" });
+    const results = Object.fromEntries((await collect(client.streamResults({ batchId: batch.id }))).map((m: any) => [m.result.customId, m.result]));
+    expect(results.huge.attempts).toBe(1);
+    expect(results.huge.error).toMatchObject({ code: "response_too_large" });
+    expect(results.huge.error.message).toContain("longer than 100000 bytes");
+    expect(results.fits.response.statusCode).toBe(200);
+    expect(sim.stats().requests).toBe(3);
+  });
+
   it("retries a connection reset and a per-request timeout, then succeeds", async () => {
     sim = await startSimulator({ port: 0 });
     const lote = await start("serve", { models: [modelConfig(sim, { timeout_ms: 300 })] });

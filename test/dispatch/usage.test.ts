@@ -29,4 +29,9 @@ describe("usageOf", () => {
     expect(usageOf("not json, no usage")).toEqual({ input: 0, output: 0, total: 0 });
     expect(usageOf('{"usage": {"prompt_tokens": 1,')).toEqual({ input: 0, output: 0, total: 0 });
   });
+
+  it("keeps absurd counts within what a batch's sums can hold", () => {
+    expect(usageOf('{"usage":{"prompt_tokens":1e30,"completion_tokens":-5,"total_tokens":9007199254740993}}'))
+      .toEqual({ input: 2 ** 31 - 1, output: 0, total: 2 ** 31 - 1 });
+  });
 });

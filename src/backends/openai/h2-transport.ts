@@ -1,6 +1,6 @@
 import { connect, constants, type ClientHttp2Session, type ClientHttp2Stream, type IncomingHttpHeaders } from "node:http2";
 import { TransportError, type InferenceReply } from "../backend.ts";
-import { describeCall, makeReply, tlsConnectOptions, type ReplicaTransport, type TransportContext } from "./replica-transport.ts";
+import { describeCall, makeReply, tlsConnectOptions, tooLarge, type ReplicaTransport, type TransportContext } from "./replica-transport.ts";
 import { h2ErrorName, kindOf, toTransportError } from "./transport-errors.ts";
 
 /**
@@ -247,8 +247,15 @@ export class H2Transport implements ReplicaTransport {
       let headers: IncomingHttpHeaders | undefined;
       let error: unknown;
       const chunks: Buffer[] = [];
+      let bytes = 0;
       stream.on("response", (h) => (headers = h));
-      stream.on("data", (chunk: Buffer) => chunks.push(chunk));
+      stream.on("data", (chunk: Buffer) => {
+        if ((bytes += chunk.length) <= this.#ctx.maxResponseBytes) return void chunks.push(chunk);
+        if (error !== undefined) return;
+        error = tooLarge(this.#ctx, method, path);
+        chunks.length = 0;
+        stream.close(constants.NGHTTP2_CANCEL);
+      });
       stream.on("error", (err) => (error ??= err));
       stream.on("close", () => {
         if (--s.active === 0 && s.ready) s.session.unref();
@@ -263,6 +270,7 @@ export class H2Transport implements ReplicaTransport {
           return resolve(makeReply(Number(headers[":status"]), text, headers["x-request-id"], headers["retry-after"]));
         }
         if (this.#closed) return reject(this.#aborted(method, path));
+        if (error instanceof TransportError) return reject(error);
         const cause = error ?? (whole
           ? Object.assign(new Error("stream ended without response headers"), { code: "ERR_HTTP2_ERROR" })
           : Object.assign(new Error(`stream closed before its answer was complete (RST_STREAM ${h2ErrorName(rstCode)})`), { code: "ECONNRESET" }));

@@ -1,6 +1,6 @@
 import { Pool, type Dispatcher } from "undici";
 import { TransportError, type InferenceReply } from "../backend.ts";
-import { describeCall, makeReply, tlsConnectOptions, type ReplicaTransport, type TransportContext } from "./replica-transport.ts";
+import { describeCall, makeReply, tlsConnectOptions, tooLarge, type ReplicaTransport, type TransportContext } from "./replica-transport.ts";
 import { toTransportError } from "./transport-errors.ts";
 
 /**
@@ -51,6 +51,7 @@ class Http1Call implements Dispatcher.DispatchHandler {
   #status = 0;
   #headers: Record<string, string | string[] | undefined> = {};
   #chunks: Buffer[] = [];
+  #bytes = 0;
 
   constructor(
     private readonly resolve: (r: InferenceReply) => void,
@@ -77,8 +78,12 @@ class Http1Call implements Dispatcher.DispatchHandler {
     this.#headers = headers;
   }
 
-  onResponseData(_c: Dispatcher.DispatchController, chunk: Buffer): void {
-    this.#chunks.push(chunk);
+  onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    if ((this.#bytes += chunk.length) <= this.ctx.maxResponseBytes) return void this.#chunks.push(chunk);
+    const err = tooLarge(this.ctx, this.method, this.path);
+    this.#chunks = [];
+    this.fail(err);
+    controller.abort(err);
   }
 
   onResponseEnd(): void {

@@ -46,6 +46,11 @@ export interface OpenAIBackendOptions {
   readonly requestTimeoutMs?: number | undefined;
   /** Deadline to connect (TCP, TLS and, for HTTP/2, the server's SETTINGS). Default 10,000 ms (undici's). */
   readonly connectTimeoutMs?: number | undefined;
+  /**
+   * Longest answer body read, bytes; a longer one is cut off and fails the call as "response_too_large" (not
+   * retried). Default DEFAULT_MAX_RESPONSE_BYTES.
+   */
+  readonly maxResponseBytes?: number | undefined;
   /** First ejection of a replica whose connection failed; doubles per consecutive failure. Default 1,000 ms. */
   readonly ejectBaseMs?: number | undefined;
   /** Longest ejection. Default 30,000 ms. */
@@ -79,6 +84,14 @@ export interface ReplicaTarget {
  * every call on one process.
  */
 export const DEFAULT_STREAMS_PER_SESSION = 16;
+
+/**
+ * 64 MiB. A chat answer is a few KB; the largest answers are embeddings, ~20 bytes per float as JSON: 1,000 inputs
+ * of 3,072 dimensions is ~60 MB (a fifth of that with encoding_format "base64"). Beyond it an answer is runaway
+ * output or a misbehaving server, and one would take a worker's memory: the node holds each answer whole until its
+ * result is written.
+ */
+export const DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024;
 
 function fail(field: string, expected: string, got: unknown): never {
   throw new TypeError(`Expected \`${field}\` to be ${expected}, got ${JSON.stringify(got) ?? String(got)}`);
@@ -134,6 +147,7 @@ export interface ResolvedOptions {
   readonly streamsPerSession: number;
   readonly requestTimeoutMs: number | undefined;
   readonly connectTimeoutMs: number;
+  readonly maxResponseBytes: number;
   readonly ejectBaseMs: number;
   readonly ejectMaxMs: number;
   readonly tls: BackendTlsOptions | undefined;
@@ -161,6 +175,7 @@ export function resolveOptions(o: OpenAIBackendOptions): ResolvedOptions {
     streamsPerSession: positiveInt("streamsPerSession", o.streamsPerSession, DEFAULT_STREAMS_PER_SESSION),
     requestTimeoutMs: o.requestTimeoutMs,
     connectTimeoutMs: positiveInt("connectTimeoutMs", o.connectTimeoutMs, 10_000),
+    maxResponseBytes: positiveInt("maxResponseBytes", o.maxResponseBytes, DEFAULT_MAX_RESPONSE_BYTES),
     ejectBaseMs,
     ejectMaxMs,
     tls: o.tls,

@@ -47,6 +47,7 @@ export class OpenAIBackend implements Backend {
         streamsPerSession: o.streamsPerSession,
         now: o.now,
         connectTimeoutMs: o.connectTimeoutMs,
+        maxResponseBytes: o.maxResponseBytes,
         tls: o.tls,
         onConnectFailure: () => this.#replicas.markConnectFailure(i),
       };

@@ -1,6 +1,6 @@
 import { randomUUID } from "node:crypto";
 import type { ConnectionOptions } from "node:tls";
-import type { InferenceReply } from "../backend.ts";
+import { TransportError, type InferenceReply } from "../backend.ts";
 import type { BackendTlsOptions, ReplicaTarget } from "./openai-backend-options.ts";
 import { parseRetryAfter } from "./retry-after.ts";
 
@@ -28,9 +28,17 @@ export interface TransportContext {
   /** Monotonic clock in ms (the backend's `now`). */
   readonly now: () => number;
   readonly connectTimeoutMs: number;
+  /** Longest answer body read; a longer one fails the call as "response_too_large". */
+  readonly maxResponseBytes: number;
   readonly tls: BackendTlsOptions | undefined;
   /** Called when a new connection to the replica cannot be established (the backend ejects the replica). */
   readonly onConnectFailure: (err: unknown) => void;
+}
+
+/** The answer ran past `maxResponseBytes`: the transport stops reading and cuts the call off. */
+export function tooLarge(ctx: TransportContext, method: string, path: string): TransportError {
+  return new TransportError("response_too_large",
+    `${describeCall(ctx, method, path)}: the answer is longer than ${ctx.maxResponseBytes} bytes (max_response_bytes); cut off`);
 }
 
 /** "openai:m POST h2c://host:port/v1/chat/completions": names a call in errors, without any header. */
