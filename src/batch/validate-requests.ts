@@ -173,6 +173,11 @@ export class RequestChecker {
     } else if (m !== this.model) {
       return this.#add(`${field}.model`, `expected model "${this.model}" (as requests[${this.#modelAt}]) since a batch has one model, got "${m}"${label(r)}`, "MODEL_MISMATCH");
     }
+    // A streamed answer arrives as server-sent events: there is no one JSON answer to store, and the usage may be
+    // missing. Said now rather than stored as a 200 result nobody can read as JSON.
+    if ((parsed as Record<string, unknown>).stream === true) {
+      return this.#add(`${field}.stream`, `expected stream to be absent or false${label(r)}: a batch stores each answer whole`, "STREAMING_NOT_SUPPORTED");
+    }
     const config = limits.models.get(m);
     const est = estimateTokens(parsed as Record<string, unknown>, endpoint, config?.defaultMaxOutputTokens ?? 1024);
     return {

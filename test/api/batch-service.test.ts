@@ -145,6 +145,7 @@ describe("BatchService over gRPC (grpc-js client, server as a child process)", (
       ["a body that is an array", { endpoint: "ENDPOINT_CLASSIFY", requests: [{ customId: "b", bodyJson: Buffer.from("[1]") }] }, "requests[0].body_json", "BODY_NOT_OBJECT"],
       ["a model that differs from the batch", { endpoint: "ENDPOINT_CLASSIFY", requests: [good(), { customId: "b", bodyJson: Buffer.from('{"model":"lote-embed","input":"x"}') }] }, "requests[1].body_json.model", "MODEL_MISMATCH"],
       ["an unknown endpoint", { requests: [good()] }, "endpoint", "ENDPOINT_UNSPECIFIED"],
+      ["a request that asks for a streamed answer", { endpoint: "ENDPOINT_CLASSIFY", requests: [good(), { customId: "b", bodyJson: Buffer.from('{"model":"lote-sentiment","input":"x","stream":true}') }] }, "requests[1].body_json.stream", "STREAMING_NOT_SUPPORTED"],
       ["a model no backend serves", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: [chatRequest("a", "gpt-nope", "hi")] }, "requests[0].body_json.model", "UNKNOWN_MODEL"],
       ["too many metadata pairs", { endpoint: "ENDPOINT_CLASSIFY", requests: [good()], metadata: Object.fromEntries(Array.from({ length: 17 }, (_, i) => [`k${i}`, "v"])) }, "metadata", "TOO_MANY_METADATA_PAIRS"],
       ["a metadata value over 512 characters", { endpoint: "ENDPOINT_CLASSIFY", requests: [good()], metadata: { k: "v".repeat(513) } }, 'metadata["k"]', "METADATA_VALUE_TOO_LONG"],
