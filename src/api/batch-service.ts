@@ -27,7 +27,10 @@ import { endpointPath, storeStatus, toBatch } from "./to-proto.ts";
 import { estimateBatch } from "./estimate-batch.ts";
 
 export interface BatchServiceDeps {
+  /** Reads (batches, results, items by key): its queries time out (Database.pool). */
   readonly pool: pg.Pool;
+  /** Writes of unbounded size: creating, cancelling and retrying batches (Database.bulkPool). */
+  readonly bulkPool: pg.Pool;
   readonly config: Config;
   readonly auth: Authenticator;
   readonly events: BatchEvents;
@@ -54,7 +57,7 @@ function durationSeconds(d: { seconds: bigint; nanos: number } | undefined): num
 }
 
 export function batchServiceImpl(deps: BatchServiceDeps): ServiceImpl<typeof BatchService> {
-  const { pool, config, auth } = deps;
+  const { pool, bulkPool, config, auth } = deps;
   const limits = { maxRequests: config.maxBatchRequests, maxBodyBytes: config.maxBodyBytes, models: config.models };
 
   return {
@@ -77,7 +80,7 @@ export function batchServiceImpl(deps: BatchServiceDeps): ServiceImpl<typeof Bat
       if (violations.length > 0 || checker.violations.length > 0) throw invalidArgument([...violations, ...checker.finish()]);
       let result: Awaited<ReturnType<typeof createBatch>>;
       try {
-        result = await createBatch(pool, {
+        result = await createBatch(bulkPool, {
           id: newBatchId(),
           tenantId: tenant,
           requestId: req.requestId || undefined,
@@ -131,7 +134,7 @@ export function batchServiceImpl(deps: BatchServiceDeps): ServiceImpl<typeof Bat
 
     async cancelBatch(req, ctx) {
       const tenant = await auth.tenantOf(ctx);
-      const outcome = await cancelBatch(pool, tenant, req.id);
+      const outcome = await cancelBatch(bulkPool, tenant, req.id);
       if (outcome === "not_found") throw notFound("batch", req.id);
       if (typeof outcome === "object") {
         throw failedPrecondition(req.id, `batch ${req.id} is already ${outcome.terminal} and cannot be cancelled`);
@@ -152,9 +155,9 @@ export function batchServiceImpl(deps: BatchServiceDeps): ServiceImpl<typeof Bat
       const window = durationSeconds(req.completionWindow);
       const violations = validateBatchOptions({ metadata: {}, completionWindowSeconds: window, priority: 0, requestId: req.requestId });
       if (violations.length > 0) throw invalidArgument(violations);
-      const items = await getUnsucceededItems(pool, original.id);
+      const items = await getUnsucceededItems(bulkPool, original.id);
       if (items.length === 0) throw failedPrecondition(req.id, `batch ${req.id} has no failed, expired or cancelled requests to retry`);
-      const { batch } = await createBatch(pool, {
+      const { batch } = await createBatch(bulkPool, {
         id: newBatchId(),
         tenantId: tenant,
         requestId: req.requestId || undefined,

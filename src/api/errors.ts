@@ -3,7 +3,8 @@
  * (Postgres, transport) to a code, so handlers throw plain domain outcomes and the edge stays consistent.
  */
 import { create } from "@bufbuild/protobuf";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
+import type { Logger } from "pino";
 import { BadRequestSchema, PreconditionFailureSchema } from "../../gen/google/rpc/error_details_pb.ts";
 import type { FieldViolation } from "../batch/validate-requests.ts";
 
@@ -37,8 +38,44 @@ export function toConnectError(err: unknown): ConnectError {
   if (typeof e?.code === "string" && (unavailableSqlStates.test(e.code) || ["ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EPIPE"].includes(e.code))) {
     return new ConnectError("the database is unavailable; retry later", Code.Unavailable, undefined, undefined, err);
   }
-  if (e?.message === "timeout exceeded when trying to connect" || e?.message === "Connection terminated unexpectedly") {
+  // "Query read timeout": pg's query_timeout (Database.pool) gave up on a query, and its connection was dropped.
+  if (e?.message === "timeout exceeded when trying to connect" || e?.message === "Connection terminated unexpectedly" || e?.message === "Query read timeout") {
     return new ConnectError("the database is unavailable; retry later", Code.Unavailable, undefined, undefined, err);
   }
   return new ConnectError("internal error", Code.Internal, undefined, undefined, err);
+}
+
+/**
+ * Gives whatever a handler throws its code (toConnectError), and logs the cause of what was not a ConnectError
+ * already: the `rpc` line has only the code. Before it, connect sent INTERNAL for everything else, so a database
+ * that could not be reached, or a query that timed out, looked like a bug to clients instead of UNAVAILABLE, which
+ * they retry. A call whose signal fired (a cancel, the shutdown drain) keeps its error as thrown, for the
+ * interceptors outside this one. Innermost, so that the others (metrics) see the code.
+ */
+export function errorCodeInterceptor(log: Logger): Interceptor {
+  const coded = (err: unknown, procedure: string, signal: AbortSignal): unknown => {
+    if (err instanceof ConnectError || signal.aborted) return err;
+    const mapped = toConnectError(err);
+    log.warn({ procedure, code: Code[mapped.code], err: err instanceof Error ? err.message : String(err) }, "call failed");
+    return mapped;
+  };
+  return (next) => async (req) => {
+    const procedure = req.method.name;
+    let res;
+    try {
+      res = await next(req);
+    } catch (err) {
+      throw coded(err, procedure, req.signal);
+    }
+    if (!res.stream) return res;
+    const messages = res.message;
+    async function* mapped() {
+      try {
+        yield* messages;
+      } catch (err) {
+        throw coded(err, procedure, req.signal);
+      }
+    }
+    return { ...res, message: mapped() };
+  };
 }

@@ -18,6 +18,7 @@ import { Health } from "../../gen/grpc/health/v1/health_pb.ts";
 import { HealthMonitor, type HealthReporter, healthService } from "./health.ts";
 import { loadDescriptorSet, registerReflection } from "./reflection.ts";
 import { cleartextServer, secureServer } from "./protocol-servers.ts";
+import { errorCodeInterceptor } from "./errors.ts";
 import { ConnectionTracker, shutdownInterceptor } from "./shutdown.ts";
 
 export { sniffProtocol } from "./protocol-servers.ts";
@@ -101,7 +102,7 @@ export async function listen(options: ListenOptions): Promise<ApiServer> {
 
   const adapter = connectNodeAdapter({
     readMaxBytes,
-    interceptors: [shutdownInterceptor(tracker), ...(options.interceptors ?? [])],
+    interceptors: [shutdownInterceptor(tracker), ...(options.interceptors ?? []), errorCodeInterceptor(log)],
     routes(router) {
       options.routes(router);
       const services = new Set(["", ...router.handlers.map((h) => h.service.typeName)]);

@@ -43,7 +43,7 @@ export async function runBatch(deps: BatchServiceDeps, req: RunBatchRequest, ctx
     { maxRequests: deps.config.runBatchMaxRequests, maxBodyBytes: deps.config.maxBodyBytes, models: deps.config.models });
   if (!checked.ok) violations.push(...checked.violations);
   if (violations.length > 0 || !checked.ok) throw invalidArgument(violations);
-  const { batch } = await createBatch(deps.pool, {
+  const { batch } = await createBatch(deps.bulkPool, {
     id: newBatchId(), tenantId: tenant, endpoint: endpoint!, model: checked.model, priority: runBatchPriority,
     completionWindowSeconds: runBatchWindowSeconds, metadata: req.metadata, items: checked.requests,
   });
@@ -71,7 +71,7 @@ export async function runBatch(deps: BatchServiceDeps, req: RunBatchRequest, ctx
     }
     if (byIdx.size < checked.requests.length) {
       // Nobody will read the rest: stop spending backend capacity on it. If this fails the batch expires in an hour.
-      await cancelBatch(deps.pool, tenant, batch.id).catch((err) =>
+      await cancelBatch(deps.bulkPool, tenant, batch.id).catch((err) =>
         deps.logger.warn({ err: (err as Error).message, batchId: batch.id }, "RunBatch could not cancel its unfinished requests"));
       seen = (await getBatch(deps.pool, tenant, batch.id))!;
     }

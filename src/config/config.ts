@@ -48,6 +48,11 @@ export interface Config {
   readonly maxBodyBytes: number;
   /** Graceful shutdown: how long streams and calls get to finish. Default 10,000 ms. */
   readonly shutdownGraceMs: number;
+  /**
+   * The longest a bounded query (API reads, claims, completions, heartbeats, ...) may take before lote gives up on it
+   * and its connection, and how often the LISTEN connection is pinged. Default 10,000 ms (LOTE_QUERY_TIMEOUT_MS).
+   */
+  readonly queryTimeoutMs: number;
   readonly worker: WorkerConfig;
   /** Models by name (the `model` field of request bodies). */
   readonly models: ReadonlyMap<string, ModelConfig>;
@@ -76,11 +81,6 @@ export interface WorkerConfig {
   readonly completionFlushMs: number;
   /** How often expiry, finalisation and lease rescue run. Default 1,000 ms. */
   readonly maintenanceIntervalMs: number;
-  /**
-   * The longest the dispatcher waits for one of its bounded queries (claims, completions, heartbeats, lease rescue,
-   * finalisation) before it gives up on the query and its connection. Default 10,000 ms.
-   */
-  readonly queryTimeoutMs: number;
 }
 
 export type Env = Readonly<Record<string, string | undefined>>;
@@ -109,7 +109,7 @@ export function loadConfig(options: { env?: Env; configPath?: string; overrides?
 }
 
 const knownKeys = new Set(["host", "port", "tls", "database_url", "data_dir", "embedded_postgres_port", "auth_required",
-  "max_message_bytes", "max_batch_requests", "run_batch_max_requests", "max_body_bytes", "shutdown_grace_ms",
+  "max_message_bytes", "max_batch_requests", "run_batch_max_requests", "max_body_bytes", "shutdown_grace_ms", "query_timeout_ms",
   "worker", "models", "log_level", "include_builtin_models", "metrics"]);
 
 export function buildConfig(file: Record<string, unknown>, env: Env, source = "config"): Config {
@@ -150,7 +150,6 @@ export function buildConfig(file: Record<string, unknown>, env: Env, source = "c
     completionBatchSize: fw.int("completion_batch_size", w.completion_batch_size, 500, 1, 10_000),
     completionFlushMs: fw.int("completion_flush_ms", w.completion_flush_ms, 5, 0, 10_000),
     maintenanceIntervalMs: fw.int("maintenance_interval_ms", w.maintenance_interval_ms, 1_000, 10, 60_000),
-    queryTimeoutMs: fw.int("query_timeout_ms", w.query_timeout_ms, 10_000, 100, 3_600_000),
   };
   const m = (file.metrics ?? {}) as Record<string, unknown>;
   if (typeof m !== "object" || Array.isArray(m)) throw new ConfigError(`${source}: metrics: expected a mapping with port and host, got ${typeof m}`);
@@ -185,6 +184,7 @@ export function buildConfig(file: Record<string, unknown>, env: Env, source = "c
     runBatchMaxRequests: f.int("run_batch_max_requests", file.run_batch_max_requests, 1_000, 1, 100_000),
     maxBodyBytes: f.int("max_body_bytes", file.max_body_bytes, 1024 * 1024, 16, 64 * 1024 * 1024),
     shutdownGraceMs: f.int("shutdown_grace_ms", file.shutdown_grace_ms, 10_000, 0, 600_000),
+    queryTimeoutMs: f.int("query_timeout_ms", env.LOTE_QUERY_TIMEOUT_MS ?? file.query_timeout_ms, 10_000, 100, 3_600_000),
     worker,
     models,
     logLevel: f.oneOf("log_level", env.LOTE_LOG_LEVEL ?? file.log_level, "info", ["trace", "debug", "info", "warn", "error", "fatal", "silent"]),

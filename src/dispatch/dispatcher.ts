@@ -14,7 +14,7 @@ import { Maintenance } from "./maintenance.ts";
 export interface DispatcherOptions {
   /**
    * For the dispatcher's bounded queries: claims, completions, heartbeats, the worker registry, lease rescue and
-   * finalisation. Give it a pool whose connections time out (Database.openPool, `worker.query_timeout_ms`): a query
+   * finalisation. Give it a pool whose connections time out (Database.openPool, `query_timeout_ms`): a query
    * sent into a connection whose server vanished without closing it (a failover) otherwise waits for TCP to give
    * up, ~15 minutes, and the node's claims, completions or heartbeats with it. Timing out is safe for each of them:
    * a completion is retried and fenced by attempt, a claim that committed unseen leaves rows whose leases run out

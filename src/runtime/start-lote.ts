@@ -27,8 +27,10 @@ export interface LoteNode {
 }
 
 export async function startLote(config: Config, role: Role, logger: Logger): Promise<LoteNode> {
-  const db = await openDatabase({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, embeddedPort: config.embeddedPostgresPort, logger });
-  const notifier = new Notifier({ connectionString: db.url, logger, pingMs: config.worker.queryTimeoutMs });
+  const db = await openDatabase({
+    databaseUrl: config.databaseUrl, dataDir: config.dataDir, embeddedPort: config.embeddedPostgresPort, queryTimeoutMs: config.queryTimeoutMs, logger,
+  });
+  const notifier = new Notifier({ connectionString: db.url, logger, pingMs: config.queryTimeoutMs });
   await notifier.start();
   let api: ApiServer | undefined;
   let dispatcher: Dispatcher | undefined;
@@ -40,8 +42,8 @@ export async function startLote(config: Config, role: Role, logger: Logger): Pro
       const workerId = newId(`w_${hostname().slice(0, 20).replace(/[^a-zA-Z0-9-]/g, "")}_${process.pid}`);
       // Its own pool: its queries time out (see DispatcherOptions), and API calls cannot take its connections. One
       // claim at a time per model, plus the completer, the heartbeat, the worker registry and maintenance.
-      const pool = db.openPool({ max: Math.max(10, config.models.size + 4), queryTimeoutMs: config.worker.queryTimeoutMs, applicationName: "lote-dispatch" });
-      dispatcher = new Dispatcher({ pool, bulkPool: db.pool, notifier, backends, models: config.models, worker: config.worker, workerId, logger, observer: metrics });
+      const pool = db.openPool({ max: Math.max(10, config.models.size + 4), applicationName: "lote-dispatch" });
+      dispatcher = new Dispatcher({ pool, bulkPool: db.bulkPool, notifier, backends, models: config.models, worker: config.worker, workerId, logger, observer: metrics });
       metrics?.watch(dispatcher, config.models);
       dispatcher.start();
     }
@@ -57,7 +59,7 @@ export async function startLote(config: Config, role: Role, logger: Logger): Pro
         port: config.port,
         readMaxBytes: config.maxMessageBytes,
         tls: config.tls ? { cert: config.tls.cert, key: config.tls.key, ca: config.tls.ca, requireClientCert: config.tls.requireClientCert } : undefined,
-        routes: (router) => router.service(BatchService, batchServiceImpl({ pool: db.pool, config, auth, events, logger })),
+        routes: (router) => router.service(BatchService, batchServiceImpl({ pool: db.pool, bulkPool: db.bulkPool, config, auth, events, logger })),
         interceptors: metrics ? [metrics.apiInterceptor()] : [],
         health: { check: () => db.ping() },
         logger,

@@ -4,18 +4,25 @@ import pg from "pg";
 import type { Logger } from "pino";
 import { migrate } from "./migrate.ts";
 
+/**
+ * Connections to one database, in pools by the kind of statement. A query sent into a connection whose server
+ * vanished without closing it (a failover, a partition) waits for TCP to give up, ~15 minutes, holding its pool
+ * connection: so every bounded statement runs on a pool whose queries give up after `queryTimeoutMs` and drop
+ * their connection (pg's client-side query_timeout; the server is not told). Statements of unbounded size (a big
+ * CreateBatch's COPY, cancelling or expiring a whole batch, VACUUM, migrations) run on `bulkPool`, without it:
+ * there only TCP keepalive helps (see `keepAlive`).
+ */
 export interface Database {
+  /** Bounded statements (reads, claims, completions, small writes); queries time out. */
   readonly pool: pg.Pool;
+  /** Statements of unbounded size; no query timeout. */
+  readonly bulkPool: pg.Pool;
   /** Connection string (for the LISTEN connection and child tools). Contains no secret for the embedded server. */
   readonly url: string;
   /** True when lote started its own PostgreSQL. */
   readonly embedded: boolean;
-  /**
-   * Another pool on the same database, ended by close(). Its connections give up on a query that has not answered
-   * within `queryTimeoutMs` and are dropped (the dispatcher's: see Dispatcher). Cleared of lote's timeouts for
-   * statements of unbounded size, which stay on `pool`.
-   */
-  openPool(options: { max: number; queryTimeoutMs: number; applicationName: string }): pg.Pool;
+  /** Another pool like `pool` (its queries time out), ended by close(): the dispatcher's own. */
+  openPool(options: { max: number; applicationName: string }): pg.Pool;
   /** Is Postgres answering? (health checks) */
   ping(): Promise<boolean>;
   close(): Promise<void>;
@@ -26,8 +33,10 @@ export interface OpenDatabaseOptions {
   readonly dataDir: string;
   readonly embeddedPort: number;
   readonly logger: Logger;
-  /** Pool size. Default 20: claims, completions, API reads and streams share it. */
+  /** Size of `pool`. Default 20: API reads, streams, auth and health share it. */
   readonly poolSize?: number;
+  /** How long a query on `pool` (and pools from openPool) may take. Default 10,000 ms. */
+  readonly queryTimeoutMs?: number;
 }
 
 /**
@@ -71,13 +80,18 @@ export async function openDatabase(options: OpenDatabaseOptions): Promise<Databa
     pools.push(p);
     return p;
   };
-  const pool = newPool({ max: options.poolSize ?? 20, application_name: "lote" });
-  await migrate(pool);
+  const queryTimeout = options.queryTimeoutMs ?? 10_000;
+  const pool = newPool({ max: options.poolSize ?? 20, query_timeout: queryTimeout, application_name: "lote" });
+  // 10: each of these statements is long, and a node runs few at once (CreateBatch calls of over 1,000 requests,
+  // cancels, RetryBatch, expiry, VACUUM). Idle ones close after 10 s, so few are left to go stale.
+  const bulkPool = newPool({ max: 10, idleTimeoutMillis: 10_000, application_name: "lote-bulk" });
+  await migrate(bulkPool);
   return {
     pool,
+    bulkPool,
     url,
     embedded: embedded !== undefined,
-    openPool: (o) => newPool({ max: o.max, query_timeout: o.queryTimeoutMs, application_name: o.applicationName }),
+    openPool: (o) => newPool({ max: o.max, query_timeout: queryTimeout, application_name: o.applicationName }),
     async ping() {
       try {
         await pool.query("SELECT 1");
@@ -97,7 +111,7 @@ export async function openDatabase(options: OpenDatabaseOptions): Promise<Databa
  * TCP keepalive on every connection to Postgres: a database host that vanished without closing its connections (a
  * failover, a partition) is noticed on an idle connection after 10 s plus Node's 10 probes 1 s apart, ~20 s,
  * instead of never (idle pool connections, the LISTEN connection) or ~15 minutes of retransmissions. A query sent
- * into such a connection is not covered: see the dispatcher's query timeout.
+ * into such a connection is not covered: see `Database`.
  */
 export const keepAlive = { keepAlive: true, keepAliveInitialDelayMillis: 10_000 } as const;
 

@@ -2,8 +2,9 @@ import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestDatabase, type TestDatabase } from "../support/database.ts";
+import { batchServiceClient, call } from "../support/grpc-client.ts";
 import { startLoteProcess, type LoteProcess } from "../support/lote-process.ts";
-import { TcpProxy } from "../support/tcp-proxy.ts";
+import { proxyTo, type TcpProxy } from "../support/tcp-proxy.ts";
 import { until } from "../support/until.ts";
 
 const protoDir = new URL("../../proto/", import.meta.url).pathname;
@@ -17,36 +18,68 @@ function healthClient(port: number): any {
 const check = (client: any): Promise<string> =>
   new Promise((resolve, reject) => client.check({ service: "" }, (err: Error | null, res: any) => (err ? reject(err) : resolve(res.status))));
 
-
-describe("health follows Postgres", () => {
-  let db: TestDatabase;
-  let proxy: TcpProxy;
-  let lote: LoteProcess;
-  let client: any;
-
+/** A fresh database and a `lote` process that reaches it through a proxy, for the describe block's tests. */
+function useLoteBehindProxy(options: { role?: "serve" | "api"; config?: Record<string, unknown> } = {}) {
+  const handle = {} as { db: TestDatabase; proxy: TcpProxy; lote: LoteProcess };
   beforeAll(async () => {
-    db = await createTestDatabase();
-    const url = new URL(db.url);
-    proxy = new TcpProxy({ host: url.hostname, port: Number(url.port || 5432) });
-    const port = await proxy.start();
-    url.hostname = "127.0.0.1";
-    url.port = String(port);
-    lote = await startLoteProcess({ databaseUrl: url.toString() });
-    client = healthClient(lote.port);
+    handle.db = await createTestDatabase();
+    const { proxy, url } = await proxyTo(handle.db.url);
+    handle.proxy = proxy;
+    handle.lote = await startLoteProcess({ databaseUrl: url, ...options });
   });
   afterAll(async () => {
-    client?.close();
-    await lote?.stop();
-    await proxy?.cut();
-    await db?.drop();
+    await handle.lote?.stop();
+    await handle.proxy?.cut();
+    await handle.db?.drop();
   });
+  return handle;
+}
+
+describe("health follows Postgres", () => {
+  const fixture = useLoteBehindProxy();
+  let client: any;
+  beforeAll(() => {
+    client = healthClient(fixture.lote.port);
+  });
+  afterAll(() => client?.close());
 
   it("reports SERVING, NOT_SERVING while Postgres is unreachable, and SERVING again when it is back", async () => {
+    const { proxy } = fixture;
     expect(await check(client)).toBe("SERVING");
     const port = proxy.port;
     await proxy.cut();
     await until("NOT_SERVING", async () => (await check(client)) === "NOT_SERVING", 20_000, 100);
     await proxy.start(port);
     await until("SERVING again", async () => (await check(client)) === "SERVING", 20_000, 100);
+  });
+});
+
+describe("reads when Postgres goes silent", () => {
+  const fixture = useLoteBehindProxy({ role: "api", config: { query_timeout_ms: 1_000 } });
+  let client: any;
+  beforeAll(() => {
+    client = batchServiceClient(`127.0.0.1:${fixture.lote.port}`);
+  });
+  afterAll(() => client?.close());
+
+  it("answers UNAVAILABLE, then reads again over new connections, when its connections go silent as in a failover", async () => {
+    const batch = await call(client, "createBatch", {
+      endpoint: "ENDPOINT_CLASSIFY", requests: [{ customId: "a", bodyJson: Buffer.from('{"model":"lote-sentiment","input":"bom"}') }],
+    });
+    // Several pool connections open and idle, all of them frozen next: no data, no FIN, no RST. Before query
+    // timeouts each read sent into one waited ~15 minutes for TCP, and held its pool connection as long.
+    await Promise.all(Array.from({ length: 8 }, () => call(client, "getBatch", { id: batch.id })));
+    expect(fixture.proxy.freeze()).toBeGreaterThanOrEqual(2);
+    const deadline = () => ({ deadline: Date.now() + 3_000 });
+    const codes: number[] = [];
+    const read = await until("a read answered over a new connection", async () =>
+      call(client, "getBatch", { id: batch.id }, undefined, deadline()).catch((err: grpc.ServiceError) => void codes.push(err.code)), 20_000, 50);
+    expect(read.id).toBe(batch.id);
+    // The reads that met a frozen connection were told to retry (the server gave up after 1 s), not left to the
+    // client's deadline.
+    expect(codes.length).toBeGreaterThanOrEqual(1);
+    expect(new Set(codes)).toEqual(new Set([grpc.status.UNAVAILABLE]));
+    const again = await Promise.all(Array.from({ length: 8 }, () => call(client, "getBatch", { id: batch.id }, undefined, deadline())));
+    expect(again.every((b) => b.id === batch.id)).toBe(true);
   });
 });

@@ -8,7 +8,7 @@ import { batchServiceClient, call, chatRequest, collect } from "../support/grpc-
 import { startLoteProcess, type LoteProcess } from "../support/lote-process.ts";
 import { metricOf, sample, scrapeMetrics } from "../support/metrics.ts";
 import { freePort } from "../support/ports.ts";
-import { TcpProxy } from "../support/tcp-proxy.ts";
+import { proxyTo, type TcpProxy } from "../support/tcp-proxy.ts";
 import { until } from "../support/until.ts";
 
 
@@ -141,17 +141,13 @@ describe("dispatch against the simulated backend (real processes, sockets and Po
     // a connection waits for TCP to give up (~15 minutes): before query timeouts the worker's claims, completions
     // and heartbeats all hung there, and so did the batch.
     sim = await startSimulator({ port: 0, latency: { kind: "fixed", ms: 20 } });
-    const proxy = new TcpProxy({ host: new URL(db.url).hostname, port: Number(new URL(db.url).port || 5432) });
-    await proxy.start();
+    const { proxy, url: viaProxy } = await proxyTo(db.url);
     proxies.push(proxy);
-    const viaProxy = new URL(db.url);
-    viaProxy.hostname = "127.0.0.1";
-    viaProxy.port = String(proxy.port);
     const model = modelConfig(sim, { max_concurrency: 16 });
     const api = await start("api", { models: [model] });
     const worker = await startLoteProcess({
-      databaseUrl: viaProxy.toString(), role: "worker",
-      config: { models: [model], worker: { query_timeout_ms: 1_000, lease_ms: 6_000, maintenance_interval_ms: 200 } },
+      databaseUrl: viaProxy, role: "worker",
+      config: { models: [model], query_timeout_ms: 1_000, worker: { lease_ms: 6_000, maintenance_interval_ms: 200 } },
     });
     processes.push(worker);
     const client = clientOf(api);

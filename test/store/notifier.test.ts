@@ -2,7 +2,7 @@ import pino from "pino";
 import { describe, expect, it } from "vitest";
 import { Notifier } from "../../src/store/index.ts";
 import { useMigratedDatabase } from "../support/database.ts";
-import { TcpProxy } from "../support/tcp-proxy.ts";
+import { proxyTo } from "../support/tcp-proxy.ts";
 
 describe("Notifier", () => {
   const fixture = useMigratedDatabase();
@@ -35,13 +35,8 @@ describe("Notifier", () => {
   it("replaces a LISTEN connection that stops answering without closing, and hears notifications again", async () => {
     // Through a proxy that then freezes the connection: no data, no FIN, no RST, as when the server's host
     // vanishes. Only the ping can tell; the connection itself would wait for notifications forever.
-    const target = new URL(fixture.db.url);
-    const proxy = new TcpProxy({ host: target.hostname, port: Number(target.port || 5432) });
-    await proxy.start();
-    const viaProxy = new URL(fixture.db.url);
-    viaProxy.hostname = "127.0.0.1";
-    viaProxy.port = String(proxy.port);
-    const notifier = new Notifier({ connectionString: viaProxy.toString(), logger: pino({ level: "silent" }), pingMs: 300 });
+    const { proxy, url } = await proxyTo(fixture.db.url);
+    const notifier = new Notifier({ connectionString: url, logger: pino({ level: "silent" }), pingMs: 300 });
     await notifier.start();
     try {
       const reconnected = new Promise<void>((resolve) => notifier.once("reconnected", () => resolve()));

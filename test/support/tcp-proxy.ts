@@ -54,3 +54,12 @@ export class TcpProxy {
     await new Promise<void>((resolve) => this.server?.close(() => resolve()) ?? resolve());
   }
 }
+
+/** A started proxy to the Postgres of `databaseUrl`, and the same URL through it. */
+export async function proxyTo(databaseUrl: string): Promise<{ proxy: TcpProxy; url: string }> {
+  const url = new URL(databaseUrl);
+  const proxy = new TcpProxy({ host: url.hostname, port: Number(url.port || 5432) });
+  url.hostname = "127.0.0.1";
+  url.port = String(await proxy.start());
+  return { proxy, url: url.toString() };
+}
