@@ -11,7 +11,7 @@ import { isTerminal } from "../batch/batch-status.ts";
 import { newBatchId } from "../batch/ids.ts";
 import { validateBatchOptions, validateRequests } from "../batch/validate-requests.ts";
 import { cancelBatch, createBatch, getBatch, getResults, type ResultRecord } from "../store/index.ts";
-import type { BatchServiceDeps } from "./batch-service.ts";
+import { isSmallBatch, type BatchServiceDeps } from "./batch-service.ts";
 import { toRequestInputs } from "./batch-service.ts";
 import { invalidArgument } from "./errors.ts";
 import { endpointPath, toBatch, toResult } from "./to-proto.ts";
@@ -43,7 +43,9 @@ export async function runBatch(deps: BatchServiceDeps, req: RunBatchRequest, ctx
     { maxRequests: deps.config.runBatchMaxRequests, maxBodyBytes: deps.config.maxBodyBytes, models: deps.config.models });
   if (!checked.ok) violations.push(...checked.violations);
   if (violations.length > 0 || !checked.ok) throw invalidArgument(violations);
-  const { batch } = await createBatch(deps.bulkPool, {
+  // At most 1,000 requests (run_batch_max_requests): its cancel is as bounded as its insert.
+  const db = isSmallBatch(checked.requests) ? deps.pool : deps.bulkPool;
+  const { batch } = await createBatch(db, {
     id: newBatchId(), tenantId: tenant, endpoint: endpoint!, model: checked.model, priority: runBatchPriority,
     completionWindowSeconds: runBatchWindowSeconds, metadata: req.metadata, items: checked.requests,
   });
@@ -71,7 +73,7 @@ export async function runBatch(deps: BatchServiceDeps, req: RunBatchRequest, ctx
     }
     if (byIdx.size < checked.requests.length) {
       // Nobody will read the rest: stop spending backend capacity on it. If this fails the batch expires in an hour.
-      await cancelBatch(deps.bulkPool, tenant, batch.id).catch((err) =>
+      await cancelBatch(db, tenant, batch.id).catch((err) =>
         deps.logger.warn({ err: (err as Error).message, batchId: batch.id }, "RunBatch could not cancel its unfinished requests"));
       seen = (await getBatch(deps.pool, tenant, batch.id))!;
     }

@@ -82,4 +82,18 @@ describe("reads when Postgres goes silent", () => {
     const again = await Promise.all(Array.from({ length: 8 }, () => call(client, "getBatch", { id: batch.id }, undefined, deadline())));
     expect(again.every((b) => b.id === batch.id)).toBe(true);
   });
+
+  it("creates a small batch again soon after its connections go silent, answering UNAVAILABLE meanwhile", async () => {
+    const small = () => call(client, "createBatch", {
+      endpoint: "ENDPOINT_CLASSIFY", requests: [{ customId: "a", bodyJson: Buffer.from('{"model":"lote-sentiment","input":"bom"}') }],
+    }, undefined, { deadline: Date.now() + 3_000 });
+    await Promise.all(Array.from({ length: 4 }, small));
+    expect(fixture.proxy.freeze()).toBeGreaterThanOrEqual(1);
+    // A small batch goes in over the pool whose queries time out; on the bulk pool it waited for TCP.
+    const codes: number[] = [];
+    const created = await until("a batch created over a new connection", async () =>
+      small().catch((err: grpc.ServiceError) => void codes.push(err.code)), 20_000, 50);
+    expect(created.status).toBe("BATCH_STATUS_IN_PROGRESS");
+    expect(codes.every((c) => c === grpc.status.UNAVAILABLE)).toBe(true);
+  });
 });
