@@ -31,12 +31,22 @@ export class Notifier extends EventEmitter<{ notification: [Channel, string]; re
   }
 
   private async connect(): Promise<void> {
-    const client = new pg.Client({ connectionString: this.options.connectionString, application_name: "lote-listener", ...keepAlive });
+    // Deadlines for the connect (one to a host that vanished waits out SYN retries, ~2 minutes) and for every query
+    // (LISTEN, the ping).
+    const ms = this.options.pingMs ?? 10_000;
+    const client = new pg.Client({
+      connectionString: this.options.connectionString, application_name: "lote-listener", connectionTimeoutMillis: ms, query_timeout: ms, ...keepAlive,
+    });
     client.on("notification", (msg) => this.emit("notification", msg.channel as Channel, msg.payload ?? ""));
     client.on("error", (err) => this.lost(client, err));
     client.on("end", () => this.lost(client, new Error("connection ended")));
-    await client.connect();
-    for (const channel of channels) await client.query(`LISTEN ${channel}`);
+    try {
+      await client.connect();
+      for (const channel of channels) await client.query(`LISTEN ${channel}`);
+    } catch (err) {
+      client.end().catch(() => {});
+      throw err;
+    }
     this.client = client;
     this.retryMs = 100;
     this.schedulePing(client);
@@ -46,7 +56,7 @@ export class Notifier extends EventEmitter<{ notification: [Channel, string]; re
     const ms = this.options.pingMs ?? 10_000;
     this.pingTimer = setTimeout(() => {
       if (this.client !== client) return;
-      client.query({ text: "SELECT 1", query_timeout: ms } as pg.QueryConfig).then(
+      client.query("SELECT 1").then(
         () => this.schedulePing(client),
         (err: Error) => this.lost(client, new Error(`no answer to a ping within ${ms} ms (${err.message})`)),
       );
