@@ -11,6 +11,8 @@ export interface CompleterOptions {
   readonly flushMs: number;
   /** Called after each successful flush with the batches it touched and the completions it wrote. */
   readonly onFlushed: (touched: { batchId: string; finished: boolean }[], rows: readonly Completion[]) => void;
+  /** Called when a flush failed and will be retried. */
+  readonly onFailed?: () => void;
 }
 
 /**
@@ -66,6 +68,7 @@ export class Completer {
       this.failures = 0;
     } catch (err) {
       this.failures++;
+      this.o.onFailed?.();
       this.o.logger.warn({ err: (err as Error).message, rows: rows.length, failures: this.failures }, "completion flush failed; will retry");
       this.buffer.unshift(...rows);
     }

@@ -39,9 +39,14 @@ export interface DispatcherOptions {
 /** What a call's end wrote: its completion's outcome, or "expired" when expiry had written the item already. */
 export type CallOutcome = Completion["outcome"] | "expired";
 
+/** What the dispatcher asks of Postgres, for counting the statements that failed. */
+export type DatabaseOperation = "claim" | "completion" | "heartbeat" | "workers" | "maintenance";
+
 export interface DispatchObserver {
   claimed(model: string, items: number, seconds: number): void;
   callEnded(model: string, outcome: CallOutcome, seconds: number): void;
+  /** A statement failed (a lost or timed-out connection, most often); it is retried. */
+  databaseFailed(operation: DatabaseOperation): void;
 }
 
 interface ModelLoop {
@@ -113,6 +118,7 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
     this.log = o.logger.child({ workerId: o.workerId });
     this.completer = new Completer({
       pool: o.pool, logger: this.log, batchSize: o.worker.completionBatchSize, flushMs: o.worker.completionFlushMs,
+      onFailed: () => o.observer?.databaseFailed("completion"),
       onFlushed: (touched, rows) => {
         for (const row of rows) this.held.release(row);
         const finished = touched.filter((t) => t.finished).map((t) => t.batchId);
@@ -126,7 +132,7 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
       },
     });
     this.maintenance = new Maintenance({
-      pool: o.pool, bulkPool: o.bulkPool ?? o.pool, models: o.models, inFlight: this.inFlight, logger: this.log, intervalMs: o.worker.maintenanceIntervalMs,
+      pool: o.pool, bulkPool: o.bulkPool ?? o.pool, onFailed: () => o.observer?.databaseFailed("maintenance"), models: o.models, inFlight: this.inFlight, logger: this.log, intervalMs: o.worker.maintenanceIntervalMs,
     });
     for (const [name, config] of o.models) {
       const backend = o.backends.get(name);
@@ -144,8 +150,10 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
     // Renew leases three times per lease: two heartbeats can be lost before another node rescues our items. The
     // worker's own row (lote.workers) is renewed with them, and the shares read again.
     this.heartbeatTimer = setInterval(() => {
-      heartbeat(this.o.pool, this.o.workerId, this.held.list(), this.o.worker.leaseMs).catch((err) =>
-        this.log.warn({ err: (err as Error).message }, "heartbeat failed"));
+      heartbeat(this.o.pool, this.o.workerId, this.held.list(), this.o.worker.leaseMs).catch((err) => {
+        this.o.observer?.databaseFailed("heartbeat");
+        this.log.warn({ err: (err as Error).message }, "heartbeat failed");
+      });
       void this.refreshShares();
     }, Math.max(100, Math.floor(this.o.worker.leaseMs / 3)));
     this.heartbeatTimer.unref();
@@ -205,6 +213,7 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
         }
       } while (this.sharesAgain);
     } catch (err) {
+      this.o.observer?.databaseFailed("workers");
       this.log.warn({ err: (err as Error).message }, "reading the workers alive failed");
     }
   }
@@ -266,6 +275,7 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
         errors = 0;
       } catch (err) {
         errors++;
+        this.o.observer?.databaseFailed("claim");
         this.log.warn({ err: (err as Error).message, model: config.name }, "claim failed");
         await this.waitForWake(loop, Math.min(5_000, 100 * 2 ** errors));
         continue;

@@ -10,6 +10,8 @@ export interface MaintenanceOptions {
   readonly pool: pg.Pool;
   /** Expiry (a whole batch's items in one transaction) and VACUUM: no query timeout (see DispatcherOptions). */
   readonly bulkPool: pg.Pool;
+  /** Called when a task failed (it runs again at the next tick). */
+  readonly onFailed?: () => void;
   readonly models: ReadonlyMap<string, ModelConfig>;
   readonly inFlight: InFlight;
   readonly logger: Logger;
@@ -120,6 +122,7 @@ export class Maintenance {
     try {
       await work();
     } catch (err) {
+      this.o.onFailed?.();
       this.o.logger.warn({ err: (err as Error).message, task: what }, "maintenance task failed");
     }
   }

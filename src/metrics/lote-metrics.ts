@@ -7,7 +7,7 @@
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
 import type { ModelConfig } from "../config/config.ts";
-import type { CallOutcome, Dispatcher, DispatchObserver } from "../dispatch/index.ts";
+import type { CallOutcome, DatabaseOperation, Dispatcher, DispatchObserver } from "../dispatch/index.ts";
 
 /**
  * Inference calls take from a few ms (a small model, a cache hit) to minutes (long generations): buckets from 5 ms
@@ -27,6 +27,7 @@ export class LoteMetrics implements DispatchObserver {
   readonly #callSeconds: Histogram<"model" | "outcome">;
   readonly #apiCalls: Counter<"method" | "code">;
   readonly #apiSeconds: Histogram<"method" | "code">;
+  readonly #databaseErrors: Counter<"operation">;
 
   constructor() {
     const registers = [this.registry];
@@ -50,6 +51,11 @@ export class LoteMetrics implements DispatchObserver {
     this.#apiSeconds = new Histogram({
       name: "lote_api_call_duration_seconds", help: "Time of one API call; for a stream, until its last message.",
       labelNames: ["method", "code"], buckets: apiBuckets, registers,
+    });
+    this.#databaseErrors = new Counter({
+      name: "lote_dispatch_database_errors_total",
+      help: "Dispatcher statements that failed and will be retried (a lost or timed-out connection, most often), by operation: claim, completion, heartbeat, workers, maintenance.",
+      labelNames: ["operation"], registers,
     });
   }
 
@@ -101,6 +107,10 @@ export class LoteMetrics implements DispatchObserver {
   callEnded(model: string, outcome: CallOutcome, seconds: number): void {
     this.#calls.inc({ model, outcome });
     this.#callSeconds.observe({ model, outcome }, seconds);
+  }
+
+  databaseFailed(operation: DatabaseOperation): void {
+    this.#databaseErrors.inc({ operation });
   }
 
   /** Gauges read from the dispatcher at each scrape, and each model's configured fleet-wide limit. */

@@ -145,9 +145,10 @@ describe("dispatch against the simulated backend (real processes, sockets and Po
     proxies.push(proxy);
     const model = modelConfig(sim, { max_concurrency: 16 });
     const api = await start("api", { models: [model] });
+    const metricsPort = await freePort();
     const worker = await startLoteProcess({
       databaseUrl: viaProxy, role: "worker",
-      config: { models: [model], query_timeout_ms: 1_000, worker: { lease_ms: 6_000, maintenance_interval_ms: 200 } },
+      config: { models: [model], query_timeout_ms: 1_000, metrics: { port: metricsPort }, worker: { lease_ms: 6_000, maintenance_interval_ms: 200 } },
     });
     processes.push(worker);
     const client = clientOf(api);
@@ -166,6 +167,8 @@ describe("dispatch against the simulated backend (real processes, sockets and Po
     // It noticed by itself: queries abandoned after 1 s, and the LISTEN connection replaced when its ping went unanswered.
     await until("the LISTEN connection replaced", async () => (worker.logs().includes("notification connection re-established") ? true : undefined), 10_000);
     expect(worker.logs()).toContain("Query read timeout");
+    // And says so to Prometheus: at least the claims under way when the connections froze failed.
+    expect(await metricOf(metricsPort, 'lote_dispatch_database_errors_total{operation="claim"}')).toBeGreaterThanOrEqual(1);
   });
 
   it("never exceeds max_concurrency, measured at the backend, with two worker processes", async () => {
