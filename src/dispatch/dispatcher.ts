@@ -132,7 +132,8 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
       },
     });
     this.maintenance = new Maintenance({
-      pool: o.pool, bulkPool: o.bulkPool ?? o.pool, onFailed: () => o.observer?.databaseFailed("maintenance"), models: o.models, inFlight: this.inFlight, logger: this.log, intervalMs: o.worker.maintenanceIntervalMs,
+      pool: o.pool, bulkPool: o.bulkPool ?? o.pool, models: o.models, inFlight: this.inFlight, logger: this.log,
+      intervalMs: o.worker.maintenanceIntervalMs, onFailed: () => o.observer?.databaseFailed("maintenance"),
     });
     for (const [name, config] of o.models) {
       const backend = o.backends.get(name);
