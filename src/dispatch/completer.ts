@@ -63,14 +63,16 @@ export class Completer {
   }
 
   private async write(rows: Completion[]): Promise<void> {
+    // Rows written so far: a flush split around a refused row can fail part way, and only the rest is retried.
+    const written = new Set<Completion>();
     try {
-      await this.writeRows(rows);
+      await this.writeRows(rows, written);
       this.failures = 0;
     } catch (err) {
       this.failures++;
       this.o.onFailed?.();
       this.o.logger.warn({ err: (err as Error).message, rows: rows.length, failures: this.failures }, "completion flush failed; will retry");
-      this.buffer.unshift(...rows);
+      this.buffer.unshift(...(written.size === 0 ? rows : rows.filter((r) => !written.has(r))));
     }
   }
 
@@ -80,17 +82,18 @@ export class Completer {
    * every flush after it would carry it: one bad answer stopped all of a node's completions, forever. Anything
    * else (a lost connection, a timeout) throws, and the whole flush is retried.
    */
-  private async writeRows(rows: Completion[]): Promise<void> {
+  private async writeRows(rows: Completion[], written: Set<Completion>): Promise<void> {
     try {
       const touched = await completeItems(this.o.pool, rows);
+      for (const r of rows) written.add(r);
       this.flushedTotal += rows.length;
       this.o.onFlushed(touched, rows);
     } catch (err) {
       if (!refusesData(err)) throw err;
       if (rows.length > 1) {
         const half = rows.length >> 1;
-        await this.writeRows(rows.slice(0, half));
-        await this.writeRows(rows.slice(half));
+        await this.writeRows(rows.slice(0, half), written);
+        await this.writeRows(rows.slice(half), written);
         return;
       }
       const row = rows[0]!;
@@ -98,6 +101,7 @@ export class Completer {
       if (row.outcome === "failed" && row.errorCode === "result_not_storable") {
         // Even the replacement was refused: leave the item to its lease and the rescuer, and stop holding it.
         this.o.logger.error({ err: message, batchId: row.batchId, idx: row.idx }, "Postgres refused a completion's replacement; leaving the item to the rescuer");
+        written.add(row);
         this.o.onFlushed([], rows);
         return;
       }
@@ -106,7 +110,8 @@ export class Completer {
         outcome: "failed", batchId: row.batchId, idx: row.idx, attempt: row.attempt, statusCode: row.statusCode,
         requestId: "requestId" in row ? row.requestId : "", errorCode: "result_not_storable",
         errorMessage: `The backend's answer could not be stored: ${message}`.slice(0, 1_000),
-      }]);
+      }], written);
+      written.add(row);
     }
   }
 
