@@ -16,7 +16,7 @@ import {
 } from "../batch/validate-requests.ts";
 import type { Config } from "../config/config.ts";
 import {
-  cancelBatch, createBatch, getBatch, getUnsucceededItems, listBatches,
+  cancelBatch, createBatch, getBatch, getUnsucceededItems, isBoundedBatch, listBatches,
 } from "../store/index.ts";
 import type { Authenticator } from "./auth.ts";
 import { decodePageToken, encodePageToken } from "./cursor.ts";
@@ -27,7 +27,7 @@ import { endpointPath, storeStatus, toBatch } from "./to-proto.ts";
 import { estimateBatch } from "./estimate-batch.ts";
 
 export interface BatchServiceDeps {
-  /** Reads, and creating small batches (isSmallBatch): its queries time out (Database.pool). */
+  /** Reads, and creating batches of one bounded statement (isBoundedBatch): its queries time out (Database.pool). */
   readonly pool: pg.Pool;
   /** Writes of unbounded size: creating big batches, cancelling and retrying batches (Database.bulkPool). */
   readonly bulkPool: pg.Pool;
@@ -46,19 +46,6 @@ export function toRequestInputs(requests: readonly ProtoRequest[]): RequestInput
  * fill ~2 MB of COPY data; batches up to this size are checked completely before any SQL, as before pipelining.
  */
 const checkedUpFront = 4096;
-
-/**
- * A batch small enough for the bounded pool (its statements time out, see Database): at most 1,000 requests and
- * 8 MiB of bodies, one INSERT of well under a second (a 50,000-request, 25 MB COPY takes ~0.4 s on the 2-core bench
- * machine). Such a CreateBatch or RunBatch then fails fast with UNAVAILABLE when its connection went silent, where
- * on the bulk pool it would wait for TCP. Bigger ones stay on the bulk pool, where no timeout cuts a long insert.
- */
-export function isSmallBatch(rows: readonly ValidRequest[]): boolean {
-  if (rows.length > 1_000) return false;
-  let chars = 0;
-  for (const r of rows) chars += r.body.length;
-  return chars <= 8 * 1024 * 1024;
-}
 
 function* concat<T>(first: readonly T[], rest: Iterable<T>): Generator<T> {
   yield* first;
@@ -93,7 +80,7 @@ export function batchServiceImpl(deps: BatchServiceDeps): ServiceImpl<typeof Bat
       if (violations.length > 0 || checker.violations.length > 0) throw invalidArgument([...violations, ...checker.finish()]);
       let result: Awaited<ReturnType<typeof createBatch>>;
       try {
-        result = await createBatch(checker.done && isSmallBatch(head) ? pool : bulkPool, {
+        result = await createBatch(checker.done && isBoundedBatch(head) ? pool : bulkPool, {
           id: newBatchId(),
           tenantId: tenant,
           requestId: req.requestId || undefined,

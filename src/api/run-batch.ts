@@ -10,8 +10,8 @@ import { RunBatchResponseSchema, type RunBatchRequest, type RunBatchResponse } f
 import { isTerminal } from "../batch/batch-status.ts";
 import { newBatchId } from "../batch/ids.ts";
 import { validateBatchOptions, validateRequests } from "../batch/validate-requests.ts";
-import { cancelBatch, createBatch, getBatch, getResults, type ResultRecord } from "../store/index.ts";
-import { isSmallBatch, type BatchServiceDeps } from "./batch-service.ts";
+import { cancelBatch, createBatch, getBatch, getResults, isBoundedBatch, type ResultRecord } from "../store/index.ts";
+import type { BatchServiceDeps } from "./batch-service.ts";
 import { toRequestInputs } from "./batch-service.ts";
 import { invalidArgument } from "./errors.ts";
 import { endpointPath, toBatch, toResult } from "./to-proto.ts";
@@ -44,7 +44,7 @@ export async function runBatch(deps: BatchServiceDeps, req: RunBatchRequest, ctx
   if (!checked.ok) violations.push(...checked.violations);
   if (violations.length > 0 || !checked.ok) throw invalidArgument(violations);
   // At most 1,000 requests (run_batch_max_requests): its cancel is as bounded as its insert.
-  const db = isSmallBatch(checked.requests) ? deps.pool : deps.bulkPool;
+  const db = isBoundedBatch(checked.requests) ? deps.pool : deps.bulkPool;
   const { batch } = await createBatch(db, {
     id: newBatchId(), tenantId: tenant, endpoint: endpoint!, model: checked.model, priority: runBatchPriority,
     completionWindowSeconds: runBatchWindowSeconds, metadata: req.metadata, items: checked.requests,

@@ -2,7 +2,7 @@
 export { migrate } from "./migrate.ts";
 export { openDatabase, type Database } from "./open-database.ts";
 export type { BatchRecord } from "./batch-row.ts";
-export { createBatch, type NewBatch, type NewItem } from "./create-batch.ts";
+export { createBatch, isBoundedBatch, type NewBatch, type NewItem } from "./create-batch.ts";
 export { batchStatuses, getBatch, listBatches, getUnsucceededItems, type ListBatchesQuery } from "./get-batches.ts";
 export { getResults, getResultsByIdx, type ResultRecord, type ResultFilter } from "./get-results.ts";
 export { cancelBatch, type CancelOutcome } from "./cancel-batch.ts";

@@ -1,7 +1,7 @@
 import type pg from "pg";
 import { runningItemsOf } from "./batch-row.ts";
 import { closeItems, inTransaction, lockBatch } from "./close-items.ts";
-import { transitionBatch, type Queryable } from "./transition-batch.ts";
+import { transitionBatch } from "./transition-batch.ts";
 
 /**
  * IN_PROGRESS (or VALIDATING/FINALIZING) batches past expires_at -> EXPIRED. Every unfinished item, pending or
@@ -10,7 +10,7 @@ import { transitionBatch, type Queryable } from "./transition-batch.ts";
  * `bulkPool` runs those transactions (a whole batch's items: no query timeout there); `pool` the search for due
  * batches, which runs every maintenance tick.
  */
-export async function expireDueBatches(pool: Queryable, bulkPool: pg.Pool = pool as pg.Pool, limit = 100): Promise<string[]> {
+export async function expireDueBatches(pool: pg.Pool, bulkPool: pg.Pool = pool, limit = 100): Promise<string[]> {
   const { rows } = await pool.query(
     `SELECT id FROM lote.batches WHERE status IN ('validating', 'in_progress', 'finalizing') AND expires_at <= now()
       ORDER BY expires_at LIMIT $1`, [limit]);

@@ -20,9 +20,12 @@ export class Notifier extends EventEmitter<{ notification: [Channel, string]; re
   private retryMs = 100;
   private timer: NodeJS.Timeout | undefined;
   private pingTimer: NodeJS.Timeout | undefined;
+  /** The ping's interval, and the deadline of every step of a connection (connect, LISTEN, ping). */
+  private readonly pingMs: number;
 
   constructor(private readonly options: { connectionString: string; logger: Logger; pingMs?: number }) {
     super();
+    this.pingMs = options.pingMs ?? 10_000;
     this.setMaxListeners(0);
   }
 
@@ -33,9 +36,9 @@ export class Notifier extends EventEmitter<{ notification: [Channel, string]; re
   private async connect(): Promise<void> {
     // Deadlines for the connect (one to a host that vanished waits out SYN retries, ~2 minutes) and for every query
     // (LISTEN, the ping).
-    const ms = this.options.pingMs ?? 10_000;
     const client = new pg.Client({
-      connectionString: this.options.connectionString, application_name: "lote-listener", connectionTimeoutMillis: ms, query_timeout: ms, ...keepAlive,
+      connectionString: this.options.connectionString, application_name: "lote-listener",
+      connectionTimeoutMillis: this.pingMs, query_timeout: this.pingMs, ...keepAlive,
     });
     client.on("notification", (msg) => this.emit("notification", msg.channel as Channel, msg.payload ?? ""));
     client.on("error", (err) => this.lost(client, err));
@@ -53,7 +56,7 @@ export class Notifier extends EventEmitter<{ notification: [Channel, string]; re
   }
 
   private schedulePing(client: pg.Client): void {
-    const ms = this.options.pingMs ?? 10_000;
+    const ms = this.pingMs;
     this.pingTimer = setTimeout(() => {
       if (this.client !== client) return;
       client.query("SELECT 1").then(

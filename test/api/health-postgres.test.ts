@@ -1,10 +1,8 @@
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createTestDatabase, type TestDatabase } from "../support/database.ts";
 import { batchServiceClient, call } from "../support/grpc-client.ts";
-import { startLoteProcess, type LoteProcess } from "../support/lote-process.ts";
-import { proxyTo, type TcpProxy } from "../support/tcp-proxy.ts";
+import { useLoteServer } from "../support/lote-process.ts";
 import { until } from "../support/until.ts";
 
 const protoDir = new URL("../../proto/", import.meta.url).pathname;
@@ -18,25 +16,8 @@ function healthClient(port: number): any {
 const check = (client: any): Promise<string> =>
   new Promise((resolve, reject) => client.check({ service: "" }, (err: Error | null, res: any) => (err ? reject(err) : resolve(res.status))));
 
-/** A fresh database and a `lote` process that reaches it through a proxy, for the describe block's tests. */
-function useLoteBehindProxy(options: { role?: "serve" | "api"; config?: Record<string, unknown> } = {}) {
-  const handle = {} as { db: TestDatabase; proxy: TcpProxy; lote: LoteProcess };
-  beforeAll(async () => {
-    handle.db = await createTestDatabase();
-    const { proxy, url } = await proxyTo(handle.db.url);
-    handle.proxy = proxy;
-    handle.lote = await startLoteProcess({ databaseUrl: url, ...options });
-  });
-  afterAll(async () => {
-    await handle.lote?.stop();
-    await handle.proxy?.cut();
-    await handle.db?.drop();
-  });
-  return handle;
-}
-
 describe("health follows Postgres", () => {
-  const fixture = useLoteBehindProxy();
+  const fixture = useLoteServer({ behindProxy: true });
   let client: any;
   beforeAll(() => {
     client = healthClient(fixture.lote.port);
@@ -44,7 +25,7 @@ describe("health follows Postgres", () => {
   afterAll(() => client?.close());
 
   it("reports SERVING, NOT_SERVING while Postgres is unreachable, and SERVING again when it is back", async () => {
-    const { proxy } = fixture;
+    const proxy = fixture.proxy!;
     expect(await check(client)).toBe("SERVING");
     const port = proxy.port;
     await proxy.cut();
@@ -55,7 +36,7 @@ describe("health follows Postgres", () => {
 });
 
 describe("reads when Postgres goes silent", () => {
-  const fixture = useLoteBehindProxy({ role: "api", config: { query_timeout_ms: 1_000 } });
+  const fixture = useLoteServer({ role: "api", config: { query_timeout_ms: 1_000 }, behindProxy: true });
   let client: any;
   beforeAll(() => {
     client = batchServiceClient(`127.0.0.1:${fixture.lote.port}`);
@@ -69,7 +50,7 @@ describe("reads when Postgres goes silent", () => {
     // Several pool connections open and idle, all of them frozen next: no data, no FIN, no RST. Before query
     // timeouts each read sent into one waited ~15 minutes for TCP, and held its pool connection as long.
     await Promise.all(Array.from({ length: 8 }, () => call(client, "getBatch", { id: batch.id })));
-    expect(fixture.proxy.freeze()).toBeGreaterThanOrEqual(2);
+    expect(fixture.proxy!.freeze()).toBeGreaterThanOrEqual(2);
     const deadline = () => ({ deadline: Date.now() + 3_000 });
     const codes: number[] = [];
     const read = await until("a read answered over a new connection", async () =>
@@ -88,7 +69,7 @@ describe("reads when Postgres goes silent", () => {
       endpoint: "ENDPOINT_CLASSIFY", requests: [{ customId: "a", bodyJson: Buffer.from('{"model":"lote-sentiment","input":"bom"}') }],
     }, undefined, { deadline: Date.now() + 3_000 });
     await Promise.all(Array.from({ length: 4 }, small));
-    expect(fixture.proxy.freeze()).toBeGreaterThanOrEqual(1);
+    expect(fixture.proxy!.freeze()).toBeGreaterThanOrEqual(1);
     // A small batch goes in over the pool whose queries time out; on the bulk pool it waited for TCP.
     const codes: number[] = [];
     const created = await until("a batch created over a new connection", async () =>

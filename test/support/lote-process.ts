@@ -7,6 +7,7 @@ import { stringify } from "yaml";
 import { afterAll, beforeAll } from "vitest";
 import { createTestDatabase, type TestDatabase } from "./database.ts";
 import { freePort } from "./ports.ts";
+import { proxyTo, type TcpProxy } from "./tcp-proxy.ts";
 
 export interface LoteProcess {
   readonly child: ChildProcess;
@@ -77,17 +78,24 @@ export async function startLoteProcess(options: {
 }
 
 /**
- * A fresh database and a `lote serve` on it for the file's tests: registers beforeAll/afterAll and returns a handle
- * whose fields are set once beforeAll has run.
+ * A fresh database and a `lote serve` (or `role`) on it for the file's tests: registers beforeAll/afterAll and
+ * returns a handle whose fields are set once beforeAll has run. `behindProxy`: lote reaches the database through a
+ * TcpProxy (`proxy`) the tests can cut or freeze.
  */
-export function useLoteServer(): { db: TestDatabase; lote: LoteProcess } {
-  const handle = {} as { db: TestDatabase; lote: LoteProcess };
+export function useLoteServer(options: { role?: "serve" | "api"; config?: Record<string, unknown>; behindProxy?: boolean } = {}): {
+  db: TestDatabase; lote: LoteProcess; proxy: TcpProxy | undefined;
+} {
+  const { behindProxy, ...start } = options;
+  const handle = {} as { db: TestDatabase; lote: LoteProcess; proxy: TcpProxy | undefined };
   beforeAll(async () => {
     handle.db = await createTestDatabase();
-    handle.lote = await startLoteProcess({ databaseUrl: handle.db.url });
+    let databaseUrl = handle.db.url;
+    if (behindProxy) ({ proxy: handle.proxy, url: databaseUrl } = await proxyTo(databaseUrl));
+    handle.lote = await startLoteProcess({ databaseUrl, ...start });
   });
   afterAll(async () => {
     await handle.lote?.stop();
+    await handle.proxy?.cut();
     await handle.db?.drop();
   });
   return handle;
