@@ -359,7 +359,10 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
     this.wakeAll();
     this.o.notifier.off("notification", this.onNotification);
     this.o.notifier.off("reconnected", this.onReconnected);
-    clearInterval(this.heartbeatTimer);
+    // The heartbeat goes on until every completion is written (below): the calls in flight may run for the whole
+    // grace period (up to 600 s), far past a lease (30 s by default), and an item whose lease ran out meanwhile
+    // would be rescued and called again by another node while this one's call still ran, over max_concurrency,
+    // and this call's answer then fenced out. It renews leases only: `refreshShares` does nothing once stopping.
     this.maintenance.stop();
     await Promise.all([...this.loops.values()].map((l) => l.running));
     // Claims have stopped: the other nodes may take our shares now (our calls in flight still count against the
@@ -375,6 +378,7 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
     this.inFlight.abortAll("shutdown");
     await this.inFlight.whenEmpty();
     await this.completer.drain();
+    clearInterval(this.heartbeatTimer);
     await this.maintenance.idle();
     this.status = "stopped";
     this.log.info("dispatcher stopped");

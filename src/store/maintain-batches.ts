@@ -7,6 +7,9 @@ import { transitionBatch } from "./transition-batch.ts";
  * IN_PROGRESS (or VALIDATING/FINALIZING) batches past expires_at -> EXPIRED. Every unfinished item, pending or
  * running, gets a `batch_expired` result in the same transaction; a worker still calling the backend for one of
  * them is fenced out (its completion matches no running row) and aborts on the `lote_status` notification.
+ * A batch that already has every result completes instead, under the same lock: its last result may have been
+ * written just before expires_at (expiry runs before finalisation in a maintenance tick), or a crash may have
+ * left it FINALIZING; either way nothing of it expired, and EXPIRED would say otherwise.
  * `bulkPool` runs those transactions (a whole batch's items: no query timeout there); `pool` the search for due
  * batches, which runs every maintenance tick.
  */
@@ -18,7 +21,13 @@ export async function expireDueBatches(pool: pg.Pool, bulkPool: pg.Pool = pool, 
   for (const { id } of rows) {
     const done = await inTransaction(bulkPool, async (client) => {
       const status = await lockBatch(client, id);
-      if (!status || !(await transitionBatch(client, id, "expire"))) return false;
+      if (!status) return false;
+      if (await hasEveryResult(client, id)) {
+        if (status === "in_progress") await transitionBatch(client, id, "finalize");
+        await transitionBatch(client, id, "complete");
+        return false;
+      }
+      if (!(await transitionBatch(client, id, "expire"))) return false;
       await closeItems(client, id, ["pending", "running"], "expired", {
         code: "batch_expired",
         message: "This request could not be executed before the completion window expired.",
@@ -28,6 +37,12 @@ export async function expireDueBatches(pool: pg.Pool, bulkPool: pg.Pool = pool, 
     if (done) expired.push(id);
   }
   return expired;
+}
+
+async function hasEveryResult(client: pg.ClientBase, batchId: string): Promise<boolean> {
+  const { rows } = await client.query(
+    "SELECT completed + failed + cancelled + expired >= total AS done FROM lote.batches WHERE id = $1", [batchId]);
+  return rows[0]?.done === true;
 }
 
 /**

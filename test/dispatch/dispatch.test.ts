@@ -525,4 +525,27 @@ describe("dispatch against the simulated backend (real processes, sockets and Po
     const { rows } = await pool.query("SELECT count(*)::int AS n, count(DISTINCT idx)::int AS d FROM lote.results WHERE batch_id = $1", [batch.id]);
     expect(rows[0]).toEqual({ n: 200, d: 200 });
   });
+
+  it("holds the leases of its calls in flight while it stops, so no other node calls them again", async () => {
+    // Calls of 4 s against leases of 1.5 s: the stopping worker's grace period outlasts its leases twice over.
+    sim = await startSimulator({ port: 0, latency: { kind: "fixed", ms: 4_000 } });
+    const config = {
+      models: [modelConfig(sim, { max_concurrency: 2 })], shutdown_grace_ms: 20_000,
+      worker: { lease_ms: 1_500, maintenance_interval_ms: 200 },
+    };
+    const api = await start("api", config);
+    const stopping = await start("worker", config);
+    const batch = await call(clientOf(api), "createBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: requests(2) });
+    await until("both calls at the backend", () => (sim.stats().requests === 2 ? true : undefined));
+    // Another node, whose rescuer looks for lapsed leases every 200 ms.
+    await start("worker", config);
+    expect(await stopping.stop()).toBe(0);
+    const done = await waitForStatus(clientOf(api), batch.id, "BATCH_STATUS_COMPLETED", 30_000);
+    expect(done.requestCounts).toMatchObject({ total: "2", completed: "2", failed: "0" });
+    const { rows } = await pool.query("SELECT idx, attempts FROM lote.results WHERE batch_id = $1 ORDER BY idx", [batch.id]);
+    // Before, the heartbeat stopped with the claims: both leases lapsed during the stop, the other node ran both
+    // requests again (attempts 2, four calls), and the stopping node's answers were fenced out.
+    expect(rows).toEqual([{ idx: 0, attempts: 1 }, { idx: 1, attempts: 1 }]);
+    expect(sim.stats().requests).toBe(2);
+  });
 });

@@ -106,6 +106,53 @@ describe("store", () => {
     expect(after?.expired).toBe(3);
   });
 
+  it("completes, not expires, a batch past its window that already has every result", async () => {
+    await pool.query("UPDATE lote.items SET status = 'cancelled' WHERE status IN ('pending', 'running')");
+    const { batch } = await createBatch(pool, newBatch(2));
+    const claimed = await claim(pool, 10);
+    const done = await completeItems(pool, claimed.map((c) => ({
+      outcome: "succeeded" as const, batchId: c.batchId, idx: c.idx, attempt: c.attempt, statusCode: 200, requestId: "r",
+      body: '{"ok":true}', inputTokens: 1, outputTokens: 1, totalTokens: 2,
+    })));
+    expect(done).toEqual([{ batchId: batch.id, finished: true }]);
+    // The window ends before maintenance finalises it; a second batch was left FINALIZING by a crash.
+    const { batch: left } = await createBatch(pool, newBatch(1));
+    const [only] = await claim(pool, 10);
+    await completeItems(pool, [{ outcome: "failed", batchId: only!.batchId, idx: only!.idx, attempt: only!.attempt, statusCode: 400,
+      requestId: "", errorCode: "http_400", errorMessage: "bad" }]);
+    await pool.query("UPDATE lote.batches SET status = 'finalizing', finalizing_at = now() WHERE id = $1", [left.id]);
+    await pool.query("UPDATE lote.batches SET expires_at = now() - interval '1 second' WHERE id = ANY($1)", [[batch.id, left.id]]);
+    expect(await expireDueBatches(pool)).not.toContain(batch.id);
+    for (const [id, counts] of [[batch.id, { completed: 2, failed: 0 }], [left.id, { completed: 0, failed: 1 }]] as const) {
+      const after = await getBatch(pool, "t1", id);
+      expect(after).toMatchObject({ status: "completed", expired: 0, ...counts });
+      expect(after?.expiredAt).toBeNull();
+    }
+  });
+
+  it("cancels, not re-queues, a request whose retry is written after its batch was cancelled", async () => {
+    await pool.query("UPDATE lote.items SET status = 'cancelled' WHERE status IN ('pending', 'running')");
+    const { batch } = await createBatch(pool, newBatch(3));
+    const claimed = await claim(pool, 10);
+    await completeItems(pool, claimed.slice(0, 2).map((c) => ({
+      outcome: "succeeded" as const, batchId: c.batchId, idx: c.idx, attempt: c.attempt, statusCode: 200, requestId: "r",
+      body: '{"ok":true}', inputTokens: 1, outputTokens: 1, totalTokens: 2,
+    })));
+    expect(await cancelBatch(pool, "t1", batch.id)).toBe("cancelling");
+    // The third call failed with a 429 just as the cancel committed: its completion asks for a retry.
+    const last = claimed[2]!;
+    const done = await completeItems(pool, [{ outcome: "retry", batchId: last.batchId, idx: last.idx, attempt: last.attempt,
+      statusCode: 429, errorCode: "rate_limited", errorMessage: "slow down", retryDelayMs: 0 }]);
+    expect(done).toEqual([{ batchId: batch.id, finished: true }]);
+    expect(await claim(pool, 10)).toEqual([]);
+    expect(await finishBatches(pool, [batch.id])).toEqual([batch.id]);
+    const after = await getBatch(pool, "t1", batch.id);
+    expect(after).toMatchObject({ status: "cancelled", completed: 2, cancelled: 1, failed: 0 });
+    const results = await getResults(pool, batch.id, 0n, 100);
+    expect(results.map((r) => [r.idx, r.errorCode])).toEqual([[0, null], [1, null], [2, "batch_cancelled"]]);
+    expect(results[2]!.errorMessage).toContain("rate_limited");
+  });
+
   it("claims a higher-priority batch's items first", async () => {
     await pool.query("UPDATE lote.items SET status = 'cancelled' WHERE status IN ('pending', 'running')");
     const low = await createBatch(pool, newBatch(3, { priority: 0 }));
