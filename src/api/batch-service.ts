@@ -5,22 +5,22 @@
 import type { ServiceImpl } from "@connectrpc/connect";
 import type pg from "pg";
 import type { Logger } from "pino";
-import { BatchService } from "../../gen/lote/v1/batch_service_pb.ts";
-import type { Request as ProtoRequest } from "../../gen/lote/v1/batch_pb.ts";
+import { BatchService, type ListBatchesRequest } from "../../gen/lote/v1/batch_service_pb.ts";
+import { BatchStatus, type Request as ProtoRequest } from "../../gen/lote/v1/batch_pb.ts";
 import { isTerminal } from "../batch/batch-status.ts";
 import type { BatchEvents } from "../batch/batch-events.ts";
 import { newBatchId } from "../batch/ids.ts";
 import {
-  defaultCompletionWindowSeconds, InvalidRequests, RequestChecker, validateBatchOptions, type FieldViolation,
-  type RequestInput, type ValidRequest,
+  defaultCompletionWindowSeconds, expectedNoNul, InvalidRequests, maxPriority, minPriority, RequestChecker,
+  validateBatchId, validateBatchOptions, type FieldViolation, type RequestInput, type ValidRequest,
 } from "../batch/validate-requests.ts";
 import type { Config } from "../config/config.ts";
 import {
-  cancelBatch, createBatch, getBatch, getUnsucceededItems, isBoundedBatch, listBatches,
+  cancelBatch, createBatch, getBatch, getUnsucceededItems, isBoundedBatch, listBatches, type BatchRecord,
 } from "../store/index.ts";
 import type { Authenticator } from "./auth.ts";
 import { decodePageToken, encodePageToken } from "./cursor.ts";
-import { failedPrecondition, invalidArgument, notFound } from "./errors.ts";
+import { alreadyExists, failedPrecondition, invalidArgument, notFound } from "./errors.ts";
 import { streamResults, watchBatch } from "./result-streams.ts";
 import { runBatch } from "./run-batch.ts";
 import { endpointPath, storeStatus, toBatch } from "./to-proto.ts";
@@ -54,6 +54,42 @@ function* concat<T>(first: readonly T[], rest: Iterable<T>): Generator<T> {
 
 function durationSeconds(d: { seconds: bigint; nanos: number } | undefined): number | undefined {
   return d === undefined ? undefined : Number(d.seconds) + d.nanos / 1e9;
+}
+
+/** Throws INVALID_ARGUMENT for a batch id no batch has: empty, or with a NUL Postgres would refuse as INTERNAL. */
+export function checkBatchId(field: string, id: string): void {
+  const violations = validateBatchId(field, id);
+  if (violations.length > 0) throw invalidArgument(violations);
+}
+
+/** ListBatches' paging and filters. A filter that cannot be applied is refused, never dropped: that listed everything. */
+function listViolations(req: ListBatchesRequest): FieldViolation[] {
+  const v: FieldViolation[] = [];
+  if (req.pageSize < 0) v.push({ field: "page_size", description: `expected 0 or more, got ${req.pageSize}`, reason: "NEGATIVE_PAGE_SIZE" });
+  if (req.status !== BatchStatus.UNSPECIFIED && storeStatus(req.status) === undefined) {
+    v.push({ field: "status", description: `expected BATCH_STATUS_UNSPECIFIED (any) or one of the statuses of lote.v1.BatchStatus, got ${req.status}`, reason: "UNKNOWN_STATUS" });
+  }
+  if (req.metadataValue && !req.metadataKey) {
+    v.push({ field: "metadata_value", description: "expected metadata_key to be set with metadata_value, got metadata_key empty", reason: "METADATA_VALUE_WITHOUT_KEY" });
+  }
+  if (req.metadataKey.includes("\0")) v.push({ field: "metadata_key", description: expectedNoNul("a key", req.metadataKey), reason: "NUL_CHARACTER" });
+  if (req.metadataValue.includes("\0")) v.push({ field: "metadata_value", description: expectedNoNul("a value", req.metadataValue), reason: "NUL_CHARACTER" });
+  return v;
+}
+
+/**
+ * The answer when `request_id` came back with a batch this call did not make (`created` false): a repeated call
+ * gets its own batch back (AIP-155); a request_id used by another call is refused, naming the batch it belongs to.
+ */
+function requestIdInUse(batch: BatchRecord, ownRetryOf: string | null): Error | undefined {
+  if (batch.retriedFrom === ownRetryOf) return undefined;
+  const whose = batch.retriedFrom ? `the retry of batch ${batch.retriedFrom}` : "a batch made by CreateBatch";
+  const wanted = ownRetryOf ? `a retry of batch ${ownRetryOf}` : "a batch made by CreateBatch";
+  return alreadyExists({
+    field: "request_id",
+    description: `expected a request_id not used by another call, got ${JSON.stringify(batch.requestId)}, which names batch ${batch.id} (${whose}), not ${wanted}`,
+    reason: "REQUEST_ID_IN_USE",
+  });
 }
 
 export function batchServiceImpl(deps: BatchServiceDeps): ServiceImpl<typeof BatchService> {
@@ -99,12 +135,15 @@ export function batchServiceImpl(deps: BatchServiceDeps): ServiceImpl<typeof Bat
       const { batch, created } = result;
       // A repeated request_id returns before the COPY pulled any row; the requests must still be valid.
       if (!created && checker.finish().length > 0) throw invalidArgument(checker.violations);
+      const inUse = created ? undefined : requestIdInUse(batch, null);
+      if (inUse) throw inUse;
       deps.logger.info({ batchId: batch.id, requests: batch.total, model: batch.model, created }, created ? "batch created" : "batch returned for a repeated request_id");
       return toBatch(batch);
     },
 
     async getBatch(req, ctx) {
       const tenant = await auth.tenantOf(ctx);
+      checkBatchId("id", req.id);
       const batch = await getBatch(pool, tenant, req.id);
       if (!batch) throw notFound("batch", req.id);
       return toBatch(batch);
@@ -112,7 +151,8 @@ export function batchServiceImpl(deps: BatchServiceDeps): ServiceImpl<typeof Bat
 
     async listBatches(req, ctx) {
       const tenant = await auth.tenantOf(ctx);
-      if (req.pageSize < 0) throw invalidArgument([{ field: "page_size", description: `expected 0 or more, got ${req.pageSize}`, reason: "NEGATIVE_PAGE_SIZE" }]);
+      const violations = listViolations(req);
+      if (violations.length > 0) throw invalidArgument(violations);
       const pageSize = req.pageSize === 0 ? 20 : Math.min(req.pageSize, 1000);
       const filterKey = JSON.stringify([req.status, req.metadataKey, req.metadataValue]);
       let beforeSeq: bigint | undefined;
@@ -134,6 +174,7 @@ export function batchServiceImpl(deps: BatchServiceDeps): ServiceImpl<typeof Bat
 
     async cancelBatch(req, ctx) {
       const tenant = await auth.tenantOf(ctx);
+      checkBatchId("id", req.id);
       const outcome = await cancelBatch(bulkPool, tenant, req.id);
       if (outcome === "not_found") throw notFound("batch", req.id);
       if (typeof outcome === "object") {
@@ -149,6 +190,7 @@ export function batchServiceImpl(deps: BatchServiceDeps): ServiceImpl<typeof Bat
 
     async retryBatch(req, ctx) {
       const tenant = await auth.tenantOf(ctx);
+      checkBatchId("id", req.id);
       const original = await getBatch(pool, tenant, req.id);
       if (!original) throw notFound("batch", req.id);
       if (!isTerminal(original.status)) throw failedPrecondition(req.id, `batch ${req.id} is ${original.status}; only a finished batch can be retried`);
@@ -157,18 +199,22 @@ export function batchServiceImpl(deps: BatchServiceDeps): ServiceImpl<typeof Bat
       if (violations.length > 0) throw invalidArgument(violations);
       const items = await getUnsucceededItems(bulkPool, original.id);
       if (items.length === 0) throw failedPrecondition(req.id, `batch ${req.id} has no failed, expired or cancelled requests to retry`);
-      const { batch } = await createBatch(bulkPool, {
+      const { batch, created } = await createBatch(bulkPool, {
         id: newBatchId(),
         tenantId: tenant,
         requestId: req.requestId || undefined,
         endpoint: original.endpoint,
         model: original.model,
-        priority: original.priority,
+        // A RunBatch batch ran at runBatchPriority (1000), above every user batch; its retry is queued work like any
+        // other, so it gets the default rather than that.
+        priority: original.priority >= minPriority && original.priority <= maxPriority ? original.priority : 0,
         completionWindowSeconds: Math.round(window ?? original.completionWindowSeconds),
         metadata: original.metadata,
         retriedFrom: original.id,
         items,
       });
+      const inUse = created ? undefined : requestIdInUse(batch, original.id);
+      if (inUse) throw inUse;
       deps.logger.info({ batchId: batch.id, retriedFrom: original.id, requests: batch.total }, "batch retried");
       return toBatch(batch);
     },

@@ -18,6 +18,16 @@ export function invalidArgument(violations: readonly FieldViolation[]): ConnectE
   ]);
 }
 
+/**
+ * ALREADY_EXISTS: an idempotency key (AIP-155) already names a batch made by another call, which is not the one this
+ * call would have made; answering with that batch would look like success. The violation names the key's field.
+ */
+export function alreadyExists(violation: FieldViolation): ConnectError {
+  return new ConnectError(`${violation.field}: ${violation.description}`, Code.AlreadyExists, undefined, [
+    { desc: BadRequestSchema, value: create(BadRequestSchema, { fieldViolations: [{ ...violation }] }) },
+  ]);
+}
+
 export function notFound(kind: string, id: string): ConnectError {
   return new ConnectError(`${kind} ${JSON.stringify(id)} not found`, Code.NotFound);
 }

@@ -3,7 +3,7 @@ import type { HandlerContext } from "@connectrpc/connect";
 import { ResultFilter, type StreamResultsRequest, type StreamResultsResponse, type WatchBatchRequest, type WatchBatchResponse } from "../../gen/lote/v1/batch_service_pb.ts";
 import { isTerminal } from "../batch/batch-status.ts";
 import { getBatch, getResults, type BatchRecord } from "../store/index.ts";
-import type { BatchServiceDeps } from "./batch-service.ts";
+import { checkBatchId, type BatchServiceDeps } from "./batch-service.ts";
 import { decodeCursor } from "./cursor.ts";
 import { invalidArgument, notFound } from "./errors.ts";
 import { toBatch, toResult } from "./to-proto.ts";
@@ -15,8 +15,13 @@ const pollMs = 1_000;
 
 export async function* streamResults(deps: BatchServiceDeps, req: StreamResultsRequest, ctx: HandlerContext): AsyncGenerator<StreamResultsResponse> {
   const tenant = await deps.auth.tenantOf(ctx);
-  let after = decodeCursor(req.after);
-  if (after === undefined) throw invalidArgument([{ field: "after", description: "expected a cursor returned with a result, or empty", reason: "INVALID_CURSOR" }]);
+  checkBatchId("batch_id", req.batchId);
+  const cursor = decodeCursor(req.after, req.batchId);
+  if (cursor === undefined) throw invalidArgument([{ field: "after", description: "expected a cursor returned with a result, or empty", reason: "INVALID_CURSOR" }]);
+  if (cursor === "other_batch") {
+    throw invalidArgument([{ field: "after", description: `expected a cursor returned with a result of batch ${req.batchId}, got one of another batch`, reason: "CURSOR_OF_OTHER_BATCH" }]);
+  }
+  let after = cursor;
   const first = await getBatch(deps.pool, tenant, req.batchId);
   if (!first) throw notFound("batch", req.batchId);
   const filter = req.filter === ResultFilter.SUCCEEDED ? "succeeded" : req.filter === ResultFilter.FAILED ? "failed" : "all";
@@ -41,6 +46,7 @@ function fingerprint(b: BatchRecord): string {
 
 export async function* watchBatch(deps: BatchServiceDeps, req: WatchBatchRequest, ctx: HandlerContext): AsyncGenerator<WatchBatchResponse> {
   const tenant = await deps.auth.tenantOf(ctx);
+  checkBatchId("id", req.id);
   let last = "";
   while (!ctx.signal.aborted) {
     const batch = await getBatch(deps.pool, tenant, req.id);

@@ -76,7 +76,7 @@ export function toResult(batchId: string, r: ResultRecord, rawJson: boolean): Re
   const result = create(ResultSchema, {
     id: `res_${batchId.slice(6)}_${r.idx}`,
     customId: r.customId,
-    cursor: encodeCursor(r.seq),
+    cursor: encodeCursor(batchId, r.seq),
     attempts: r.attempts,
     index: BigInt(r.idx),
   });

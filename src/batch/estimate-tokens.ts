@@ -3,14 +3,29 @@
  * tokens_per_minute accounting and EstimateBatch; real usage comes from backend responses.
  */
 const charsPerToken = 4;
+/**
+ * The most output tokens one request is estimated at: what lote.items.est_tokens (integer) holds. A declared 1e300
+ * became a bigint no int64 field of EstimateBatch's answer could carry (INTERNAL); capped, a million requests sum to
+ * ~2^51, still exact in a double.
+ */
+const maxOutputEstimate = 2 ** 31 - 1;
+
+/** Which field declares the body's output limit: the first present of OpenAI's three names for it. */
+export function outputLimitKey(body: Record<string, unknown>): "max_completion_tokens" | "max_tokens" | "max_output_tokens" | undefined {
+  if (body.max_completion_tokens != null) return "max_completion_tokens";
+  if (body.max_tokens != null) return "max_tokens";
+  if (body.max_output_tokens != null) return "max_output_tokens";
+  return undefined;
+}
 
 export function estimateTokens(body: Record<string, unknown>, endpoint: string | undefined, defaultMaxOutput: number): { input: number; output: number } {
   const chars = textLength(body.messages) + textLength(body.prompt) + textLength(body.input) + textLength(body.instructions);
   const input = Math.max(1, Math.ceil(chars / charsPerToken));
-  const declared = body.max_completion_tokens ?? body.max_tokens ?? body.max_output_tokens;
+  const key = outputLimitKey(body);
+  const declared = key && body[key];
   // Embeddings and classification produce no output tokens.
   const producesText = endpoint !== "/v1/embeddings" && endpoint !== "/classify";
-  const output = typeof declared === "number" && declared >= 0 ? Math.floor(declared) : producesText ? defaultMaxOutput : 0;
+  const output = typeof declared === "number" && declared >= 0 ? Math.min(Math.floor(declared), maxOutputEstimate) : producesText ? defaultMaxOutput : 0;
   return { input, output };
 }
 

@@ -5,7 +5,7 @@
  */
 import type { EndpointPath } from "../backends/backend.ts";
 import type { ModelConfig } from "../config/config.ts";
-import { estimateTokens } from "./estimate-tokens.ts";
+import { estimateTokens, outputLimitKey } from "./estimate-tokens.ts";
 
 export interface FieldViolation {
   readonly field: string;
@@ -134,6 +134,7 @@ export class RequestChecker {
     const where = `requests[${i}]`;
     if (!r.customId) this.#add(`${where}.custom_id`, "expected a non-empty custom_id", "MISSING_CUSTOM_ID");
     else if (r.customId.length > maxCustomIdLength) this.#add(`${where}.custom_id`, `expected at most ${maxCustomIdLength} characters, got ${r.customId.length}`, "CUSTOM_ID_TOO_LONG");
+    else if (r.customId.includes("\0")) this.#add(`${where}.custom_id`, expectedNoNul("a custom_id", r.customId), "NUL_CHARACTER");
     else {
       const first = this.#seen.get(r.customId);
       if (first !== undefined) this.#add(`${where}.custom_id`, `duplicate custom_id "${r.customId}", first used by requests[${first}]`, "DUPLICATE_CUSTOM_ID");
@@ -178,6 +179,12 @@ export class RequestChecker {
     if ((parsed as Record<string, unknown>).stream === true) {
       return this.#add(`${field}.stream`, `expected stream to be absent or false${label(r)}: a batch stores each answer whole`, "STREAMING_NOT_SUPPORTED");
     }
+    // JSON.parse reads a number beyond a double (1e400) as Infinity: no count to estimate, and no backend takes it.
+    const limitKey = outputLimitKey(parsed as Record<string, unknown>);
+    const limit = limitKey && (parsed as Record<string, unknown>)[limitKey];
+    if (typeof limit === "number" && !Number.isFinite(limit)) {
+      return this.#add(`${field}.${limitKey}`, `expected a finite number of tokens${label(r)}, got one beyond a double's range (read as ${limit})`, "TOKENS_OUT_OF_RANGE");
+    }
     const config = limits.models.get(m);
     const est = estimateTokens(parsed as Record<string, unknown>, endpoint, config?.defaultMaxOutputTokens ?? 1024);
     return {
@@ -200,21 +207,45 @@ export interface BatchOptionsInput {
 }
 
 export const defaultCompletionWindowSeconds = 24 * 3600;
+/** The priorities users may set. RunBatch's batches run above them (src/api/run-batch.ts). */
+export const minPriority = -100;
+export const maxPriority = 100;
 
-/** metadata (OpenAI: ≤ 16 pairs, key ≤ 64, value ≤ 512), completion window (1 min to 7 days), priority, request_id. */
+/**
+ * Says why `value` cannot be stored when it holds U+0000: PostgreSQL text and jsonb cannot, and such a value failed
+ * its whole statement (22021 invalid byte sequence, 22P05 unsupported Unicode escape) as INTERNAL. Request bodies
+ * need no check: JSON text cannot hold a raw NUL, and a body is stored as its JSON text, a NUL in it escaped.
+ */
+export function expectedNoNul(what: string, value: string): string {
+  return `expected ${what} without NUL characters (U+0000), which PostgreSQL cannot store; got one at index ${value.indexOf("\0")}`;
+}
+
+/** A batch id a call names: anything else is looked up, and not finding it is NOT_FOUND. */
+export function validateBatchId(field: string, id: string): FieldViolation[] {
+  if (id === "") return [{ field, description: "expected a batch id (batch_...), got an empty string", reason: "MISSING_BATCH_ID" }];
+  if (id.includes("\0")) return [{ field, description: expectedNoNul("a batch id", id), reason: "NUL_CHARACTER" }];
+  return [];
+}
+
+/** metadata (OpenAI: ≤ 16 pairs, key ≤ 64, value ≤ 512), completion window (1 min to 7 days), priority, request_id; no NULs. */
 export function validateBatchOptions(o: BatchOptionsInput): FieldViolation[] {
   const v: FieldViolation[] = [];
   const keys = Object.keys(o.metadata);
   if (keys.length > 16) v.push({ field: "metadata", description: `expected at most 16 pairs, got ${keys.length}`, reason: "TOO_MANY_METADATA_PAIRS" });
   for (const k of keys) {
+    const field = `metadata[${JSON.stringify(k.slice(0, 64))}]`;
+    const value = o.metadata[k]!;
     if (k.length > 64) v.push({ field: `metadata[${JSON.stringify(k.slice(0, 20) + "…")}]`, description: `expected a key of at most 64 characters, got ${k.length}`, reason: "METADATA_KEY_TOO_LONG" });
-    if (o.metadata[k]!.length > 512) v.push({ field: `metadata[${JSON.stringify(k.slice(0, 64))}]`, description: `expected a value of at most 512 characters, got ${o.metadata[k]!.length}`, reason: "METADATA_VALUE_TOO_LONG" });
+    else if (k.includes("\0")) v.push({ field, description: expectedNoNul("a key", k), reason: "NUL_CHARACTER" });
+    if (value.length > 512) v.push({ field, description: `expected a value of at most 512 characters, got ${value.length}`, reason: "METADATA_VALUE_TOO_LONG" });
+    else if (value.includes("\0")) v.push({ field, description: expectedNoNul("a value", value), reason: "NUL_CHARACTER" });
   }
   const w = o.completionWindowSeconds;
   if (w !== undefined && (w < 60 || w > 7 * 24 * 3600)) {
     v.push({ field: "completion_window", description: `expected 1 minute to 7 days (60s to 604800s), got ${w}s`, reason: "WINDOW_OUT_OF_RANGE" });
   }
-  if (o.priority < -100 || o.priority > 100) v.push({ field: "priority", description: `expected -100 to 100, got ${o.priority}`, reason: "PRIORITY_OUT_OF_RANGE" });
+  if (o.priority < minPriority || o.priority > maxPriority) v.push({ field: "priority", description: `expected ${minPriority} to ${maxPriority}, got ${o.priority}`, reason: "PRIORITY_OUT_OF_RANGE" });
   if (o.requestId.length > 128) v.push({ field: "request_id", description: `expected at most 128 characters, got ${o.requestId.length}`, reason: "REQUEST_ID_TOO_LONG" });
+  else if (o.requestId.includes("\0")) v.push({ field: "request_id", description: expectedNoNul("a request_id", o.requestId), reason: "NUL_CHARACTER" });
   return v;
 }

@@ -8,6 +8,10 @@ import { until } from "../support/until.ts";
 
 const sentiment = (customId: string, text: string) => ({ customId, bodyJson: Buffer.from(JSON.stringify({ model: "lote-sentiment", input: text })) });
 const texts = ["Eu amo estudar IA!", "Estou muito cansado hoje", "Esse filme foi terrível", "I love this", "I hate this"];
+// The built-in model answers 400 to an empty input: a request that fails, so its batch can be retried.
+const failing = (customId: string) => ({ customId, bodyJson: Buffer.from('{"model":"lote-sentiment","input":""}') });
+/** The error a call ends with; fails the test when it succeeds. */
+const refusal = (p: Promise<unknown>): Promise<grpc.ServiceError> => p.then(() => { throw new Error("accepted"); }, (e) => e);
 
 
 describe("BatchService over gRPC (grpc-js client, server as a child process)", () => {
@@ -21,6 +25,10 @@ describe("BatchService over gRPC (grpc-js client, server as a child process)", (
     lote = await startLoteProcess({ databaseUrl: db.url });
     client = batchServiceClient(`127.0.0.1:${lote.port}`);
     pool = testPool(db.url);
+  });
+  const finished = (id: string) => until(`batch ${id} to finish`, async () => {
+    const b = await call(client, "getBatch", { id });
+    return ["BATCH_STATUS_COMPLETED", "BATCH_STATUS_CANCELLED", "BATCH_STATUS_EXPIRED"].includes(b.status) ? b : undefined;
   });
   afterAll(async () => {
     client?.close();
@@ -75,6 +83,34 @@ describe("BatchService over gRPC (grpc-js client, server as a child process)", (
     expect(JSON.parse(Buffer.from(rest[0].result.response.bodyJson).toString()).object).toBe("list");
   });
 
+  it("refuses to resume a batch's results from a cursor of another batch, and still takes cursors of the earlier form", async () => {
+    const a = await call(client, "createBatch", { endpoint: "ENDPOINT_CLASSIFY", requests: texts.map((t, i) => sentiment(`a${i}`, t)) });
+    const b = await call(client, "createBatch", { endpoint: "ENDPOINT_CLASSIFY", requests: texts.map((t, i) => sentiment(`b${i}`, t)) });
+    await finished(a.id);
+    await finished(b.id);
+    const fromA = (await collect(client.streamResults({ batchId: a.id })))[0].result.cursor;
+    const err = await refusal(collect(client.streamResults({ batchId: b.id, after: fromA })));
+    expect(err.code).toBe(grpc.status.INVALID_ARGUMENT);
+    expect(fieldViolations(err)).toContainEqual(expect.objectContaining({ field: "after", reason: "CURSOR_OF_OTHER_BATCH" }));
+    // "r1:<seq>", the form cursors had before they named their batch: resumes after that seq, as it did.
+    const all = await collect(client.streamResults({ batchId: b.id }));
+    const rest = await collect(client.streamResults({ batchId: b.id, after: Buffer.from("r1:1").toString("base64url") }));
+    expect(rest.map((m: any) => m.result.customId)).toEqual(all.slice(1).map((m: any) => m.result.customId));
+  });
+
+  it("refuses a result cursor or a page token whose position is beyond a bigint with INVALID_ARGUMENT naming the field", async () => {
+    const created = await call(client, "createBatch", { endpoint: "ENDPOINT_CLASSIFY", requests: [sentiment("big", "bom")] });
+    const cursor = Buffer.from("r1:9999999999999999999").toString("base64url");
+    const err = await refusal(collect(client.streamResults({ batchId: created.id, after: cursor })));
+    expect(err.code).toBe(grpc.status.INVALID_ARGUMENT);
+    expect(fieldViolations(err)).toContainEqual(expect.objectContaining({ field: "after", reason: "INVALID_CURSOR" }));
+    // A page token of the first page's filters (none), forged to a seq no bigint holds.
+    const token = Buffer.from(JSON.stringify({ v: 1, s: "99999999999999999999", f: JSON.stringify([0, "", ""]) })).toString("base64url");
+    const listErr = await refusal(call(client, "listBatches", { pageToken: token }));
+    expect(listErr.code).toBe(grpc.status.INVALID_ARGUMENT);
+    expect(fieldViolations(listErr)).toContainEqual(expect.objectContaining({ field: "page_token", reason: "INVALID_PAGE_TOKEN" }));
+  });
+
   it("watches a batch from IN_PROGRESS to COMPLETED and ends the stream", async () => {
     const created = await call(client, "createBatch", { endpoint: "ENDPOINT_CLASSIFY", requests: texts.map((t, i) => sentiment(`w${i}`, t)) });
     const updates = await collect(client.watchBatch({ id: created.id }));
@@ -101,6 +137,19 @@ describe("BatchService over gRPC (grpc-js client, server as a child process)", (
     const times = created.map((b: any) => Number(b.createdAt.seconds) * 1e9 + b.createdAt.nanos);
     expect([...times].sort((a, b) => b - a)).toEqual(times);
     await expect(call(client, "listBatches", { pageToken: "garbage" })).rejects.toMatchObject({ code: grpc.status.INVALID_ARGUMENT });
+  });
+
+  it("refuses ListBatches filters it cannot apply instead of listing everything", async () => {
+    for (const [req, field, reason] of [
+      [{ status: 99 }, "status", "UNKNOWN_STATUS"],
+      [{ metadataValue: "paging" }, "metadata_value", "METADATA_VALUE_WITHOUT_KEY"],
+      [{ metadataKey: "r\0n" }, "metadata_key", "NUL_CHARACTER"],
+      [{ metadataKey: "run", metadataValue: "p\0" }, "metadata_value", "NUL_CHARACTER"],
+    ] as const) {
+      const err = await refusal(call(client, "listBatches", req));
+      expect(err.code).toBe(grpc.status.INVALID_ARGUMENT);
+      expect(fieldViolations(err)).toContainEqual(expect.objectContaining({ field, reason }));
+    }
   });
 
   it("cancels a running batch and refuses to cancel it again", async () => {
@@ -135,6 +184,21 @@ describe("BatchService over gRPC (grpc-js client, server as a child process)", (
     await expect(collect(client.watchBatch({ id: "batch_nope" }))).rejects.toMatchObject({ code: grpc.status.NOT_FOUND });
   });
 
+  it("answers INVALID_ARGUMENT naming the field for an empty batch id, or one with a NUL, on every call that takes an id", async () => {
+    for (const id of ["", "batch_\0"]) {
+      for (const [method, req, field] of [["getBatch", { id }, "id"], ["cancelBatch", { id }, "id"], ["retryBatch", { id }, "id"]] as const) {
+        const err = await refusal(call(client, method, req));
+        expect(err.code).toBe(grpc.status.INVALID_ARGUMENT);
+        expect(fieldViolations(err)).toContainEqual(expect.objectContaining({ field }));
+      }
+      for (const [stream, field] of [[client.streamResults({ batchId: id }), "batch_id"], [client.watchBatch({ id }), "id"]] as const) {
+        const err = await refusal(collect(stream));
+        expect(err.code).toBe(grpc.status.INVALID_ARGUMENT);
+        expect(fieldViolations(err)).toContainEqual(expect.objectContaining({ field }));
+      }
+    }
+  });
+
   describe("bad input gets INVALID_ARGUMENT naming the field, and stores nothing", () => {
     const good = () => sentiment("ok", "bom");
     const cases: [string, Record<string, unknown>, string, string][] = [
@@ -151,6 +215,10 @@ describe("BatchService over gRPC (grpc-js client, server as a child process)", (
       ["a metadata value over 512 characters", { endpoint: "ENDPOINT_CLASSIFY", requests: [good()], metadata: { k: "v".repeat(513) } }, 'metadata["k"]', "METADATA_VALUE_TOO_LONG"],
       ["a window under a minute", { endpoint: "ENDPOINT_CLASSIFY", requests: [good()], completionWindow: { seconds: 59 } }, "completion_window", "WINDOW_OUT_OF_RANGE"],
       ["a window over 7 days", { endpoint: "ENDPOINT_CLASSIFY", requests: [good()], completionWindow: { seconds: 7 * 86400 + 1 } }, "completion_window", "WINDOW_OUT_OF_RANGE"],
+      ["a NUL character in a custom_id", { endpoint: "ENDPOINT_CLASSIFY", requests: [good(), { ...good(), customId: "a\0b" }] }, "requests[1].custom_id", "NUL_CHARACTER"],
+      ["a NUL character in a metadata key", { endpoint: "ENDPOINT_CLASSIFY", requests: [good()], metadata: { "k\0": "v" } }, 'metadata["k\\u0000"]', "NUL_CHARACTER"],
+      ["a NUL character in a metadata value", { endpoint: "ENDPOINT_CLASSIFY", requests: [good()], metadata: { k: "v\0" } }, 'metadata["k"]', "NUL_CHARACTER"],
+      ["a NUL character in request_id", { endpoint: "ENDPOINT_CLASSIFY", requests: [good()], requestId: "idem\0" }, "request_id", "NUL_CHARACTER"],
       ["an oversized custom_id", { endpoint: "ENDPOINT_CLASSIFY", requests: [{ ...good(), customId: "x".repeat(65) }] }, "requests[0].custom_id", "CUSTOM_ID_TOO_LONG"],
       ["an oversized body", { endpoint: "ENDPOINT_CLASSIFY", requests: [{ customId: "b", bodyJson: Buffer.from(JSON.stringify({ model: "lote-sentiment", input: "x".repeat(1024 * 1024) })) }] }, "requests[0].body_json", "BODY_TOO_LARGE"],
     ];
@@ -197,6 +265,15 @@ describe("BatchService over gRPC (grpc-js client, server as a child process)", (
     expect((await pool.query("SELECT count(*)::int AS n FROM lote.batches")).rows[0].n).toBe(before);
   });
 
+  it("refuses a max_tokens too large for a number in EstimateBatch, naming the field, and caps a huge finite one in the estimate", async () => {
+    const body = (maxTokens: string) => Buffer.from(`{"model":"lote-sentiment","input":"bom","max_tokens":${maxTokens}}`);
+    const err = await refusal(call(client, "estimateBatch", { endpoint: "ENDPOINT_CLASSIFY", requests: [sentiment("ok", "bom"), { customId: "inf", bodyJson: body("1e400") }] }));
+    expect(err.code).toBe(grpc.status.INVALID_ARGUMENT);
+    expect(fieldViolations(err)).toContainEqual(expect.objectContaining({ field: "requests[1].body_json.max_tokens", reason: "TOKENS_OUT_OF_RANGE" }));
+    const estimate = await call(client, "estimateBatch", { endpoint: "ENDPOINT_CLASSIFY", requests: [{ customId: "huge", bodyJson: body("1e300") }] });
+    expect(estimate.requests[0].outputTokens).toBe(String(2 ** 31 - 1));
+  });
+
   it("re-runs only the failed requests of a finished batch as a new batch linked to it", async () => {
     const created = await call(client, "createBatch", {
       endpoint: "ENDPOINT_CLASSIFY",
@@ -220,6 +297,37 @@ describe("BatchService over gRPC (grpc-js client, server as a child process)", (
     } finally {
       await holder.query("COMMIT");
       holder.release();
+    }
+  });
+
+  it("retries a RunBatch batch at the default priority, not above every user batch", async () => {
+    const ran = await call(client, "runBatch", { endpoint: "ENDPOINT_CLASSIFY", requests: [failing("r")] });
+    expect(ran.batch.priority).toBe(1000);
+    await finished(ran.batch.id);
+    const retry = await call(client, "retryBatch", { id: ran.batch.id });
+    expect(retry.priority).toBe(0);
+  });
+
+  it("refuses a RetryBatch request_id that belongs to another batch with ALREADY_EXISTS, and repeats its own retry", async () => {
+    const first = await call(client, "createBatch", { endpoint: "ENDPOINT_CLASSIFY", requests: [failing("f")], requestId: "retry-shared" });
+    const other = await call(client, "createBatch", { endpoint: "ENDPOINT_CLASSIFY", requests: [failing("o")] });
+    await finished(first.id);
+    await finished(other.id);
+    const used = await refusal(call(client, "retryBatch", { id: other.id, requestId: "retry-shared" }));
+    expect(used.code).toBe(grpc.status.ALREADY_EXISTS);
+    expect(used.details).toContain(first.id);
+    expect(fieldViolations(used)).toContainEqual(expect.objectContaining({ field: "request_id", reason: "REQUEST_ID_IN_USE" }));
+    const retry = await call(client, "retryBatch", { id: other.id, requestId: "retry-of-other" });
+    expect((await call(client, "retryBatch", { id: other.id, requestId: "retry-of-other" })).id).toBe(retry.id);
+    // The same request_id naming the retry of another batch, in RetryBatch and in CreateBatch.
+    for (const attempt of [
+      () => call(client, "retryBatch", { id: first.id, requestId: "retry-of-other" }),
+      () => call(client, "createBatch", { endpoint: "ENDPOINT_CLASSIFY", requests: [failing("f")], requestId: "retry-of-other" }),
+    ]) {
+      const err = await refusal(attempt());
+      expect(err.code).toBe(grpc.status.ALREADY_EXISTS);
+      expect(err.details).toContain(retry.id);
+      expect(fieldViolations(err)).toContainEqual(expect.objectContaining({ field: "request_id", reason: "REQUEST_ID_IN_USE" }));
     }
   });
 
