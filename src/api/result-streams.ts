@@ -8,7 +8,8 @@ import { decodeCursor } from "./cursor.ts";
 import { invalidArgument, notFound } from "./errors.ts";
 import { toBatch, toResult } from "./to-proto.ts";
 
-// Rows per read: large enough to amortise the round trip (~0.2 ms), small enough to keep a slow reader's memory flat.
+// Rows per read: large enough to amortise the round trip (~0.2 ms), small enough to keep a slow reader's memory flat
+// (and at most 4 MiB of answers per read, getResults).
 const pageSize = 500;
 // Without a notification, re-check this often; notifications normally wake streams within milliseconds.
 const pollMs = 1_000;
@@ -29,12 +30,12 @@ export async function* streamResults(deps: BatchServiceDeps, req: StreamResultsR
     // Read the status BEFORE the results: if the batch was already terminal, every result is committed and an
     // empty read means the stream is complete.
     const status = (await getBatch(deps.pool, tenant, req.batchId))?.status;
-    const rows = await getResults(deps.pool, req.batchId, after, pageSize, filter);
+    const { rows, cutByBytes } = await getResults(deps.pool, req.batchId, after, pageSize, filter);
     for (const row of rows) {
       yield { $typeName: "lote.v1.StreamResultsResponse", result: toResult(req.batchId, row, req.rawJson) };
       after = row.seq;
     }
-    if (rows.length === pageSize) continue;
+    if (rows.length === pageSize || cutByBytes) continue;
     if (!req.follow || !status || isTerminal(status)) return;
     await deps.events.wait(req.batchId, pollMs, ctx.signal);
   }

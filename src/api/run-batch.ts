@@ -59,10 +59,10 @@ export async function runBatch(deps: BatchServiceDeps, req: RunBatchRequest, ctx
     for (;;) {
       const now = (await getBatch(deps.pool, tenant, batch.id))!;
       for (;;) {
-        const rows = await getResults(deps.pool, batch.id, after, 1000);
+        const { rows, cutByBytes } = await getResults(deps.pool, batch.id, after, 1000);
         for (const r of rows) byIdx.set(r.idx, r);
         if (rows.length > 0) after = rows[rows.length - 1]!.seq;
-        if (rows.length < 1000) break;
+        if (rows.length < 1000 && !cutByBytes) break;
       }
       seen = now;
       // All results in is not enough: wait the few ms until the batch is COMPLETED so the answer shows it.

@@ -324,6 +324,19 @@ describe("dispatch against the simulated backend (real processes, sockets and Po
     expect(sim.stats().requests).toBe(3);
   });
 
+  it("streams a batch of large answers whole, in order, a few megabytes per read", async () => {
+    sim = await startSimulator({ port: 0 });
+    const lote = await start("serve", { models: [modelConfig(sim)] });
+    const client = clientOf(lote);
+    // 12 answers of 1 MB: each read of the stream stops near 4 MiB, so the stream goes on over four reads.
+    const batch = await call(client, "createBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: requests(12, "big", { sim: { answer_bytes: 1_000_000 } }) });
+    await waitForStatus(client, batch.id, "BATCH_STATUS_COMPLETED");
+    const results = (await collect(client.streamResults({ batchId: batch.id, rawJson: true }))).map((m: any) => m.result);
+    expect(results.map((r: any) => Number(Buffer.from(r.cursor, "base64url").toString().split(":").at(-1)))).toEqual(Array.from({ length: 12 }, (_, i) => i + 1));
+    expect(new Set(results.map((r: any) => r.customId)).size).toBe(12);
+    expect(results.every((r: any) => r.response.bodyJson.length >= 1_000_000)).toBe(true);
+  });
+
   it("retries a connection reset and a per-request timeout, then succeeds", async () => {
     sim = await startSimulator({ port: 0 });
     const lote = await start("serve", { models: [modelConfig(sim, { timeout_ms: 300 })] });

@@ -62,7 +62,7 @@ describe("store", () => {
       outcome: "failed" as const, batchId: c.batchId, idx: c.idx, attempt: c.attempt, statusCode: 500, requestId: "r",
       errorCode: "x", errorMessage: "y",
     })));
-    const results = await getResults(pool, batch.id, 0n, 100);
+    const { rows: results } = await getResults(pool, batch.id, 0n, 100);
     expect(results.map((r) => r.seq)).toEqual([1n, 2n, 3n, 4n]);
     expect(results.every((r) => r.errorCode === null)).toBe(true);
     const after = await getBatch(pool, "t1", batch.id);
@@ -93,7 +93,7 @@ describe("store", () => {
     expect(await cancelBatch(pool, "t1", batch.id)).toBe("cancelled");
     expect(await cancelBatch(pool, "t1", batch.id)).toEqual({ terminal: "cancelled" });
     expect(await cancelBatch(pool, "t2", batch.id)).toBe("not_found");
-    const results = await getResults(pool, batch.id, 0n, 100);
+    const { rows: results } = await getResults(pool, batch.id, 0n, 100);
     expect(results.map((r) => r.errorCode)).toEqual(Array(5).fill("batch_cancelled"));
   });
 
@@ -148,9 +148,31 @@ describe("store", () => {
     expect(await finishBatches(pool, [batch.id])).toEqual([batch.id]);
     const after = await getBatch(pool, "t1", batch.id);
     expect(after).toMatchObject({ status: "cancelled", completed: 2, cancelled: 1, failed: 0 });
-    const results = await getResults(pool, batch.id, 0n, 100);
+    const { rows: results } = await getResults(pool, batch.id, 0n, 100);
     expect(results.map((r) => [r.idx, r.errorCode])).toEqual([[0, null], [1, null], [2, "batch_cancelled"]]);
     expect(results[2]!.errorMessage).toContain("rate_limited");
+  });
+
+  it("reads a page of results only up to its byte budget, always at least one row", async () => {
+    await pool.query("UPDATE lote.items SET status = 'cancelled' WHERE status IN ('pending', 'running')");
+    const { batch } = await createBatch(pool, newBatch(6));
+    const claimed = await claim(pool, 10);
+    const answer = (mib: number) => JSON.stringify({ pad: "x".repeat(Math.round(mib * 1024 * 1024)) });
+    await completeItems(pool, claimed.map((c) => ({
+      outcome: "succeeded" as const, batchId: c.batchId, idx: c.idx, attempt: c.attempt, statusCode: 200, requestId: "r",
+      body: answer(c.idx === 3 ? 5 : 1.5), inputTokens: 1, outputTokens: 1, totalTokens: 2,
+    })));
+    // 4 MiB per page: three answers of 1.5 MiB start under it (0, 1.5 and 3 MiB read before them), the fourth not.
+    const first = await getResults(pool, batch.id, 0n, 100);
+    expect(first.rows.map((r) => r.seq)).toEqual([1n, 2n, 3n]);
+    expect(first.cutByBytes).toBe(true);
+    // A 5 MiB answer alone is over the budget, and still comes: a page never stalls on one large row.
+    const second = await getResults(pool, batch.id, 3n, 100);
+    expect(second.rows.map((r) => [r.seq, r.body?.length])).toEqual([[4n, answer(5).length]]);
+    expect(second.cutByBytes).toBe(true);
+    const third = await getResults(pool, batch.id, 4n, 100);
+    expect(third.rows.map((r) => r.seq)).toEqual([5n, 6n]);
+    expect(third.cutByBytes).toBe(false);
   });
 
   it("claims a higher-priority batch's items first", async () => {
@@ -258,7 +280,7 @@ describe("store", () => {
       heartbeat.release();
     }
     expect((await pool.query("SELECT count(*)::int AS n FROM lote.items WHERE batch_id = $1", [batch.id])).rows[0].n).toBe(0);
-    expect((await getResults(pool, batch.id, 0n, 10)).map((r) => r.customId)).toEqual(["c0"]);
+    expect((await getResults(pool, batch.id, 0n, 10)).rows.map((r) => r.customId)).toEqual(["c0"]);
   });
 
   it("renews the leases of the items a worker names, not other rows running under its id", async () => {
