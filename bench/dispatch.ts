@@ -57,6 +57,27 @@ const median = (xs: readonly number[]) => {
   const s = [...xs].sort((x, y) => x - y);
   return s.length % 2 ? s[s.length >> 1]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
 };
+/**
+ * What (a) >= 0.75 asks of the machine, from the median lote round: its CPU per item (lote, Postgres and the
+ * simulator) at 0.75 of the bare client's rate, in cores, beside the cores there are; and the most that lote and
+ * Postgres together may spend per item for the 0.75 to fit on them, with the simulator's share as measured.
+ */
+function cpuBudget(loteRuns: readonly RunFigures[], bareRate: number) {
+  const sorted = [...loteRuns].sort((x, y) => x.rate - y.rate);
+  const f = sorted[Math.floor((sorted.length - 1) / 2)]!;
+  const target = 0.75 * bareRate;
+  const perItem = Object.values(f.cpuPerItemUs).reduce((x, y) => x + y, 0);
+  const simulatorUs = f.cpuPerItemUs.simulator ?? 0;
+  return {
+    target,
+    parts: Object.entries(f.cpuPerItemUs).map(([k, v]) => `${k} ${Math.round(v)}`).join(" + ") + ` = ${Math.round(perItem)} µs`,
+    coresNeeded: (target * perItem) / 1e6,
+    coresUsed: Object.values(f.cores).reduce((x, y) => x + y, 0),
+    loteAndPostgresUs: (cpus().length * 1e6) / target - simulatorUs,
+    spentUs: perItem - simulatorUs,
+  };
+}
+
 // Cores each party used, and what that is per item (µs of CPU): where the time goes.
 const cores = (f: RunFigures) => Object.entries(f.cores).map(([k, v]) => `${k} ${v.toFixed(2)} (${Math.round(f.cpuPerItemUs[k]!)} µs)`).join(", ");
 const line = (name: string, f: RunFigures, extra = "") =>
@@ -127,8 +148,15 @@ try {
       `lote submit -> COMPLETED ${median(toCompleted).toFixed(0)} ms for ${int(size.a)}`);
     console.log(`  (a) over h2c: lote / wire limit = ${ratio(lo, bare)}   (target >= 0.75, goal 0.9)`);
     console.log(`  (e) graphile-worker / wire limit = ${ratio(gw, bare)}, lote / graphile-worker = ${ratio(lo, gw)}`);
+    const budget = runs.lote.length > 0 && runs.bare.length > 0 ? cpuBudget(runs.lote, bare) : undefined;
+    if (budget) {
+      console.log(`  at 0.75 of the bare client (${int(budget.target)}/s), the median lote round's CPU per item (${budget.parts}) ` +
+        `needs ${budget.coresNeeded.toFixed(2)} cores; the machine has ${cpus().length}, and that round used ${budget.coresUsed.toFixed(2)}. ` +
+        `On ${cpus().length} cores lote and Postgres together may spend ${Math.round(budget.loteAndPostgresUs)} µs per item at most; they spent ${Math.round(budget.spentUs)}`);
+    }
     Object.assign(results, { a: { bare, lote: lo, graphile: gw, ratio: Number(ratio(lo, bare)), submitToCompletedMs: median(toCompleted) },
-      e: { ratioToBare: Number(ratio(gw, bare)), loteOverGraphile: Number(ratio(lo, gw)) } });
+      e: { ratioToBare: Number(ratio(gw, bare)), loteOverGraphile: Number(ratio(lo, gw)) },
+      ...(budget ? { budgetAt075: { coresNeeded: budget.coresNeeded, coresUsed: budget.coresUsed, loteAndPostgresUsAllowed: budget.loteAndPostgresUs, loteAndPostgresUsSpent: budget.spentUs } } : {}) });
 
     // (a) over HTTP/1.1: the same calls, one socket per call (128 of them), bare client and lote taking turns.
     console.log(`  over HTTP/1.1, ${rounds} round(s):`);
