@@ -2,7 +2,7 @@ import type pg from "pg";
 import type { Logger } from "pino";
 import type { ModelConfig } from "../config/config.ts";
 import {
-  batchStatuses, completeItems, expireDueBatches, findExpiredLeases, finishBatches, pruneModelUsage, vacuumItems, type Completion,
+  batchStatuses, completeItems, expireDueBatches, findExpiredLeases, finishBatches, pruneModelUsage, vacuumItems, type Rescue,
 } from "../store/index.ts";
 import type { InFlight } from "./in-flight.ts";
 
@@ -95,13 +95,14 @@ export class Maintenance {
   /**
    * Items whose lease expired go back to pending (or fail at their model's max_attempts, or are cancelled when
    * their batch is cancelling), written through the same attempt-fenced completion as any call: if the original
-   * worker was only slow and completes first, the rescue matches nothing.
+   * worker was only slow and completes first, the rescue matches nothing; if its heartbeat renews the lease before
+   * the rescue is written, likewise (`Rescue`).
    */
   private async rescue(): Promise<void> {
     const lost = await findExpiredLeases(this.o.pool, 1_000);
     if (lost.length === 0) return;
-    const completions: Completion[] = lost.map((l) => {
-      const base = { batchId: l.batchId, idx: l.idx, attempt: l.attempt, statusCode: l.lastError?.status_code ?? 0 };
+    const completions: Rescue[] = lost.map((l): Rescue => {
+      const base = { batchId: l.batchId, idx: l.idx, attempt: l.attempt, statusCode: l.lastError?.status_code ?? 0, rescue: true } as const;
       if (l.batchStatus === "cancelling" || l.batchStatus === "cancelled") {
         return { ...base, outcome: "cancelled", requestId: "", errorCode: "batch_cancelled", errorMessage: "The batch was cancelled while this request ran." };
       }

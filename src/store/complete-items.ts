@@ -21,6 +21,12 @@ export type Completion =
     };
 
 /**
+ * The lease rescuer's completions: written only while the item's lease is still lapsed (migration 006), since a
+ * late heartbeat of a live worker may renew it between the rescuer's read and this write.
+ */
+export type Rescue = Completion & { readonly rescue: true };
+
+/**
  * Text Postgres can store: no NUL character, no lone UTF-16 surrogate (JSON.stringify would send it as an escape
  * Postgres refuses). A backend answer with either would otherwise fail its flush forever, and every completion
  * behind it. Both checks are native and short-circuit on ordinary text.
@@ -35,12 +41,15 @@ function storable(text: string): string {
  * json_to_recordset, fenced by attempt. Returns the batches it touched and whether each now has every result; the
  * function also notifies `lote_batch` once per touched batch, at commit.
  */
-export async function completeItems(pool: Queryable, completions: readonly Completion[]): Promise<{ batchId: string; finished: boolean }[]> {
+export async function completeItems(pool: Queryable, completions: readonly (Completion | Rescue)[]): Promise<{ batchId: string; finished: boolean }[]> {
   const batchIds = new Set<string>();
   // Keys are the column names of json_to_recordset's row type in the function; absent keys read as NULL.
   const rows = completions.map((c) => {
     batchIds.add(c.batchId);
-    const row = { batch_id: c.batchId, idx: c.idx, attempt: c.attempt, outcome: c.outcome, status_code: c.statusCode };
+    const row = {
+      batch_id: c.batchId, idx: c.idx, attempt: c.attempt, outcome: c.outcome, status_code: c.statusCode,
+      ...("rescue" in c ? { rescue: true } : {}),
+    };
     switch (c.outcome) {
       case "succeeded":
         return { ...row, request_id: c.requestId, body: storable(c.body), input_tokens: c.inputTokens, output_tokens: c.outputTokens, total_tokens: c.totalTokens };

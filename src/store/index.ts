@@ -8,7 +8,7 @@ export { getResults, getResultsByIdx, type ResultRecord, type ResultFilter } fro
 export { cancelBatch, type CancelOutcome } from "./cancel-batch.ts";
 export { expireDueBatches, finishBatches, pruneModelUsage } from "./maintain-batches.ts";
 export { claimItems, heartbeat, findExpiredLeases, vacuumItems, type ClaimedItem, type HeldItem, type ClaimRequest, type ExpiredLease } from "./claim-items.ts";
-export { completeItems, type Completion } from "./complete-items.ts";
+export { completeItems, type Completion, type Rescue } from "./complete-items.ts";
 export { transitionBatch } from "./transition-batch.ts";
 export { Notifier, type Channel } from "./notifier.ts";
 export { listWorkers, markWorkerAlive, retireWorker, type WorkerPresence, type WorkerRecord } from "./workers.ts";

@@ -2,7 +2,8 @@ import pg from "pg";
 import { beforeAll, describe, expect, it } from "vitest";
 import { newBatchId } from "../../src/batch/ids.ts";
 import {
-  cancelBatch, claimItems, completeItems, createBatch, expireDueBatches, finishBatches, getBatch, getResults, heartbeat, listBatches, migrate,
+  cancelBatch, claimItems, completeItems, createBatch, expireDueBatches, findExpiredLeases, finishBatches, getBatch, getResults, heartbeat,
+  listBatches, migrate,
 } from "../../src/store/index.ts";
 import { useMigratedDatabase } from "../support/database.ts";
 import { until } from "../support/until.ts";
@@ -151,6 +152,27 @@ describe("store", () => {
     const { rows: results } = await getResults(pool, batch.id, 0n, 100);
     expect(results.map((r) => [r.idx, r.errorCode])).toEqual([[0, null], [1, null], [2, "batch_cancelled"]]);
     expect(results[2]!.errorMessage).toContain("rate_limited");
+  });
+
+  it("writes a lease rescue only while the lease is still lapsed: a late heartbeat keeps the item with its worker", async () => {
+    await pool.query("UPDATE lote.items SET status = 'cancelled' WHERE status IN ('pending', 'running')");
+    const { batch } = await createBatch(pool, newBatch(2));
+    const claimed = await claim(pool, 10);
+    await pool.query("UPDATE lote.items SET lease_expires_at = now() - interval '1 second' WHERE batch_id = $1", [batch.id]);
+    const lapsed = await findExpiredLeases(pool, 10);
+    expect(lapsed.filter((l) => l.batchId === batch.id)).toHaveLength(2);
+    // Between the rescuer's read and its write, the worker's heartbeat renews item 0's lease (not item 1's).
+    expect(await heartbeat(pool, "w1", [claimed[0]!], 30_000)).toBe(1);
+    const rescue = (c: (typeof claimed)[number]) => ({
+      outcome: "retry" as const, batchId: c.batchId, idx: c.idx, attempt: c.attempt, statusCode: 0, errorCode: "lease_expired",
+      errorMessage: "lapsed", retryDelayMs: 0, rescue: true as const,
+    });
+    await completeItems(pool, claimed.map(rescue));
+    const { rows } = await pool.query("SELECT idx, status, attempt, worker_id FROM lote.items WHERE batch_id = $1 ORDER BY idx", [batch.id]);
+    expect(rows).toEqual([
+      { idx: 0, status: "running", attempt: 1, worker_id: "w1" },
+      { idx: 1, status: "pending", attempt: 1, worker_id: null },
+    ]);
   });
 
   it("reads a page of results only up to its byte budget, always at least one row", async () => {

@@ -1,6 +1,6 @@
--- A retry written after its batch's cancel ends the request cancelled (lote.complete_items): before, it went back to
--- pending in a CANCELLING batch, which then ended CANCELLED one result short while the next claim ran the request
--- again. As in 003 otherwise.
+-- lote.complete_items, as in 003 but for two fences. A retry written after its batch's cancel ends the request
+-- cancelled: before, it went back to pending in a CANCELLING batch, which then ended CANCELLED one result short while
+-- the next claim ran the request again. And a lease rescue is written only while the lease is still lapsed.
 CREATE OR REPLACE FUNCTION lote.complete_items(p_batch_ids text[], p_rows json) RETURNS TABLE (batch_id text, finished boolean)
 LANGUAGE plpgsql VOLATILE
 SET enable_seqscan = off
@@ -27,11 +27,17 @@ BEGIN
   --    locks it if it is still running with the attempt that made the call. v_tid[n] is the locked row version of
   --    input row n, NULL when fenced out.
   SELECT array_agg(t.tid ORDER BY u.n), array_agg(t.custom_id ORDER BY u.n) INTO v_tid, v_custom_id
-    FROM ROWS FROM (json_to_recordset(p_rows) AS (batch_id text, idx integer, attempt integer))
-         WITH ORDINALITY AS u(batch_id, idx, attempt, n)
+    FROM ROWS FROM (json_to_recordset(p_rows) AS (batch_id text, idx integer, attempt integer, rescue boolean))
+         WITH ORDINALITY AS u(batch_id, idx, attempt, rescue, n)
     LEFT JOIN LATERAL (
+      -- New in 006: a rescue (`rescue`: the lease rescuer's completion of an item whose lease it saw lapse) holds
+      -- only while the lease is still lapsed. The rescuer reads first and writes after; a heartbeat of the worker,
+      -- late but alive, may renew the lease in between, and the rescue would then put a request that is still at
+      -- the backend back to pending: called twice, over max_concurrency. FOR UPDATE re-checks this on the row's
+      -- newest version, so a renewal that commits while this statement runs counts too.
       SELECT it.ctid AS tid, it.custom_id FROM lote.items it
        WHERE it.batch_id = u.batch_id AND it.idx = u.idx AND it.attempt = u.attempt AND it.status = 'running' COLLATE "C"
+         AND (u.rescue IS NOT TRUE OR it.lease_expires_at < now())
          FOR UPDATE
     ) t ON true;
 
