@@ -1,7 +1,7 @@
 import type pg from "pg";
 import { canTransition, isTerminal, type BatchStatus } from "../batch/batch-status.ts";
 import { runningItemsOf } from "./batch-row.ts";
-import { closeItems, inTransaction, lockBatch } from "./close-items.ts";
+import { closeItems, completeIfEveryResult, inTransaction, lockBatch } from "./close-items.ts";
 import { transitionBatch } from "./transition-batch.ts";
 
 export type CancelOutcome = "cancelling" | "cancelled" | "not_found" | { terminal: BatchStatus };
@@ -9,7 +9,8 @@ export type CancelOutcome = "cancelling" | "cancelled" | "not_found" | { termina
 /**
  * CancelBatch: VALIDATING/IN_PROGRESS/FINALIZING -> CANCELLING; every pending item cancelled at once with a
  * `batch_cancelled` result; when nothing is running the batch goes straight on to CANCELLED. Running items are
- * aborted by their workers, which hear the `lote_status` notification, and finish it (see finishBatches).
+ * aborted by their workers, which hear the `lote_status` notification, and finish it (see finishBatches). A batch
+ * that has every result already (FINALIZING, or IN_PROGRESS just before maintenance finalises it) completes instead.
  */
 export async function cancelBatch(pool: pg.Pool, tenantId: string, batchId: string): Promise<CancelOutcome> {
   return inTransaction(pool, async (client) => {
@@ -17,6 +18,8 @@ export async function cancelBatch(pool: pg.Pool, tenantId: string, batchId: stri
     if (!status) return "not_found";
     if (status === "cancelling") return "cancelling";
     if (isTerminal(status) || !canTransition(status, "cancel")) return { terminal: status };
+    // Every request already has a result: the cancel came too late, and the batch completes.
+    if (await completeIfEveryResult(client, batchId, status)) return { terminal: "completed" };
     await transitionBatch(client, batchId, "cancel");
     await closeItems(client, batchId, ["pending"], "cancelled", {
       code: "batch_cancelled",

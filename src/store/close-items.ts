@@ -1,4 +1,5 @@
 import type pg from "pg";
+import { transitionBatch } from "./transition-batch.ts";
 
 /**
  * Ends every item of a batch that is in one of `from` (cancel: pending; expiry: pending and running) with an error
@@ -41,6 +42,20 @@ export async function lockBatch(client: pg.ClientBase, batchId: string, tenantId
     ? await client.query("SELECT status FROM lote.batches WHERE id = $1 FOR UPDATE", [batchId])
     : await client.query("SELECT status FROM lote.batches WHERE id = $1 AND tenant_id = $2 FOR UPDATE", [batchId, tenantId]);
   return rows[0]?.status;
+}
+
+/**
+ * IN_PROGRESS or FINALIZING -> COMPLETED when the batch already has every result; true if it did. For expiry and
+ * cancel, which may come just after the last result was written and before maintenance finalised the batch: the
+ * batch is done, and EXPIRED or CANCELLED would say a request of it was not. The caller holds the batch row lock.
+ */
+export async function completeIfEveryResult(client: pg.ClientBase, batchId: string, status: string): Promise<boolean> {
+  if (status !== "in_progress" && status !== "finalizing") return false;
+  const { rows } = await client.query(
+    "SELECT completed + failed + cancelled + expired >= total AS done FROM lote.batches WHERE id = $1", [batchId]);
+  if (rows[0]?.done !== true) return false;
+  if (status === "in_progress") await transitionBatch(client, batchId, "finalize");
+  return transitionBatch(client, batchId, "complete");
 }
 
 /** Runs `work` in a transaction on a pooled client. */

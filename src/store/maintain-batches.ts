@@ -1,6 +1,6 @@
 import type pg from "pg";
 import { runningItemsOf } from "./batch-row.ts";
-import { closeItems, inTransaction, lockBatch } from "./close-items.ts";
+import { closeItems, completeIfEveryResult, inTransaction, lockBatch } from "./close-items.ts";
 import { transitionBatch } from "./transition-batch.ts";
 
 /**
@@ -22,11 +22,7 @@ export async function expireDueBatches(pool: pg.Pool, bulkPool: pg.Pool = pool, 
     const done = await inTransaction(bulkPool, async (client) => {
       const status = await lockBatch(client, id);
       if (!status) return false;
-      if (await hasEveryResult(client, id)) {
-        if (status === "in_progress") await transitionBatch(client, id, "finalize");
-        await transitionBatch(client, id, "complete");
-        return false;
-      }
+      if (await completeIfEveryResult(client, id, status)) return false;
       if (!(await transitionBatch(client, id, "expire"))) return false;
       await closeItems(client, id, ["pending", "running"], "expired", {
         code: "batch_expired",
@@ -37,12 +33,6 @@ export async function expireDueBatches(pool: pg.Pool, bulkPool: pg.Pool = pool, 
     if (done) expired.push(id);
   }
   return expired;
-}
-
-async function hasEveryResult(client: pg.ClientBase, batchId: string): Promise<boolean> {
-  const { rows } = await client.query(
-    "SELECT completed + failed + cancelled + expired >= total AS done FROM lote.batches WHERE id = $1", [batchId]);
-  return rows[0]?.done === true;
 }
 
 /**

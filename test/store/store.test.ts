@@ -131,6 +131,20 @@ describe("store", () => {
     }
   });
 
+  it("completes, not cancels, a batch whose every request has a result when the cancel comes", async () => {
+    await pool.query("UPDATE lote.items SET status = 'cancelled' WHERE status IN ('pending', 'running')");
+    const { batch } = await createBatch(pool, newBatch(2));
+    const claimed = await claim(pool, 10);
+    await completeItems(pool, claimed.map((c) => ({
+      outcome: "succeeded" as const, batchId: c.batchId, idx: c.idx, attempt: c.attempt, statusCode: 200, requestId: "r",
+      body: '{"ok":true}', inputTokens: 1, outputTokens: 1, totalTokens: 2,
+    })));
+    // The last result is in; maintenance has not finalised the batch yet.
+    expect((await getBatch(pool, "t1", batch.id))?.status).toBe("in_progress");
+    expect(await cancelBatch(pool, "t1", batch.id)).toEqual({ terminal: "completed" });
+    expect(await getBatch(pool, "t1", batch.id)).toMatchObject({ status: "completed", completed: 2, cancelled: 0, cancellingAt: null });
+  });
+
   it("cancels, not re-queues, a request whose retry is written after its batch was cancelled", async () => {
     await pool.query("UPDATE lote.items SET status = 'cancelled' WHERE status IN ('pending', 'running')");
     const { batch } = await createBatch(pool, newBatch(3));
