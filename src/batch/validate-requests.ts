@@ -157,7 +157,9 @@ export class RequestChecker {
     } else {
       parsed = r.body;
       text = JSON.stringify(r.body);
-      if (text.length > limits.maxBodyBytes) return this.#add(`${where}.body`, `expected at most ${limits.maxBodyBytes} bytes${label(r)}, got ${text.length}`, "BODY_TOO_LARGE");
+      // The limit is in UTF-8 bytes, as for body_json; a UTF-16 length under a third of it cannot be over it.
+      const bytes = text.length * 3 <= limits.maxBodyBytes ? text.length : Buffer.byteLength(text);
+      if (bytes > limits.maxBodyBytes) return this.#add(`${where}.body`, `expected at most ${limits.maxBodyBytes} bytes${label(r)}, got ${bytes}`, "BODY_TOO_LARGE");
     }
     const field = hasJson ? `${where}.body_json` : `${where}.body`;
     if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
