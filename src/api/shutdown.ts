@@ -139,9 +139,12 @@ export interface InstallShutdownOptions {
 }
 
 /**
- * On SIGTERM or SIGINT: close the server, run `onStop` (stop workers, close the pool), exit 0. A second signal
- * while stopping exits 1 at once. Returns a function that removes the handlers.
+ * On SIGTERM, SIGINT or SIGHUP (a closed terminal; left unhandled, node would exit at once, without draining): close
+ * the server, run `onStop` (stop workers, close the pool), exit 0. A second signal while stopping exits 1 at once.
+ * Returns a function that removes the handlers.
  */
+const shutdownSignals = ["SIGTERM", "SIGINT", "SIGHUP"] as const;
+
 export function installShutdown(
   server: Closeable,
   onStop: () => Promise<void> | void,
@@ -168,10 +171,8 @@ export function installShutdown(
       }
     })();
   };
-  process.on("SIGTERM", handler);
-  process.on("SIGINT", handler);
+  for (const signal of shutdownSignals) process.on(signal, handler);
   return () => {
-    process.off("SIGTERM", handler);
-    process.off("SIGINT", handler);
+    for (const signal of shutdownSignals) process.off(signal, handler);
   };
 }

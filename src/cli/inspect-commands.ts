@@ -68,6 +68,10 @@ export function registerInspectCommands(program: Command): void {
     .option("--follow", "keep writing results as they complete until the batch ends")
     .option("--chain", "also take results from linked retry batches: one final result per custom_id")
     .action(clientAction<ResultsOptions>(async (session, [id], opts) => {
+      // The batch is looked up before any file is opened: opening truncates, and a wrong id or an unreachable server
+      // must leave the previous download as it was. (Not a temp file renamed at the end: with --follow the file is
+      // read while it grows.)
+      if (opts.output || opts.errors) await session.client.getBatch({ id: id! });
       const out = opts.output ? await openOutput(opts.output) : process.stdout;
       const errors = opts.errors ? await openOutput(opts.errors) : undefined;
       try {

@@ -5,7 +5,6 @@
  * reported, not just the first, so one run shows everything there is to fix.
  */
 import { createReadStream } from "node:fs";
-import { createInterface } from "node:readline";
 import { create } from "@bufbuild/protobuf";
 import { Endpoint, RequestSchema, type Request } from "../../gen/lote/v1/batch_pb.ts";
 import { CliError, ExitCode } from "./exit-codes.ts";
@@ -51,39 +50,45 @@ export async function readBatchFile(path: string): Promise<BatchFile> {
   } catch (err) {
     throw new CliError(`cannot read ${path}: ${(err as Error).message}`, ExitCode.DataError);
   }
-  for await (const raw of createInterface({ input, crlfDelay: Infinity })) {
-    line++;
-    const text = line === 1 ? raw.replace(/^\uFEFF/, "") : raw;
-    if (text.trim() === "") continue; // a trailing or stray blank line carries no request
-    const bad = (message: string) => problems.push({ line, message });
-    let parsed: unknown;
-    try {
-      parsed = JSON.parse(text);
-    } catch (err) {
-      bad(`not JSON: ${(err as Error).message}`);
-      continue;
+  try {
+    for await (const raw of jsonLines(input)) {
+      line++;
+      const text = line === 1 ? raw.replace(/^\uFEFF/, "") : raw;
+      if (text.trim() === "") continue; // a trailing or stray blank line carries no request
+      const bad = (message: string) => problems.push({ line, message });
+      let parsed: unknown;
+      try {
+        parsed = JSON.parse(text);
+      } catch (err) {
+        bad(`not JSON: ${(err as Error).message}`);
+        continue;
+      }
+      if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
+        bad(`expected a JSON object, got ${describe(parsed)}`);
+        continue;
+      }
+      const o = parsed as Record<string, unknown>;
+      const before = problems.length;
+      if (typeof o.custom_id !== "string" || o.custom_id === "") bad(`expected "custom_id" to be a non-empty string, got ${describe(o.custom_id)}`);
+      if (o.method !== "POST") bad(`expected "method" to be "POST", got ${describe(o.method)}`);
+      if (typeof o.url !== "string" || !endpointOfUrl.has(o.url)) {
+        bad(`expected "url" to be one of ${[...endpointOfUrl.keys()].join(", ")}, got ${describe(o.url)}`);
+      } else if (url === undefined) {
+        url = o.url;
+        urlLine = line;
+      } else if (o.url !== url) {
+        // OpenAI's rule too: a batch has one endpoint.
+        bad(`expected "url" to be ${JSON.stringify(url)} like line ${urlLine} (one endpoint per batch), got ${JSON.stringify(o.url)}`);
+      }
+      if (typeof o.body !== "object" || o.body === null || Array.isArray(o.body)) bad(`expected "body" to be a JSON object, got ${describe(o.body)}`);
+      if (problems.length > before) continue;
+      requests.push(create(RequestSchema, { customId: o.custom_id as string, bodyJson: encoder.encode(rawMember(text, "body")!) }));
+      lineOf.push(line);
     }
-    if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
-      bad(`expected a JSON object, got ${describe(parsed)}`);
-      continue;
-    }
-    const o = parsed as Record<string, unknown>;
-    const before = problems.length;
-    if (typeof o.custom_id !== "string" || o.custom_id === "") bad(`expected "custom_id" to be a non-empty string, got ${describe(o.custom_id)}`);
-    if (o.method !== "POST") bad(`expected "method" to be "POST", got ${describe(o.method)}`);
-    if (typeof o.url !== "string" || !endpointOfUrl.has(o.url)) {
-      bad(`expected "url" to be one of ${[...endpointOfUrl.keys()].join(", ")}, got ${describe(o.url)}`);
-    } else if (url === undefined) {
-      url = o.url;
-      urlLine = line;
-    } else if (o.url !== url) {
-      // OpenAI's rule too: a batch has one endpoint.
-      bad(`expected "url" to be ${JSON.stringify(url)} like line ${urlLine} (one endpoint per batch), got ${JSON.stringify(o.url)}`);
-    }
-    if (typeof o.body !== "object" || o.body === null || Array.isArray(o.body)) bad(`expected "body" to be a JSON object, got ${describe(o.body)}`);
-    if (problems.length > before) continue;
-    requests.push(create(RequestSchema, { customId: o.custom_id as string, bodyJson: encoder.encode(rawMember(text, "body")!) }));
-    lineOf.push(line);
+  } catch (err) {
+    // Opened but not readable: a directory (EISDIR), an I/O error. Anything else is a bug, not the file's fault.
+    if (typeof (err as NodeJS.ErrnoException).code !== "string") throw err;
+    throw new CliError(`cannot read ${path}: ${(err as Error).message}`, ExitCode.DataError);
   }
   if (problems.length === 0 && requests.length === 0) throw new CliError(`${path}: no requests: the file is empty`, ExitCode.DataError);
   if (problems.length > 0) {
@@ -92,6 +97,30 @@ export async function readBatchFile(path: string): Promise<BatchFile> {
       problems.map((p) => `${path}:${p.line}: ${p.message}`));
   }
   return { endpoint: endpointOfUrl.get(url!)!, requests, lineOf };
+}
+
+/**
+ * The file's lines, split on "\n" only (a "\r" before it dropped). Not node:readline, which also ends a line at a
+ * lone "\r" and at U+2028 / U+2029: JSON allows those two raw inside a string, so readline cut such a request in two.
+ * A long line is gathered in pieces and joined once.
+ */
+async function* jsonLines(input: AsyncIterable<string>): AsyncGenerator<string> {
+  let pieces: string[] = [];
+  const line = () => {
+    const text = pieces.join("");
+    pieces = [];
+    return text.endsWith("\r") ? text.slice(0, -1) : text;
+  };
+  for await (const chunk of input) {
+    let start = 0;
+    for (let nl = chunk.indexOf("\n"); nl !== -1; nl = chunk.indexOf("\n", start)) {
+      pieces.push(chunk.slice(start, nl));
+      yield line();
+      start = nl + 1;
+    }
+    if (start < chunk.length) pieces.push(chunk.slice(start));
+  }
+  if (pieces.length > 0) yield line();
 }
 
 function describe(v: unknown): string {

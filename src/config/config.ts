@@ -7,7 +7,7 @@
 import { readFileSync } from "node:fs";
 import { parse as parseYaml } from "yaml";
 import { endpointPaths, type EndpointPath } from "../backends/backend.ts";
-import { ConfigError, field } from "./validate.ts";
+import { ConfigError, field, mapping } from "./validate.ts";
 import { builtinModelConfigs, parseModel, type ModelConfig } from "./model-config.ts";
 
 export { ConfigError } from "./validate.ts";
@@ -112,17 +112,24 @@ const knownKeys = new Set(["host", "port", "tls", "database_url", "data_dir", "e
   "max_message_bytes", "max_batch_requests", "run_batch_max_requests", "max_body_bytes", "shutdown_grace_ms", "query_timeout_ms",
   "worker", "models", "log_level", "include_builtin_models", "metrics"]);
 
-export function buildConfig(file: Record<string, unknown>, env: Env, source = "config"): Config {
+const tlsKeys = ["cert_file", "key_file", "ca_file", "require_client_cert"] as const;
+const workerKeys = ["concurrency", "lease_ms", "poll_interval_ms", "completion_batch_size", "completion_flush_ms", "maintenance_interval_ms"] as const;
+
+export function buildConfig(file: Record<string, unknown>, rawEnv: Env, source = "config"): Config {
   for (const key of Object.keys(file)) {
     if (!knownKeys.has(key)) throw new ConfigError(`${source}: unknown key \`${key}\`; expected one of ${[...knownKeys].join(", ")}`);
   }
+  // An empty variable (`DATABASE_URL= lote serve`, or `LOTE_TLS_CERT=` left by a template) is unset: it must not
+  // override the file's value with nothing (an embedded database instead of the file's, TLS or auth turned off).
+  const env = withoutEmptyValues(rawEnv);
   const f = field(source);
   const host = f.string("host", env.LOTE_HOST ?? file.host, "127.0.0.1");
   const port = f.int("port", env.LOTE_PORT ?? file.port, 50051, 0, 65535);
-  const tlsRaw = file.tls as Record<string, unknown> | undefined;
-  const certFile = env.LOTE_TLS_CERT ?? (tlsRaw?.cert_file as string | undefined);
-  const keyFile = env.LOTE_TLS_KEY ?? (tlsRaw?.key_file as string | undefined);
-  const caFile = env.LOTE_TLS_CA ?? (tlsRaw?.ca_file as string | undefined);
+  const tlsRaw = mapping(`${source}: tls`, file.tls, tlsKeys);
+  const ft = field(`${source}: tls`);
+  const certFile = ft.optionalString("cert_file", env.LOTE_TLS_CERT ?? tlsRaw.cert_file);
+  const keyFile = ft.optionalString("key_file", env.LOTE_TLS_KEY ?? tlsRaw.key_file);
+  const caFile = ft.optionalString("ca_file", env.LOTE_TLS_CA ?? tlsRaw.ca_file);
   let tls: TlsConfig | undefined;
   if (certFile || keyFile) {
     if (!certFile || !keyFile) throw new ConfigError(`${source}: tls needs both cert_file and key_file (LOTE_TLS_CERT, LOTE_TLS_KEY); got only ${certFile ? "cert_file" : "key_file"}`);
@@ -130,7 +137,7 @@ export function buildConfig(file: Record<string, unknown>, env: Env, source = "c
       cert: readPem("tls.cert_file", certFile),
       key: readPem("tls.key_file", keyFile),
       ca: caFile ? readPem("tls.ca_file", caFile) : undefined,
-      requireClientCert: f.bool("tls.require_client_cert", env.LOTE_TLS_REQUIRE_CLIENT_CERT ?? tlsRaw?.require_client_cert, false),
+      requireClientCert: f.bool("tls.require_client_cert", env.LOTE_TLS_REQUIRE_CLIENT_CERT ?? tlsRaw.require_client_cert, false),
     };
     if (tls.requireClientCert && !tls.ca) throw new ConfigError(`${source}: tls.require_client_cert needs tls.ca_file (LOTE_TLS_CA)`);
   }
@@ -141,7 +148,7 @@ export function buildConfig(file: Record<string, unknown>, env: Env, source = "c
         `(127.0.0.1, ::1, localhost). Set auth_required: true (LOTE_AUTH_REQUIRED=true) and create keys with \`lote keys create\`.`,
     );
   }
-  const w = (file.worker ?? {}) as Record<string, unknown>;
+  const w = mapping(`${source}: worker`, file.worker, workerKeys);
   const fw = field(`${source}: worker`);
   const worker: WorkerConfig = {
     concurrency: fw.int("concurrency", env.LOTE_WORKER_CONCURRENCY ?? w.concurrency, 512, 1, 100_000),
@@ -158,24 +165,36 @@ export function buildConfig(file: Record<string, unknown>, env: Env, source = "c
   }
   const fm = field(`${source}: metrics`);
   const metricsPort = env.LOTE_METRICS_PORT ?? m.port;
-  const metrics: MetricsConfig | undefined = metricsPort === undefined || metricsPort === ""
+  const metricsHost = env.LOTE_METRICS_HOST ?? m.host;
+  const noMetricsPort = metricsPort === undefined || metricsPort === null || metricsPort === "";
+  if (noMetricsPort && metricsHost !== undefined && metricsHost !== null) {
+    throw new ConfigError(`${source}: metrics: \`host\` (${env.LOTE_METRICS_HOST ? "LOTE_METRICS_HOST" : "metrics.host"}) is set but \`port\` is not; ` +
+      `expected metrics.port (LOTE_METRICS_PORT) too: metrics are served only on a port`);
+  }
+  const metrics: MetricsConfig | undefined = noMetricsPort
     ? undefined
-    : { port: fm.int("port", metricsPort, 0, 0, 65535), host: fm.string("host", env.LOTE_METRICS_HOST ?? m.host, "127.0.0.1") };
+    : { port: fm.int("port", metricsPort, 0, 0, 65535), host: fm.string("host", metricsHost, "127.0.0.1") };
   const models = new Map<string, ModelConfig>();
   if (f.bool("include_builtin_models", file.include_builtin_models, true)) {
     for (const m of builtinModelConfigs()) models.set(m.name, m);
   }
   const modelsRaw = file.models ?? [];
   if (!Array.isArray(modelsRaw)) throw new ConfigError(`${source}: models: expected a list, got ${typeof modelsRaw}`);
+  const indexOfName = new Map<string, number>();
   modelsRaw.forEach((raw, i) => {
     const model = parseModel(raw, `${source}: models[${i}]`, env);
+    const first = indexOfName.get(model.name);
+    if (first !== undefined) {
+      throw new ConfigError(`${source}: models[${i}]: \`name\`: expected a name no other model has, got ${JSON.stringify(model.name)}, the name of models[${first}] too`);
+    }
+    indexOfName.set(model.name, i);
     models.set(model.name, model);
   });
   return {
     host,
     port,
     tls,
-    databaseUrl: env.DATABASE_URL ?? (file.database_url as string | undefined) ?? undefined,
+    databaseUrl: f.optionalString("database_url", env.DATABASE_URL ?? file.database_url),
     dataDir: f.string("data_dir", env.LOTE_DATA_DIR ?? file.data_dir, ".lote/postgres"),
     embeddedPostgresPort: f.int("embedded_postgres_port", env.LOTE_EMBEDDED_PG_PORT ?? file.embedded_postgres_port, 54329, 1, 65535),
     authRequired,
@@ -190,6 +209,10 @@ export function buildConfig(file: Record<string, unknown>, env: Env, source = "c
     logLevel: f.oneOf("log_level", env.LOTE_LOG_LEVEL ?? file.log_level, "info", ["trace", "debug", "info", "warn", "error", "fatal", "silent"]),
     metrics,
   };
+}
+
+function withoutEmptyValues(env: Env): Env {
+  return Object.fromEntries(Object.entries(env).filter(([, v]) => v !== ""));
 }
 
 function readPem(key: string, path: string): string {

@@ -1,7 +1,8 @@
 /** Per-model configuration: which backend serves a model, and the limits that hold across the whole fleet. */
 import { endpointPaths, type EndpointPath } from "../backends/backend.ts";
 import { DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_STREAMS_PER_SESSION } from "../backends/openai/openai-backend-options.ts";
-import { ConfigError, field } from "./validate.ts";
+import { readFileSync } from "node:fs";
+import { ConfigError, field, kindOf, mapping } from "./validate.ts";
 import type { Env } from "./config.ts";
 
 export type BackendConfig =
@@ -54,11 +55,23 @@ export interface ModelConfig {
   readonly defaultMaxOutputTokens: number;
 }
 
+const priceKeys = ["input_per_million_tokens", "output_per_million_tokens"];
+
+/** The keys each kind of backend takes (`url`, one URL, is kept as the older spelling of `urls`). */
+const backendKeys = {
+  openai: ["kind", "urls", "url", "api_key_env", "protocol", "ca_file", "streams_per_session", "max_response_bytes"],
+  kserve: ["kind", "urls", "url", "model_name", "input_name", "output_name"],
+  builtin: ["kind"],
+} as const;
+
+/** The URL schemes each kind of backend speaks. */
+const schemes = { openai: ["http:", "https:", "h2c:"], kserve: ["grpc:", "grpcs:"] } as const;
+
 const modelKeys = new Set(["name", "endpoints", "backend", "max_concurrency", "requests_per_minute", "tokens_per_minute",
   "timeout_ms", "max_attempts", "price", "default_max_output_tokens"]);
 
 export function parseModel(raw: unknown, where: string, env: Env): ModelConfig {
-  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) throw new ConfigError(`${where}: expected a mapping, got ${JSON.stringify(raw)}`);
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) throw new ConfigError(`${where}: expected a mapping, got ${kindOf(raw)}`);
   const m = raw as Record<string, unknown>;
   for (const key of Object.keys(m)) {
     if (!modelKeys.has(key)) throw new ConfigError(`${where}: unknown key \`${key}\`; expected one of ${[...modelKeys].join(", ")}`);
@@ -70,11 +83,11 @@ export function parseModel(raw: unknown, where: string, env: Env): ModelConfig {
   if (!Array.isArray(endpointsRaw) || endpointsRaw.some((e) => !(endpointPaths as readonly string[]).includes(e))) {
     throw new ConfigError(`${where}: \`endpoints\`: expected a list of ${endpointPaths.join(", ")}, got ${JSON.stringify(endpointsRaw)}`);
   }
-  const price = (m.price ?? {}) as Record<string, unknown>;
+  const price = mapping(`${where}.price`, m.price, priceKeys);
   return {
     name,
     endpoints: endpointsRaw as EndpointPath[],
-    backend: parseBackend(m.backend, `${where}: backend`, env, name),
+    backend: parseBackend(m.backend, `${where}.backend`, env, name),
     maxConcurrency: f.int("max_concurrency", m.max_concurrency, 64, 1, 100_000),
     requestsPerMinute: f.int("requests_per_minute", m.requests_per_minute, 0, 0, 100_000_000),
     tokensPerMinute: f.int("tokens_per_minute", m.tokens_per_minute, 0, 0, 10_000_000_000),
@@ -87,19 +100,19 @@ export function parseModel(raw: unknown, where: string, env: Env): ModelConfig {
 }
 
 function parseBackend(raw: unknown, where: string, env: Env, modelName: string): BackendConfig {
-  if (typeof raw !== "object" || raw === null) throw new ConfigError(`${where}: expected a mapping with \`kind\` (openai, kserve or builtin), got ${JSON.stringify(raw)}`);
-  const b = raw as Record<string, unknown>;
-  const f = field(where);
-  const kind = f.oneOf("kind", b.kind, "openai", ["openai", "kserve", "builtin"] as const);
-  if (kind === "builtin") return { kind };
-  const urls = b.urls ?? (b.url ? [b.url] : undefined);
-  if (!Array.isArray(urls) || urls.length === 0 || urls.some((u) => typeof u !== "string" || !isUrl(u))) {
-    throw new ConfigError(`${where}: \`urls\`: expected a non-empty list of URLs (e.g. ["http://127.0.0.1:8000"]), got ${JSON.stringify(urls)}`);
+  // Never show the value: a backend written as a string may well be a URL with a key in it.
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) {
+    throw new ConfigError(`${where}: expected a mapping with \`kind\` (openai, kserve or builtin), got ${kindOf(raw)}`);
   }
+  const f = field(where);
+  const kind = f.oneOf("kind", (raw as Record<string, unknown>).kind, "openai", ["openai", "kserve", "builtin"] as const);
+  const b = mapping(`${where} (kind ${kind})`, raw, backendKeys[kind]);
+  if (kind === "builtin") return { kind };
+  const urls = parseUrls(b, where, kind);
   if (kind === "kserve") {
     return {
       kind,
-      urls: urls as string[],
+      urls,
       modelName: f.string("model_name", b.model_name, modelName),
       inputName: f.optionalString("input_name", b.input_name),
       outputName: f.optionalString("output_name", b.output_name),
@@ -112,24 +125,67 @@ function parseBackend(raw: unknown, where: string, env: Env, modelName: string):
     // Say which variable is missing, never what a key looks like.
     if (!apiKey) throw new ConfigError(`${where}: \`api_key_env\`: environment variable ${apiKeyEnv} is not set`);
   }
+  const protocol = f.oneOf("protocol", b.protocol, "auto", ["auto", "http1", "h2", "h2c"] as const);
+  const secure = urls.findIndex((u) => u.startsWith("https:"));
+  if (protocol === "h2c" && secure >= 0) {
+    throw new ConfigError(`${where}: \`protocol\`: expected auto, http1 or h2 with the https:// URL urls[${secure}] (h2c is cleartext), got "h2c"`);
+  }
+  const caFile = f.optionalString("ca_file", b.ca_file);
+  if (caFile !== undefined) {
+    try {
+      readFileSync(caFile);
+    } catch (err) {
+      throw new ConfigError(`${where}: \`ca_file\`: expected a readable PEM file, got ${caFile} (${(err as Error).message})`);
+    }
+  }
   return {
     kind,
-    urls: urls as string[],
+    urls,
     apiKey,
     apiKeyEnv,
-    protocol: f.oneOf("protocol", b.protocol, "auto", ["auto", "http1", "h2", "h2c"] as const),
-    caFile: f.optionalString("ca_file", b.ca_file),
+    protocol,
+    caFile,
     streamsPerSession: f.int("streams_per_session", b.streams_per_session, DEFAULT_STREAMS_PER_SESSION, 1, 1_000_000),
     maxResponseBytes: f.int("max_response_bytes", b.max_response_bytes, DEFAULT_MAX_RESPONSE_BYTES, 1_024, 2 ** 30),
   };
 }
 
-function isUrl(value: string): boolean {
-  try {
-    return ["http:", "https:", "h2c:", "grpc:", "grpcs:"].includes(new URL(value).protocol);
-  } catch {
-    return false;
+/**
+ * The replica URLs, each with a scheme its backend kind speaks. A bad one is named by its index and never shown:
+ * a URL may carry a user:password, which lote refuses (keys belong in the environment variable `api_key_env` names).
+ */
+function parseUrls(b: Record<string, unknown>, where: string, kind: "openai" | "kserve"): string[] {
+  const urls = b.urls ?? (b.url === undefined ? undefined : [b.url]);
+  const key = b.urls === undefined && b.url !== undefined ? "url" : "urls";
+  const example = kind === "openai" ? "http://127.0.0.1:8000" : "grpc://127.0.0.1:8001";
+  if (!Array.isArray(urls) || urls.length === 0) {
+    throw new ConfigError(`${where}: \`${key}\`: expected a non-empty list of URLs (e.g. ["${example}"]), got ${kindOf(urls)}`);
   }
+  const names = schemes[kind].map((s) => `${s}//`);
+  const expected = `expected a URL starting ${names.slice(0, -1).join(", ")} or ${names.at(-1)} (kind ${kind})`;
+  urls.forEach((u: unknown, j) => {
+    const at = `${where}: \`${key === "url" ? "url" : `urls[${j}]`}\``;
+    const fail = (got: string): never => {
+      throw new ConfigError(`${at}: ${expected}, got ${got}`);
+    };
+    if (typeof u !== "string") return fail(kindOf(u));
+    let url: URL;
+    try {
+      url = new URL(u);
+    } catch {
+      return fail(`text that is not an absolute URL (e.g. ${example})`);
+    }
+    if (url.username || url.password) {
+      const instead = kind === "openai" ? "put the key in an environment variable and name it in `api_key_env`" : "kserve backends take none";
+      throw new ConfigError(`${at}: expected a URL without a user:password part (${instead}), got one with it (not shown)`);
+    }
+    if (!(schemes[kind] as readonly string[]).includes(url.protocol)) {
+      const other = kind === "openai" ? "kserve" : "openai";
+      if ((schemes[other] as readonly string[]).includes(url.protocol)) fail(`${url.protocol === "http:" ? "an" : "a"} ${url.protocol}// URL, which is for kind ${other}`);
+      fail(`a URL without such a scheme (e.g. ${example})`);
+    }
+  });
+  return urls as string[];
 }
 
 /** The built-in models, served in-process so the embedded default does real work with no model server. */

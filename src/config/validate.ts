@@ -7,6 +7,28 @@ function show(value: unknown): string {
   return typeof value === "string" ? JSON.stringify(value) : String(value);
 }
 
+/** What a value is, without showing it: for values that may hold a secret (a backend URL, a whole backend). */
+export function kindOf(value: unknown): string {
+  if (value === undefined || value === null) return "nothing";
+  if (Array.isArray(value)) return "a list";
+  if (typeof value === "object") return "a mapping";
+  if (typeof value === "string") return "a string";
+  return `a ${typeof value}`;
+}
+
+/**
+ * A mapping (an empty one when absent) whose keys are all in `keys`: a typo such as `concurency` is refused, not
+ * silently ignored while the default applies.
+ */
+export function mapping(where: string, value: unknown, keys: readonly string[]): Record<string, unknown> {
+  if (value === undefined || value === null) return {};
+  if (typeof value !== "object" || Array.isArray(value)) throw new ConfigError(`${where}: expected a mapping with keys ${keys.join(", ")}, got ${kindOf(value)}`);
+  for (const key of Object.keys(value)) {
+    if (!keys.includes(key)) throw new ConfigError(`${where}: unknown key \`${key}\`; expected one of ${keys.join(", ")}`);
+  }
+  return value as Record<string, unknown>;
+}
+
 export function field(prefix: string) {
   const fail = (key: string, expected: string, got: unknown): never => {
     throw new ConfigError(`${prefix}: \`${key}\`: expected ${expected}, got ${show(got)}`);

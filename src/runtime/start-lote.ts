@@ -8,7 +8,7 @@ import { BatchService } from "../../gen/lote/v1/batch_service_pb.ts";
 import { Authenticator } from "../api/index.ts";
 import { batchServiceImpl } from "../api/index.ts";
 import { listen, type ApiServer } from "../api/index.ts";
-import { closeBackends, createBackends } from "../backends/index.ts";
+import { closeBackends, createBackends, type Backend } from "../backends/index.ts";
 import { BatchEvents } from "../batch/batch-events.ts";
 import { newId } from "../batch/ids.ts";
 import type { Config } from "../config/config.ts";
@@ -31,13 +31,16 @@ export async function startLote(config: Config, role: Role, logger: Logger): Pro
     databaseUrl: config.databaseUrl, dataDir: config.dataDir, embeddedPort: config.embeddedPostgresPort, queryTimeoutMs: config.queryTimeoutMs, logger,
   });
   const notifier = new Notifier({ connectionString: db.url, logger, pingMs: config.queryTimeoutMs });
-  await notifier.start();
   let api: ApiServer | undefined;
   let dispatcher: Dispatcher | undefined;
   let metricsServer: MetricsServer | undefined;
   const metrics = config.metrics ? new LoteMetrics() : undefined;
-  const backends = role === "api" ? new Map() : await createBackends(config.models);
+  let backends: Map<string, Backend> = new Map();
+  // Everything after openDatabase MUST be inside this try: a failure must close the database, or an embedded
+  // PostgreSQL this process started would outlive it.
   try {
+    await notifier.start();
+    if (role !== "api") backends = await createBackends(config.models);
     if (role !== "api") {
       const workerId = newId(`w_${hostname().slice(0, 20).replace(/[^a-zA-Z0-9-]/g, "")}_${process.pid}`);
       // Its own pool: its queries time out (see DispatcherOptions), and API calls cannot take its connections. One
@@ -83,8 +86,10 @@ export async function startLote(config: Config, role: Role, logger: Logger): Pro
     dispatcher,
     metrics: metricsServer,
     async close() {
-      await api?.close(config.shutdownGraceMs);
-      await dispatcher?.stop(config.shutdownGraceMs);
+      // Together, so a stop takes one shutdown_grace_ms at most (a Kubernetes grace period is sized to it), not the
+      // API's grace and then the workers' one after it. The API's calls and the workers' completions both need the
+      // database, which closes after both.
+      await Promise.all([api?.close(config.shutdownGraceMs), dispatcher?.stop(config.shutdownGraceMs)]);
       await metricsServer?.close();
       await closeBackends(backends);
       await notifier.close();

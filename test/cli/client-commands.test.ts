@@ -112,6 +112,31 @@ describe("lote client commands (real server and CLI as child processes)", () => 
     expect(rows).toEqual([{ body, status: "failed" }]);
   });
 
+  it("reads a line whose JSON string holds a raw U+2028 or U+2029 as one request, in a file with CRLF line ends", async () => {
+    // Raw U+2028/U+2029 are legal inside a JSON string; `input` a number keeps the stored bodies readable (see above).
+    const bodies = ['{"model": "lote-sentiment", "input": 1, "note": "a\u2028b"}', '{"model": "lote-sentiment", "input": 2, "note": "c\u2029d"}'];
+    const path = join(dir, "separators.jsonl");
+    writeFileSync(path, bodies.map((b, i) => `{"custom_id": "u${i}", "method": "POST", "url": "/classify", "body": ${b}}\r\n`).join(""));
+    const run = await lote(["submit", path, "--wait"]);
+    expect(run.stderr).not.toMatch(/invalid line/);
+    expect(run.code).toBe(0);
+    const { rows } = await pool.query("SELECT custom_id, body FROM lote.items WHERE batch_id = $1 ORDER BY custom_id", [run.stdout.trim()]);
+    expect(rows).toEqual([{ custom_id: "u0", body: bodies[0] }, { custom_id: "u1", body: bodies[1] }]);
+  });
+
+  it("leaves an existing output file as it was when the batch does not exist or the server cannot be reached", async () => {
+    const out = join(dir, "kept.jsonl");
+    const errors = join(dir, "kept-errors.jsonl");
+    writeFileSync(out, "the previous download\n");
+    writeFileSync(errors, "its errors\n");
+    const missing = await lote(["results", "batch_nosuch", "-o", out, "--errors", errors]);
+    expect(missing.code).toBe(1);
+    const dead = await startLote(["results", "batch_nosuch", "-o", out], { LOTE_SERVER: `http://127.0.0.1:${await freePort()}` }).done;
+    expect(dead.code).toBe(69);
+    expect(readFileSync(out, "utf8")).toBe("the previous download\n");
+    expect(readFileSync(errors, "utf8")).toBe("its errors\n");
+  });
+
   it("returns the first batch again when submitted twice with the same --request-id", async () => {
     const file = inputFile("idem.jsonl", [classify("i", "bom")]);
     const first = await lote(["submit", file, "--request-id", "nightly-42", "--priority", "5"]);
@@ -247,6 +272,16 @@ describe("lote client commands (real server and CLI as child processes)", () => 
     const usage = await lote(["submit", "x.jsonl", "--window", "soon"]);
     expect(usage.code).toBe(2);
     expect(usage.stderr).toMatch(/^lote: option '--window <duration>' argument 'soon' is invalid\. expected a duration such as 90s, 30m, 24h or 7d, got "soon"\n$/);
+  });
+
+  it("exits 2 on a wrong command line of any command, server ones too, and 65 when the input file is a directory", async () => {
+    for (const args of [["nosuch"], ["serve", "--bogus"], ["keys", "create"], ["workers", "--bogus"]]) {
+      const run = await lote(args);
+      expect({ args, code: run.code }).toEqual({ args, code: 2 });
+    }
+    const directory = await lote(["submit", dir]);
+    expect(directory.code).toBe(65);
+    expect(directory.stderr).toBe(`lote: cannot read ${dir}: EISDIR: illegal operation on a directory, read\n`);
   });
 
   // Last: it replaces the server.

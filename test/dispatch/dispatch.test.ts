@@ -539,6 +539,25 @@ describe("dispatch against the simulated backend (real processes, sockets and Po
     expect(rows[0]).toEqual({ n: 200, d: 200 });
   });
 
+  it("stops within one shutdown_grace_ms when both an API call and backend calls are still running", async () => {
+    sim = await startSimulator({ port: 0 });
+    const graceMs = 3_000;
+    const lote = await start("serve", { models: [modelConfig(sim)], shutdown_grace_ms: graceMs });
+    const client = clientOf(lote);
+    // Backend calls that never answer, and a RunBatch (a unary API call) waiting for one of them.
+    await call(client, "createBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: requests(3, "h", { sim: { hang: true } }) });
+    const running = call(client, "runBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: requests(1, "run", { sim: { hang: true } }) },
+      new grpc.Metadata(), { deadline: Date.now() + 60_000 }).catch((err: grpc.ServiceError) => err);
+    await until("four calls at the backend", () => (sim.stats().inFlight === 4 ? true : undefined));
+    const started = Date.now();
+    expect(await lote.stop()).toBe(0);
+    const took = Date.now() - started;
+    // Before, the API's grace ran out first and then the workers' (6 s and more).
+    expect(took).toBeGreaterThanOrEqual(graceMs);
+    expect(took).toBeLessThan(1.75 * graceMs);
+    await running;
+  });
+
   it("holds the leases of its calls in flight while it stops, so no other node calls them again", async () => {
     // Calls of 4 s against leases of 1.5 s: the stopping worker's grace period outlasts its leases twice over.
     sim = await startSimulator({ port: 0, latency: { kind: "fixed", ms: 4_000 } });

@@ -1,0 +1,131 @@
+import { execFile, spawn } from "node:child_process";
+import { chmodSync, existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { buildConfig, ConfigError } from "../../src/config/config.ts";
+import { createTestDatabase, type TestDatabase } from "../support/database.ts";
+import { writeConfig } from "../support/lote-process.ts";
+import { freePort } from "../support/ports.ts";
+import { until } from "../support/until.ts";
+
+const root = new URL("../../", import.meta.url).pathname;
+const run = promisify(execFile);
+const dir = mkdtempSync(join(tmpdir(), "lote-config-"));
+// As root, PostgreSQL runs as the postgres user, which must be able to enter the directory.
+chmodSync(dir, 0o755);
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+/** The ConfigError message buildConfig throws for `file`. */
+function refusal(file: Record<string, unknown>, env: Record<string, string> = {}): string {
+  try {
+    buildConfig(file, env);
+  } catch (err) {
+    expect(err).toBeInstanceOf(ConfigError);
+    return (err as Error).message;
+  }
+  throw new Error(`accepted ${JSON.stringify(file)}`);
+}
+
+const openai = (backend: Record<string, unknown>, extra: Record<string, unknown> = {}) =>
+  ({ models: [{ name: "m", backend: { kind: "openai", urls: ["http://127.0.0.1:8000"], ...backend }, ...extra }] });
+
+describe("the configuration", () => {
+  it("treats an empty environment variable as unset, leaving the file's value in force", () => {
+    const cert = join(dir, "cert.pem");
+    const key = join(dir, "key.pem");
+    writeFileSync(cert, "CERT");
+    writeFileSync(key, "KEY");
+    const file = { database_url: "postgres://db.internal/lote", auth_required: true, tls: { cert_file: cert, key_file: key } };
+    const config = buildConfig(file, { DATABASE_URL: "", LOTE_AUTH_REQUIRED: "", LOTE_TLS_CERT: "", LOTE_TLS_KEY: "", LOTE_PORT: "", LOTE_LOG_LEVEL: "" });
+    expect(config.databaseUrl).toBe("postgres://db.internal/lote");
+    expect(config.authRequired).toBe(true);
+    expect(config.tls?.cert).toBe("CERT");
+    expect(config.port).toBe(50051);
+  });
+
+  it("refuses unknown and mistyped nested keys, and duplicate model names, naming each field", () => {
+    expect(refusal({ tls: { cert: "c.pem", key: "k.pem" } })).toMatch(/^config: tls: unknown key `cert`; expected one of cert_file, key_file/);
+    expect(refusal({ worker: { concurency: 3 } })).toMatch(/^config: worker: unknown key `concurency`; expected one of concurrency,/);
+    expect(refusal({ worker: "lots" })).toMatch(/^config: worker: expected a mapping with keys concurrency, .*, got a string$/);
+    const leaked = refusal(openai({ api_key: "sk-abc123" }));
+    expect(leaked).toMatch(/^config: models\[0\]\.backend \(kind openai\): unknown key `api_key`; expected one of .*api_key_env/);
+    expect(leaked).not.toContain("sk-abc123");
+    expect(refusal(openai({}, { price: { input: 0.15 } }))).toMatch(/^config: models\[0\]\.price: unknown key `input`; expected one of input_per_million_tokens/);
+    const kserve = (extra: Record<string, unknown>) => ({ models: [{ name: "k", backend: { kind: "kserve", urls: ["grpc://127.0.0.1:8001"], ...extra } }] });
+    expect(refusal(kserve({ api_key_env: "K" }))).toMatch(/^config: models\[0\]\.backend \(kind kserve\): unknown key `api_key_env`/);
+    expect(refusal(kserve({ protocol: "h2" }))).toMatch(/^config: models\[0\]\.backend \(kind kserve\): unknown key `protocol`/);
+    expect(refusal({ database_url: 5432 })).toBe("config: `database_url`: expected a non-empty string, got 5432");
+    const twice = { models: [openai({}).models[0], { name: "m", backend: { kind: "openai", urls: ["http://127.0.0.1:8001"] } }] };
+    expect(refusal(twice)).toMatch(/^config: models\[1\]: `name`: expected a name no other model has, got "m", the name of models\[0\] too$/);
+    expect(refusal({ metrics: { host: "0.0.0.0" } })).toMatch(/^config: metrics: `host` \(metrics\.host\) is set but `port` is not/);
+  });
+
+  it("refuses a backend URL of the wrong scheme or with a credential in it, naming its index and never showing it", () => {
+    const message = refusal(openai({ urls: ["https://u:sk-LEAKME@api.example.com", "api2.example.com:443"] }));
+    expect(message).toMatch(/^config: models\[0\]\.backend: `urls\[0\]`: expected a URL without a user:password part .*api_key_env/);
+    expect(message).not.toContain("LEAKME");
+    expect(message).not.toContain("api.example.com");
+    expect(refusal(openai({ urls: ["https://api.example.com", "api2.example.com:443"] })))
+      .toMatch(/^config: models\[0\]\.backend: `urls\[1\]`: expected a URL starting http:\/\/, https:\/\/ or h2c:\/\/ \(kind openai\)/);
+    expect(refusal(openai({ urls: ["grpc://127.0.0.1:9"] })))
+      .toBe("config: models[0].backend: `urls[0]`: expected a URL starting http://, https:// or h2c:// (kind openai), got a grpc:// URL, which is for kind kserve");
+    expect(refusal({ models: [{ name: "k", backend: { kind: "kserve", urls: ["http://127.0.0.1:8001"] } }] }))
+      .toMatch(/^config: models\[0\]\.backend: `urls\[0\]`: expected a URL starting grpc:\/\/ or grpcs:\/\/ \(kind kserve\), got an http:\/\/ URL/);
+    expect(refusal(openai({ urls: ["https://api.example.com"], ca_file: "/nonexistent.pem" })))
+      .toMatch(/^config: models\[0\]\.backend: `ca_file`: expected a readable PEM file, got \/nonexistent\.pem \(ENOENT/);
+  });
+});
+
+describe("a server's start with a bad backend (real processes)", () => {
+  const serve = async (config: Record<string, unknown>) => {
+    const dataDir = join(dir, `pg-${Math.random().toString(36).slice(2)}`);
+    const env: NodeJS.ProcessEnv = { ...process.env, LOTE_DATA_DIR: dataDir, LOTE_EMBEDDED_PG_PORT: String(await freePort()), LOTE_PORT: String(await freePort()) };
+    delete env.DATABASE_URL;
+    const err = await run(process.execPath, ["--import", "tsx", "src/cli/main.ts", "serve", "--config", writeConfig(config)], { cwd: root, env })
+      .then(() => undefined, (e: { code: number; stderr: string }) => e);
+    return { err, dataDir };
+  };
+
+  it("exits 78 naming the model's URL when an openai backend has a kserve scheme, and leaves no PostgreSQL running", async () => {
+    const { err, dataDir } = await serve(openai({ urls: ["grpc://127.0.0.1:9"] }));
+    expect(err?.code).toBe(78);
+    expect(err?.stderr).toContain("lote: invalid configuration: ");
+    expect(err?.stderr).toContain("models[0].backend: `urls[0]`");
+    expect(existsSync(join(dataDir, "postmaster.pid"))).toBe(false);
+  });
+
+  it("exits 78 naming ca_file when the CA file cannot be read", async () => {
+    const { err } = await serve(openai({ urls: ["https://127.0.0.1:9"], ca_file: "/nonexistent.pem" }));
+    expect(err?.code).toBe(78);
+    expect(err?.stderr).toContain("models[0].backend: `ca_file`");
+  });
+});
+
+describe("a closed terminal (real process)", () => {
+  let db: TestDatabase;
+  beforeAll(async () => {
+    db = await createTestDatabase();
+  });
+  afterAll(async () => {
+    await db.drop();
+  });
+
+  it("stops a server cleanly on SIGHUP, like SIGTERM: exit 0 and its worker row removed", async () => {
+    const child = spawn(process.execPath, ["--import", "tsx", "src/cli/main.ts", "serve"], {
+      cwd: root, env: { ...process.env, DATABASE_URL: db.url, LOTE_PORT: String(await freePort()), LOTE_LOG_LEVEL: "info" }, stdio: ["ignore", "pipe", "pipe"],
+    });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (d) => (stdout += d));
+    child.stderr.on("data", (d) => (stderr += d));
+    const exited = new Promise<number | string>((resolve) => child.on("exit", (code, signal) => resolve(code ?? signal ?? -1)));
+    await until("listening", () => stdout.includes('"listening"') || (child.exitCode !== null && Promise.reject(new Error(stderr))), 30_000);
+    child.kill("SIGHUP");
+    expect(await exited).toBe(0);
+    expect(stderr).toContain('"msg":"stopped"');
+    const workers = await run(process.execPath, ["--import", "tsx", "src/cli/main.ts", "workers", "--all", "--json"], { cwd: root, env: { ...process.env, DATABASE_URL: db.url } });
+    expect(JSON.parse(workers.stdout)).toEqual([]);
+  });
+});

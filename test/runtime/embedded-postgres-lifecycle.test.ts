@@ -1,0 +1,163 @@
+import { execFile, spawn } from "node:child_process";
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import pg from "pg";
+import { afterAll, afterEach, describe, expect, it } from "vitest";
+import { startSimulator, type Simulator } from "../../src/simulator/index.ts";
+import { batchServiceClient, call, chatRequest } from "../support/grpc-client.ts";
+import { startLoteProcess, writeConfig, type LoteProcess } from "../support/lote-process.ts";
+import { freePort } from "../support/ports.ts";
+import { until } from "../support/until.ts";
+
+const root = new URL("../../", import.meta.url).pathname;
+const run = promisify(execFile);
+
+/** The pid postmaster.pid names, while that process is alive. */
+function livePostgresPid(dataDir: string): number | undefined {
+  const file = join(dataDir, "postmaster.pid");
+  if (!existsSync(file)) return undefined;
+  const pid = Number(readFileSync(file, "utf8").split("\n")[0]);
+  try {
+    process.kill(pid, 0);
+    return pid;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Stops a postgres no lote process owns any more (fast shutdown), and waits until it is gone. */
+async function stopPostgres(dataDir: string): Promise<void> {
+  const pid = livePostgresPid(dataDir);
+  if (pid === undefined) return;
+  process.kill(pid, "SIGINT");
+  await until("postgres gone", () => livePostgresPid(dataDir) === undefined, 30_000);
+}
+
+describe("the embedded PostgreSQL's life cycle", () => {
+  const dir = mkdtempSync(join(tmpdir(), "lote-embedded-life-"));
+  // As root, PostgreSQL runs as the postgres user, which must be able to enter the directory.
+  chmodSync(dir, 0o755);
+  const dataDirs: string[] = [];
+  const processes: LoteProcess[] = [];
+  let sim: Simulator | undefined;
+
+  async function embeddedEnv() {
+    const dataDir = join(dir, `pg${dataDirs.length}`);
+    dataDirs.push(dataDir);
+    return { LOTE_DATA_DIR: dataDir, LOTE_EMBEDDED_PG_PORT: String(await freePort()) };
+  }
+
+  afterEach(async () => {
+    await Promise.all(processes.splice(0).map((p) => p.stop()));
+    await sim?.close();
+    sim = undefined;
+    for (const d of dataDirs) await stopPostgres(d);
+  });
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it("drains and stores every finished result when Ctrl-C reaches the whole process group", async () => {
+    // 20 calls of 100 ms at a time: 300 requests take ~1.5 s, so the Ctrl-C lands with calls in flight.
+    sim = await startSimulator({ port: 0, latency: { kind: "fixed", ms: 100 } });
+    const env = await embeddedEnv();
+    const config = { models: [{ name: "sim-model", backend: { kind: "openai", urls: [sim.h2cUrl] }, max_concurrency: 20 }] };
+    const port = await freePort();
+    // Its own process group, as a shell gives a foreground job: the terminal's Ctrl-C goes to every process in it.
+    const child = spawn(process.execPath, ["--import", "tsx", join(root, "src/cli/main.ts"), "serve", "--config", writeConfig(config)], {
+      cwd: root, detached: true, stdio: ["ignore", "pipe", "pipe"],
+      env: { ...withoutDatabaseUrl(process.env), ...env, LOTE_PORT: String(port), LOTE_LOG_LEVEL: "info" },
+    });
+    let stderr = "";
+    child.stderr.on("data", (d) => (stderr += d));
+    let stdout = "";
+    child.stdout.on("data", (d) => (stdout += d));
+    const exited = new Promise<number | string>((resolve) => child.on("exit", (code, signal) => resolve(code ?? signal ?? -1)));
+    try {
+      await until("lote listening", () => stdout.includes('"listening"') || (child.exitCode !== null && Promise.reject(new Error(stderr))), 60_000);
+      const client = batchServiceClient(`127.0.0.1:${port}`);
+      const requests = Array.from({ length: 300 }, (_, i) => chatRequest(`r${i}`, "sim-model", `hello ${i}`));
+      const batch = await call(client, "createBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests });
+      await until("some results", async () => Number((await call(client, "getBatch", { id: batch.id })).requestCounts.completed) >= 40);
+      client.close();
+      process.kill(-child.pid!, "SIGINT");
+      expect(await exited).toBe(0);
+      expect(stderr).not.toMatch(/ECONNREFUSED|flush failed/);
+
+      // Every call the backend answered is a stored result: read them back through a node that runs no workers.
+      const answered = sim.stats().byStatus[200] ?? 0;
+      expect(answered).toBeGreaterThanOrEqual(40);
+      const reader = await startLoteProcess({ databaseUrl: "", role: "api", env });
+      processes.push(reader);
+      const db = new pg.Client({ connectionString: `postgres://lote:lote@127.0.0.1:${env.LOTE_EMBEDDED_PG_PORT}/postgres` });
+      await db.connect();
+      try {
+        const { rows } = await db.query("SELECT count(*)::int AS n FROM lote.results WHERE batch_id = $1", [batch.id]);
+        expect(rows[0].n).toBe(answered);
+      } finally {
+        await db.end();
+      }
+    } finally {
+      if (child.exitCode === null && child.signalCode === null) process.kill(-child.pid!, "SIGKILL");
+    }
+  });
+
+  it("lets `lote keys create` and `lote workers` use the embedded PostgreSQL a running `lote serve` started, and leaves it running", async () => {
+    const env = await embeddedEnv();
+    const serve = await startLoteProcess({ databaseUrl: "", env });
+    processes.push(serve);
+    const cli = (...args: string[]) =>
+      run(process.execPath, ["--import", "tsx", "src/cli/main.ts", ...args], { cwd: root, env: { ...withoutDatabaseUrl(process.env), ...env } });
+    const key = await cli("keys", "create", "--tenant", "t1");
+    expect(key.stdout.trim()).toMatch(/^\S{20,}$/);
+    const workers = JSON.parse((await cli("workers", "--json")).stdout);
+    expect(workers.map((w: { id: string }) => w.id).join()).toContain(`_${serve.child.pid}_`);
+    // The serve still has its database.
+    const client = batchServiceClient(`127.0.0.1:${serve.port}`);
+    const batch = await call(client, "createBatch", {
+      endpoint: "ENDPOINT_CLASSIFY", requests: [{ customId: "a", bodyJson: Buffer.from('{"model":"lote-sentiment","input":"Eu amo estudar IA!"}') }],
+    });
+    expect(batch.id).toBeTruthy();
+    client.close();
+    expect(await serve.stop()).toBe(0);
+  });
+
+  it("starts and serves after a `kill -9` left the embedded PostgreSQL running", async () => {
+    const env = await embeddedEnv();
+    const first = await startLoteProcess({ databaseUrl: "", env });
+    first.child.kill("SIGKILL");
+    await first.exited;
+    expect(livePostgresPid(env.LOTE_DATA_DIR)).toBeDefined();
+
+    const second = await startLoteProcess({ databaseUrl: "", env });
+    processes.push(second);
+    const client = batchServiceClient(`127.0.0.1:${second.port}`);
+    const batch = await call(client, "createBatch", {
+      endpoint: "ENDPOINT_CLASSIFY", requests: [{ customId: "a", bodyJson: Buffer.from('{"model":"lote-sentiment","input":"Eu amo estudar IA!"}') }],
+    });
+    await until("the batch completed", async () => (await call(client, "getBatch", { id: batch.id })).status === "BATCH_STATUS_COMPLETED");
+    client.close();
+    expect(await second.stop()).toBe(0);
+  });
+
+  it("says which data directory and what postgres last logged when the embedded PostgreSQL cannot start", async () => {
+    const env = await embeddedEnv();
+    // The port is taken by another listener: postgres cannot bind it and exits.
+    const blocker = await startSimulator({ port: Number(env.LOTE_EMBEDDED_PG_PORT) });
+    try {
+      const failed = await run(process.execPath, ["--import", "tsx", "src/cli/main.ts", "workers"], { cwd: root, env: { ...withoutDatabaseUrl(process.env), ...env } })
+        .then(() => undefined, (err: { code: number; stderr: string }) => err);
+      expect(failed?.code).toBe(1);
+      expect(failed?.stderr).toContain(env.LOTE_DATA_DIR);
+      expect(failed?.stderr).toMatch(/Address already in use/);
+      expect(failed?.stderr).not.toMatch(/^undefined$/m);
+    } finally {
+      await blocker.close();
+    }
+  });
+});
+
+function withoutDatabaseUrl(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  const { DATABASE_URL: _, ...rest } = env;
+  return rest;
+}
