@@ -46,6 +46,7 @@ export type TransportErrorKind =
   | "connection_refused" // ECONNREFUSED, ENOTFOUND, connect failure
   | "goaway" // HTTP/2 GOAWAY / REFUSED_STREAM before the answer
   | "protocol" // malformed answer
+  | "invalid_request" // the client library refused to send the request as built (e.g. an invalid header value); nothing was sent
   | "response_too_large"; // the answer was longer than the backend allows (max_response_bytes); the call was cut off
 
 export class TransportError extends Error {

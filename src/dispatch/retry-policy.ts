@@ -24,6 +24,8 @@ export const retryableTransport: Readonly<Record<TransportErrorKind, boolean>> =
   protocol: true,
   // The same request would get the same answer.
   response_too_large: false,
+  // The same request would be refused again before it is sent.
+  invalid_request: false,
 };
 
 export function isRetryable(f: Failure): boolean {

@@ -28,7 +28,7 @@ interface InferenceServer {
   stop(): void;
 }
 
-const models = new Set(["echo", "echo-raw", "embedder", "classifier", "tensors", "busy", "invalid", "slow", "hold"]);
+const models = new Set(["echo", "echo-raw", "embedder", "classifier", "tensors", "busy", "invalid", "slow", "hold", "large"]);
 
 function textsIn(request: ModelInferRequest): string[] {
   return (request.inputs[0]?.contents?.bytes_contents ?? []).map((b) => b.toString("utf8"));
@@ -91,6 +91,8 @@ async function startInferenceServer(serverOptions: grpc.ServerOptions = {}): Pro
         }
         case "invalid":
           return callback({ code: grpc.status.INVALID_ARGUMENT, details: "unexpected shape for input 'text_input'" });
+        case "large": // a 100 KB answer
+          return callback(null, answer(request, [{ name: "text_output", datatype: "BYTES", shape: [1], contents: { bytes_contents: [Buffer.alloc(100_000, "x")] } }]));
         case "slow":
           call.on("cancelled", () => events.emit("cancelled", request.id));
           return; // never answers
@@ -232,6 +234,45 @@ describe("KServe v2 gRPC backend", () => {
     expect(JSON.parse(reply.body).error).toMatchObject({ message: "unexpected shape for input 'text_input'", code: "INVALID_ARGUMENT" });
   });
 
+  it("rejects an answer longer than maxResponseBytes as response_too_large, which is not retried", async () => {
+    const backend = createKServeBackend({ name: "kserve:large", urls: [server.url], modelName: "large", maxResponseBytes: 64 * 1024 });
+    backends.push(backend);
+    const error = await infer(backend, "/v1/completions", { prompt: "hi" }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(TransportError);
+    expect(error).toMatchObject({ kind: "response_too_large" });
+    expect((error as Error).message).toContain("longer than 65536 bytes");
+    expect((await infer(backendFor("large"), "/v1/completions", { prompt: "hi" })).status).toBe(200);
+  });
+
+  it("answers 400 naming the input and the element for an integer its datatype cannot hold, instead of sending it wrapped", async () => {
+    const backend = backendFor("tensors");
+    const cases: [datatype: string, data: unknown[], bad: string][] = [
+      ["UINT8", [0, 255, -1], "element 2 to be an integer from 0 to 255 for UINT8, got -1"],
+      ["UINT8", [256], "element 0 to be an integer from 0 to 255 for UINT8, got 256"],
+      ["INT8", [-128, 127, 128], "element 2 to be an integer from -128 to 127 for INT8, got 128"],
+      ["INT16", [40_000], "element 0 to be an integer from -32768 to 32767 for INT16, got 40000"],
+      ["INT32", [1, 2147483648], "element 1 to be an integer from -2147483648 to 2147483647 for INT32, got 2147483648"],
+      ["UINT32", [-1], "element 0 to be an integer from 0 to 4294967295 for UINT32, got -1"],
+      ["INT64", [1e20], "element 0 to be an integer from -9007199254740991 to 9007199254740991 for INT64, got 100000000000000000000"],
+      ["UINT64", [-5], "element 0 to be an integer from 0 to 9007199254740991 for UINT64, got -5"],
+      ["INT32", [1.5], "element 0 to be an integer from -2147483648 to 2147483647 for INT32, got 1.5"],
+      ["FP32", ["1"], "element 0 to be a number for FP32, got \"1\""],
+    ];
+    const before = server.requests.length;
+    for (const [datatype, data, bad] of cases) {
+      const reply = await infer(backend, "/v1/completions", { inputs: [{ name: "x", shape: [data.length], datatype, data }] });
+      expect(reply.status, datatype).toBe(400);
+      expect(JSON.parse(reply.body).error.message).toBe(`Expected \`inputs[0]\`.data ${bad}`);
+    }
+    expect(server.requests.length).toBe(before);
+    const edges = await infer(backend, "/v1/completions", { inputs: [
+      { name: "u32", shape: [2], datatype: "UINT32", data: [0, 4294967295] },
+      { name: "i64", shape: [1], datatype: "INT64", data: [-9007199254740991] },
+    ] });
+    expect(edges.status).toBe(200);
+    expect(JSON.parse(edges.body).outputs.map((o: { data: number[] }) => o.data)).toEqual([[0, 4294967295], [-9007199254740991]]);
+  });
+
   it("answers 400 without calling the server for a body the protocol cannot carry", async () => {
     const before = server.requests.length;
     const reply = await infer(backendFor("echo"), "/v1/completions", { prompt: [1, 2, 3] });
@@ -248,6 +289,17 @@ describe("KServe v2 gRPC backend", () => {
     const error = await infer(backend, "/v1/completions", { prompt: "down" }).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(TransportError);
     expect((error as TransportError).kind).toBe("connection_refused");
+  });
+
+  it("ejects a target it cannot connect to and moves the call to another, so every call is answered", async () => {
+    const dead = await startInferenceServer();
+    dead.stop();
+    const backend = backendFor("echo", [dead.url, server.url]);
+    const before = server.requests.length;
+    for (let i = 0; i < 10; i++) expect((await infer(backend, "/v1/completions", { prompt: `p${i}` })).status).toBe(200);
+    expect(server.requests.length - before).toBe(10);
+    const alone = backendFor("echo", [dead.url]);
+    expect(await infer(alone, "/v1/completions", { prompt: "down" }).catch((e: unknown) => e)).toMatchObject({ kind: "connection_refused" });
   });
 
   it("cancels the server-side call when the signal aborts mid-call", async () => {

@@ -14,6 +14,8 @@ import { TransportError, type InferenceReply } from "../../src/backends/backend.
 import { createBackends } from "../../src/backends/create-backends.ts";
 import { buildConfig } from "../../src/config/config.ts";
 import { createOpenAIBackend, parseRetryAfter, type OpenAIBackend, type OpenAIBackendOptions } from "../../src/backends/openai/index.ts";
+import { toTransportError } from "../../src/backends/openai/transport-errors.ts";
+import { isRetryable } from "../../src/dispatch/retry-policy.ts";
 import { startSimulator, type Simulator, type SimulatorOptions } from "../../src/simulator/index.ts";
 import { freePort } from "../support/ports.ts";
 
@@ -519,6 +521,57 @@ describe("replica ejection", () => {
     expect(sim.stats().requests).toBe(3);
   });
 
+  it("ejects a replica whose calls fail 5 times in a row, as a failed connect would, and takes it back once it answers", async () => {
+    let now = 0;
+    const bad = await simulator({ errorRate: 1 }); // answers 500 at once
+    const good = await simulator();
+    const b = backend({ urls: [bad.h2cUrl, good.h2cUrl], now: () => now });
+    const statuses = async (n: number) => { const s: number[] = []; for (let i = 0; i < n; i++) s.push((await call(b, { n: i })).status); return s; };
+    // Ties go round-robin: the first ten calls alternate, then the bad replica is out.
+    expect((await statuses(20)).filter((s) => s === 500)).toHaveLength(5);
+    expect(b.state()[0]).toMatchObject({ ejectedForMs: 1_000, consecutiveFailures: 1 });
+    expect(bad.stats().requests).toBe(5);
+    // Back when the ejection ends, on probation: its next failure ejects it again, for twice as long.
+    now = 1_000;
+    expect((await statuses(4)).filter((s) => s === 500)).toHaveLength(1);
+    expect(b.state()[0]).toMatchObject({ ejectedForMs: 2_000, consecutiveFailures: 2 });
+    bad.configure({ errorRate: 0 });
+    now = 3_000;
+    expect(await statuses(4)).toEqual([200, 200, 200, 200]);
+    expect(b.state()[0]).toMatchObject({ ejectedForMs: 0, consecutiveFailures: 0 });
+    expect(bad.stats().requests).toBe(8);
+  });
+
+  it("counts resets as failed calls, and a 429 as an answer", async () => {
+    let now = 0;
+    const flaky = await simulator({ resetRate: 1 });
+    const good = await simulator();
+    const b = backend({ urls: [flaky.url, good.url], now: () => now });
+    for (let i = 0; i < 20; i++) await call(b, { n: i }).catch(() => undefined);
+    expect(flaky.stats().requests).toBe(5);
+    expect(b.state()[0]!.ejectedForMs).toBe(1_000);
+
+    const limited = await simulator({ rateLimitRate: 1 });
+    const c = backend({ urls: [limited.url, good.url], now: () => now });
+    for (let i = 0; i < 20; i++) await call(c, { n: i });
+    expect(limited.stats().requests).toBe(10);
+    expect(c.state()[0]).toMatchObject({ ejectedForMs: 0, consecutiveFailures: 0 });
+  });
+
+  it("sends a replica that fails fast almost none of the traffic, where least-outstanding gave it nearly all", async () => {
+    const bad = await simulator({ errorRate: 1 });
+    const good = await simulator({ latency: { kind: "fixed", ms: 50 } });
+    const b = backend({ urls: [bad.h2cUrl, good.h2cUrl], maxConcurrency: 8 });
+    const counts = { ok: 0, failed: 0 };
+    const deadline = Date.now() + 500;
+    await Promise.all(Array.from({ length: 8 }, async () => {
+      while (Date.now() < deadline) ((await call(b, {})).status === 200 ? counts.ok++ : counts.failed++);
+    }));
+    // Before: ~80 answers of 200 and ~6,000 of 500 in these 500 ms. Now only the calls in flight when it is ejected.
+    expect(counts.ok).toBeGreaterThan(60);
+    expect(counts.failed).toBeLessThan(20);
+  });
+
   it("tries an ejected replica rather than failing outright when every replica is ejected", async () => {
     const [a, bPort] = [await freePort(), await freePort()];
     const b = backend({ urls: [`http://127.0.0.1:${a}`, `http://127.0.0.1:${bPort}`] });
@@ -603,6 +656,23 @@ describe("OpenAI backend", () => {
     expect(() => createOpenAIBackend({ name: "x", urls: ["http://u:sk-hidden@h"] })).not.toThrow(/sk-hidden/);
     expect(() => createOpenAIBackend({ name: "x", urls: ["http://h"], maxConcurrency: 0 })).toThrow("Expected `maxConcurrency` to be an integer >= 1, got 0");
     expect(() => createOpenAIBackend({ name: "x", urls: ["http://h"], connectionsPerReplica: 2.5 })).toThrow("Expected `connectionsPerReplica` to be an integer >= 1, got 2.5");
+  });
+});
+
+describe("API keys", () => {
+  it("refuses an API key with a CR, LF, NUL or other control character, without echoing the key", () => {
+    for (const [key, at] of [["sk-secret123\n", 12], ["sk-se\r\ncret", 5], ["sk-\0secret", 3], ["sk-\tsecret", 3], ["sk-secret\x7f", 9]] as const) {
+      const attempt = () => createOpenAIBackend({ name: "x", urls: ["http://h"], apiKey: key });
+      expect(attempt).toThrow(`Expected \`apiKey\` to hold no control characters (CR, LF, NUL, tab, DEL), got one at index ${at}`);
+      expect(attempt).not.toThrow(/secret/);
+    }
+    expect(() => createOpenAIBackend({ name: "x", urls: ["http://h"], apiKey: "sk-plain-0123_ABC.xyz" })).not.toThrow();
+  });
+
+  it("fails a request undici refuses to send (UND_ERR_INVALID_ARG) as invalid_request, which is not retried", () => {
+    const err = toTransportError(Object.assign(new Error("invalid authorization header"), { code: "UND_ERR_INVALID_ARG" }), "openai:x POST http://h/v1/chat/completions");
+    expect(err.kind).toBe("invalid_request");
+    expect(isRetryable({ kind: "transport", error: err.kind, message: err.message })).toBe(false);
   });
 });
 

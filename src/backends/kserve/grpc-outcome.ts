@@ -30,9 +30,9 @@ const connectFailure = /No connection established|ECONNREFUSED|ENOTFOUND|EAI_AGA
 
 /**
  * `cancelledByUs` is true when our AbortSignal fired or close() cancelled the call: grpc-js then reports
- * CANCELLED "Cancelled on client".
+ * CANCELLED "Cancelled on client". `maxReceiveBytes` is the channel's grpc.max_receive_message_length.
  */
-export function outcomeOfGrpcError(error: ServiceError, requestId: string, cancelledByUs: boolean): InferenceReply | TransportError {
+export function outcomeOfGrpcError(error: ServiceError, requestId: string, cancelledByUs: boolean, maxReceiveBytes = 64 * 1024 * 1024): InferenceReply | TransportError {
   const details = error.details || error.message;
   switch (error.code) {
     case Status.CANCELLED:
@@ -44,10 +44,14 @@ export function outcomeOfGrpcError(error: ServiceError, requestId: string, cance
     case Status.DEADLINE_EXCEEDED:
       return new TransportError("timeout", details, { cause: error });
   }
-  // grpc-js raises RESOURCE_EXHAUSTED itself when an answer exceeds grpc.max_receive_message_length; that is
-  // not the server shedding load, and retrying gets the same too-large answer.
-  const localSizeLimit = error.code === Status.RESOURCE_EXHAUSTED && /larger than max/i.test(details);
-  const status = localSizeLimit ? 500 : (httpStatusOf[error.code as Status] ?? 500);
+  // RESOURCE_EXHAUSTED "Received message larger than max (<size> vs <limit>)" is not a server shedding load, and
+  // the same request gets it again: grpc-js raises it itself for an answer over our limit (response_too_large, as
+  // the OpenAI backend cuts one off), and a server for a request over its own (413).
+  const sizeLimit = error.code === Status.RESOURCE_EXHAUSTED && /larger than max/i.test(details);
+  if (sizeLimit && details.includes(`vs ${maxReceiveBytes})`)) {
+    return new TransportError("response_too_large", `the ModelInfer answer is longer than ${maxReceiveBytes} bytes (max_response_bytes): ${details}`, { cause: error });
+  }
+  const status = sizeLimit ? 413 : (httpStatusOf[error.code as Status] ?? 500);
   const code = Status[error.code] ?? String(error.code);
   const type = status >= 500 ? "server_error" : status === 429 ? "rate_limit_error" : "invalid_request_error";
   const reply: { status: number; body: string; requestId: string; retryAfterMs?: number } = {

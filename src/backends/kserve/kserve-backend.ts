@@ -5,6 +5,7 @@
 import { randomUUID } from "node:crypto";
 import * as grpc from "@grpc/grpc-js";
 import { TransportError, type Backend, type InferenceCall, type InferenceReply } from "../backend.ts";
+import { ReplicaSet } from "../openai/replica-set.ts";
 import { outcomeOfGrpcError } from "./grpc-outcome.ts";
 import { loadInferenceService, type InferenceClient, type ModelInferRequest, type ModelInferResponse } from "./inference-service.ts";
 import { InvalidRequestError } from "./invalid-request-error.ts";
@@ -34,13 +35,18 @@ export interface KServeBackendOptions {
    * gets one connection per 100 of them (see streamsPerConnection).
    */
   readonly maxConcurrency?: number;
+  /**
+   * Longest answer read, bytes (grpc-js's grpc.max_receive_message_length); a longer one fails the call as
+   * "response_too_large", not retried. Default 64 MiB, as the OpenAI backend's max_response_bytes.
+   */
+  readonly maxResponseBytes?: number;
 }
 
 /**
  * grpc-js refuses answers over 4 MiB by default (gRPC-core's GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH). One batch of
  * 256 inputs × 4096-dim FP32 embeddings is already 4 MiB, so allow 64 MiB.
  */
-const maxReceiveBytes = 64 * 1024 * 1024;
+const defaultMaxResponseBytes = 64 * 1024 * 1024;
 /** ready() gives each target this long to answer ServerReady + ModelReady. */
 const readyTimeoutMs = 5_000;
 /**
@@ -51,12 +57,16 @@ const readyTimeoutMs = 5_000;
  */
 const streamsPerConnection = 100;
 
+/**
+ * A target that cannot be connected to is ejected for 1 s, doubling per failure in a row up to 30 s: the OpenAI
+ * backend's ejectBaseMs and ejectMaxMs defaults.
+ */
+const ejectBaseMs = 1_000;
+const ejectMaxMs = 30_000;
+
 /** One connection to a target; a target has ceil(maxConcurrency / 100) of them. */
 interface Channel {
-  readonly address: string;
   readonly client: InferenceClient;
-  /** The first channel of its target: ready() asks it. */
-  readonly first: boolean;
   outstanding: number;
 }
 
@@ -65,34 +75,59 @@ export function createKServeBackend(options: KServeBackendOptions): Backend {
   const { Client } = loadInferenceService();
   const inputName = options.inputName ?? "text_input";
   const outputName = options.outputName ?? "text_output";
+  const maxReceiveBytes = options.maxResponseBytes ?? defaultMaxResponseBytes;
   const perTarget = Math.ceil((options.maxConcurrency ?? streamsPerConnection) / streamsPerConnection);
-  const targets: Channel[] = options.urls.flatMap((url) => {
+  /** Per target (configuration order), its channels; the first is the one ready() asks. */
+  const targets: Channel[][] = options.urls.map((url) => {
     const { address, secure } = parseTarget(url, options.tls !== undefined);
     const credentials = secure
       ? grpc.credentials.createSsl(options.tls?.ca ? Buffer.from(options.tls.ca) : null)
       : grpc.credentials.createInsecure();
     return Array.from({ length: perTarget }, (_, i) => ({
-      address,
       // "lote.connection" means nothing to grpc-js but makes each channel's options differ, and so its connection.
       client: new Client(address, credentials, { "grpc.max_receive_message_length": maxReceiveBytes, "lote.connection": i }),
-      first: i === 0,
       outstanding: 0,
     }));
   });
+  /** Fewest calls in flight per target, ties round-robin, and ejection of targets that cannot be connected to. */
+  const replicas = new ReplicaSet(targets.length, { ejectBaseMs, ejectMaxMs, now: () => performance.now() });
   /** Cancels of the calls in flight, so close() can abort them. */
   const inFlight = new Set<() => void>();
   let closed = false;
-  let rotation = 0;
 
-  /** Fewest calls in flight; ties go round-robin so idle targets share the load. */
-  function pick(): Channel {
-    let best = targets[rotation % targets.length]!;
-    for (let i = 1; i < targets.length; i++) {
-      const candidate = targets[(rotation + i) % targets.length]!;
-      if (candidate.outstanding < best.outstanding) best = candidate;
-    }
-    rotation = (rotation + 1) % targets.length;
+  /** The target's channel with the fewest calls in flight. */
+  function channelOf(target: number): Channel {
+    const channels = targets[target]!;
+    let best = channels[0]!;
+    for (let i = 1; i < channels.length; i++) if (channels[i]!.outstanding < best.outstanding) best = channels[i]!;
     return best;
+  }
+
+  /**
+   * ModelInfer on the least-loaded target. A target that could not be connected to never got the call (grpc-js
+   * fails it with UNAVAILABLE "No connection established" before sending): it is ejected, and the call moves to
+   * each other target once, as the OpenAI backend does with its replicas.
+   */
+  async function inferOnTargets(request: ModelInferRequest, signal: AbortSignal): Promise<ModelInferResponse | InferenceReply> {
+    let tried: Set<number> | undefined;
+    for (;;) {
+      const target = replicas.acquire(tried);
+      const channel = channelOf(target);
+      channel.outstanding++;
+      try {
+        const answer = await modelInfer(channel, request, signal);
+        replicas.markAnswered(target);
+        return answer;
+      } catch (error) {
+        if (!(error instanceof TransportError) || error.kind !== "connection_refused" || signal.aborted || closed) throw error;
+        replicas.markConnectFailure(target);
+        (tried ??= new Set()).add(target);
+        if (tried.size >= targets.length) throw error;
+      } finally {
+        channel.outstanding--;
+        replicas.release(target);
+      }
+    }
   }
 
   function modelInfer(target: Channel, request: ModelInferRequest, signal: AbortSignal): Promise<ModelInferResponse | InferenceReply> {
@@ -106,7 +141,7 @@ export function createKServeBackend(options: KServeBackendOptions): Backend {
         signal.removeEventListener("abort", cancel);
         inFlight.delete(cancel);
         if (!error) return resolve(response!);
-        const outcome = outcomeOfGrpcError(error, request.id!, cancelledByUs);
+        const outcome = outcomeOfGrpcError(error, request.id!, cancelledByUs, maxReceiveBytes);
         return outcome instanceof TransportError ? reject(outcome) : resolve(outcome);
       });
       signal.addEventListener("abort", cancel, { once: true });
@@ -128,14 +163,7 @@ export function createKServeBackend(options: KServeBackendOptions): Backend {
         if (!(error instanceof InvalidRequestError)) throw error;
         return { status: 400, body: JSON.stringify({ error: { message: error.message, type: "invalid_request_error", code: "invalid_request" } }), requestId };
       }
-      const target = pick();
-      target.outstanding++;
-      let answer: ModelInferResponse | InferenceReply;
-      try {
-        answer = await modelInfer(target, mapped.request, signal);
-      } finally {
-        target.outstanding--;
-      }
+      const answer = await inferOnTargets(mapped.request, signal);
       if ("status" in answer) return answer;
       const replyId = answer.id || mapped.request.id!;
       try {
@@ -149,7 +177,8 @@ export function createKServeBackend(options: KServeBackendOptions): Backend {
 
     async ready(): Promise<boolean> {
       if (closed) return false;
-      const answers = await Promise.all(targets.filter((t) => t.first).map(async ({ client }) => {
+      const answers = await Promise.all(targets.map(async (channels) => {
+        const client = channels[0]!.client;
         const deadline = Date.now() + readyTimeoutMs;
         const ask = <Req>(method: "ServerReady" | "ModelReady", request: Req) =>
           new Promise<boolean>((resolve) => {
@@ -164,7 +193,7 @@ export function createKServeBackend(options: KServeBackendOptions): Backend {
     async close(): Promise<void> {
       closed = true;
       for (const cancel of [...inFlight]) cancel();
-      for (const { client } of targets) client.close();
+      for (const { client } of targets.flat()) client.close();
     },
   };
 }
@@ -181,8 +210,9 @@ function validate(options: KServeBackendOptions): void {
     }
   }
   for (const url of options.urls) parseTarget(url, false);
-  if (options.maxConcurrency !== undefined && (!Number.isInteger(options.maxConcurrency) || options.maxConcurrency < 1)) {
-    throw new TypeError(`Expected \`maxConcurrency\` to be an integer >= 1, got ${found(options.maxConcurrency)}`);
+  for (const key of ["maxConcurrency", "maxResponseBytes"] as const) {
+    const value = options[key];
+    if (value !== undefined && (!Number.isInteger(value) || value < 1)) throw new TypeError(`Expected \`${key}\` to be an integer >= 1, got ${found(value)}`);
   }
 }
 

@@ -35,6 +35,22 @@ const contentsFieldOf: Record<string, ContentsField> = {
   BYTES: "bytes_contents",
 };
 
+/**
+ * What each integer datatype holds. The wire fields are wider (int32, uint32, int64, uint64), so a value out of
+ * range would reach the server wrapped (UINT8 256 as 0 or more, INT32 2^31 as -2^31); 64-bit values travel as JS
+ * numbers, exact only up to 2^53 - 1.
+ */
+const integerRange: Record<string, readonly [min: number, max: number]> = {
+  INT8: [-(2 ** 7), 2 ** 7 - 1],
+  INT16: [-(2 ** 15), 2 ** 15 - 1],
+  INT32: [-(2 ** 31), 2 ** 31 - 1],
+  INT64: [Number.MIN_SAFE_INTEGER, Number.MAX_SAFE_INTEGER],
+  UINT8: [0, 2 ** 8 - 1],
+  UINT16: [0, 2 ** 16 - 1],
+  UINT32: [0, 2 ** 32 - 1],
+  UINT64: [0, Number.MAX_SAFE_INTEGER],
+};
+
 /** Flattens nested row-major `data` and checks it holds exactly product(shape) elements. */
 export function flattenData(data: unknown, shape: number[], where: string): unknown[] {
   const flat = Array.isArray(data) ? (data.flat(Infinity) as unknown[]) : [data];
@@ -43,24 +59,33 @@ export function flattenData(data: unknown, shape: number[], where: string): unkn
   return flat;
 }
 
-/** Typed contents for one input tensor. FP16/BF16 have no typed field (proto comment on raw_input_contents). */
+/**
+ * Typed contents for one input tensor (`values` flattened row-major); an element the datatype cannot hold is an
+ * InvalidRequestError naming it. FP16/BF16 have no typed field (proto comment on raw_input_contents).
+ */
 export function encodeContents(datatype: string, values: unknown[], where: string): InferTensorContents {
   const field = contentsFieldOf[datatype];
   if (!field) throw new InvalidRequestError(`${datatype} inputs are not supported: ${where} must be one of ${Object.keys(contentsFieldOf).join(", ")}`);
   if (field === "bytes_contents") {
-    return { bytes_contents: values.map((value) => {
-      if (typeof value !== "string") throw expected(`${where} to hold strings for BYTES`, value);
+    return { bytes_contents: values.map((value, i) => {
+      if (typeof value !== "string") throw expected(`${where} element ${i} to be a string for BYTES`, value);
       return Buffer.from(value, "utf8");
     }) };
   }
-  if (field === "bool_contents") {
-    if (!values.every((value) => typeof value === "boolean")) throw expected(`${where} to hold booleans for BOOL`, values.find((v) => typeof v !== "boolean"));
-    return { bool_contents: values as boolean[] };
+  const range = integerRange[datatype];
+  for (let i = 0; i < values.length; i++) {
+    const value = values[i];
+    if (field === "bool_contents") {
+      if (typeof value !== "boolean") throw expected(`${where} element ${i} to be a boolean for BOOL`, value);
+    } else if (range) {
+      if (typeof value !== "number" || !Number.isInteger(value) || value < range[0] || value > range[1]) {
+        throw expected(`${where} element ${i} to be an integer from ${range[0]} to ${range[1]} for ${datatype}`, value);
+      }
+    } else if (typeof value !== "number") {
+      throw expected(`${where} element ${i} to be a number for ${datatype}`, value);
+    }
   }
-  const integral = !datatype.startsWith("FP");
-  const bad = values.find((value) => typeof value !== "number" || (integral && !Number.isInteger(value)));
-  if (bad !== undefined) throw expected(`${where} to hold ${integral ? "integers" : "numbers"} for ${datatype}`, bad);
-  return { [field]: values as number[] };
+  return { [field]: values };
 }
 
 /** One output tensor, from its raw bytes when the server used `raw_output_contents`, else its typed field. */

@@ -1,4 +1,5 @@
-import { connect, constants, type ClientHttp2Session, type ClientHttp2Stream, type IncomingHttpHeaders } from "node:http2";
+import { subscribe } from "node:diagnostics_channel";
+import { connect, constants, type ClientHttp2Session, type ClientHttp2Stream, type Http2Stream, type IncomingHttpHeaders } from "node:http2";
 import { TransportError, type InferenceReply } from "../backend.ts";
 import { describeCall, makeReply, tlsConnectOptions, tooLarge, type ReplicaTransport, type TransportContext } from "./replica-transport.ts";
 import { h2ErrorName, kindOf, toTransportError } from "./transport-errors.ts";
@@ -28,6 +29,33 @@ const OPEN_PAUSE_MS = 1_000;
  * takes one round trip (~1 ms on a LAN); 100 ms is a slow WAN's.
  */
 const SLOW_CONNECT_MS = 100;
+
+/**
+ * nghttp2's per-session memory cap, in MB (node's maxSessionMemory, default 10). It counts the request bodies
+ * written but not yet sent, which flow control holds back (64 KiB per stream until the server's WINDOW_UPDATE), and
+ * while over it node answers each arriving response with RST_STREAM ENHANCE_YOUR_CALM: 34 of 64 calls of 3 MB
+ * failed over one replica, 27 of 64 calls of 1 MB on one session. The bodies are already in memory (the dispatcher
+ * holds each call's, up to max_body_bytes: 1 MiB by default, at most 64 MiB), so the cap saved nothing, it only
+ * failed calls. 4,096 MB lets 64 calls of the largest body share one session. The API server raises it too
+ * (src/api/protocol-servers.ts).
+ */
+const MAX_SESSION_MEMORY_MB = 4_096;
+
+/**
+ * Client streams that closed before their answer's END_STREAM. node ends the readable side ('end' fires) and
+ * reports close code NO_ERROR both after END_STREAM and after RST_STREAM(NO_ERROR) (RFC 9113 §8.1 allows that
+ * reset only after a complete answer); only the order differs: END_STREAM ends the readable side before the stream
+ * closes, a reset closes it first. 'end' comes a tick later, after the close on a TLS session (a 60 KB answer
+ * there), so the order is read where node closes the stream, which it announces on this diagnostics channel.
+ * `_readableState.ended` is node's "push(null) was called", which has no public getter; were it ever gone, nothing
+ * would be marked and only the close code would count, as before. Only cut streams are added: nothing is stored for
+ * a whole answer (node builds one small message object per stream close while this listens).
+ */
+const closedBeforeEnd = new WeakSet<Http2Stream>();
+subscribe("http2.client.stream.close", (message) => {
+  const stream = (message as { stream: Http2Stream & { _readableState?: { ended?: boolean } } }).stream;
+  if (stream._readableState?.ended === false) closedBeforeEnd.add(stream);
+});
 
 interface Session {
   readonly session: ClientHttp2Session;
@@ -176,6 +204,7 @@ export class H2Transport implements ReplicaTransport {
     const session = connect(ctx.target.origin, {
       ...(ctx.target.secure ? { ...tlsConnectOptions(ctx), ALPNProtocols: ["h2"] } : {}),
       settings: { enablePush: false },
+      maxSessionMemory: MAX_SESSION_MEMORY_MB,
     });
     const s: Session = { session, active: 0, limit: 1, ready: false, usable: true, slow: false, error: undefined };
     this.#sessions.push(s);
@@ -258,26 +287,42 @@ export class H2Transport implements ReplicaTransport {
       });
       stream.on("error", (err) => (error ??= err));
       stream.on("close", () => {
+        if (error !== undefined && (error as { code?: unknown }).code === "ERR_HTTP2_OUT_OF_STREAMS") this.#retire(s);
         if (--s.active === 0 && s.ready) s.session.unref();
         this.#pump();
         const rstCode = stream.rstCode ?? constants.NGHTTP2_NO_ERROR;
-        // A reset or a dropped connection ends the readable side as if the answer were whole ('end' fires): only
-        // RST_STREAM NO_ERROR, or none, means the server finished it. Before this check the half of an answer that
-        // came before a connection drop was stored as a 200 result.
-        const whole = stream.readableEnded && rstCode === constants.NGHTTP2_NO_ERROR;
+        // An answer is whole only when it ended with END_STREAM, was not reset with an error after it, and holds
+        // the bytes its content-length announced (nghttp2 checks that too). A dropped connection or an RST_STREAM,
+        // even NO_ERROR, ends the readable side as if it were whole: a server that reset after half its answer had
+        // that half stored as a 200 result.
+        const whole = stream.readableEnded && rstCode === constants.NGHTTP2_NO_ERROR && !closedBeforeEnd.has(stream);
         if (whole && headers && error === undefined) {
-          const text = chunks.length === 1 ? chunks[0]!.toString("utf8") : Buffer.concat(chunks).toString("utf8");
-          return resolve(makeReply(Number(headers[":status"]), text, headers["x-request-id"], headers["retry-after"]));
+          const announced = headers["content-length"];
+          if (announced === undefined || Number(announced) === bytes) {
+            const text = chunks.length === 1 ? chunks[0]!.toString("utf8") : Buffer.concat(chunks).toString("utf8");
+            return resolve(makeReply(Number(headers[":status"]), text, headers["x-request-id"], headers["retry-after"]));
+          }
+          error = Object.assign(new Error(`answer ended after ${bytes} of the ${announced} bytes its content-length announced`), { code: "ECONNRESET" });
         }
         if (this.#closed) return reject(this.#aborted(method, path));
         if (error instanceof TransportError) return reject(error);
         const cause = error ?? (whole
           ? Object.assign(new Error("stream ended without response headers"), { code: "ERR_HTTP2_ERROR" })
-          : Object.assign(new Error(`stream closed before its answer was complete (RST_STREAM ${h2ErrorName(rstCode)})`), { code: "ECONNRESET" }));
+          : Object.assign(new Error(`stream closed before its answer was complete (RST_STREAM ${h2ErrorName(rstCode)}${closedBeforeEnd.has(stream) ? " before END_STREAM" : ""})`), { code: "ECONNRESET" }));
         reject(toTransportError(cause, describeCall(this.#ctx, method, path), { signal, rstCode }));
       });
       if (body !== undefined) stream.end(body);
     });
+  }
+
+  /**
+   * A client has 2^30 stream ids per session (odd ones up to 2^31 - 1, RFC 9113 §5.1.1): after ~1.07e9 calls node
+   * destroys every stream asked of the session with ERR_HTTP2_OUT_OF_STREAMS, before anything is sent. The session
+   * takes no more calls and closes once its streams end; the next call opens a fresh one.
+   */
+  #retire(s: Session): void {
+    s.usable = false;
+    s.session.close();
   }
 
   /** Request headers per method and path, built once: node copies them into its own list on every request. */

@@ -163,6 +163,13 @@ export function resolveOptions(o: OpenAIBackendOptions): ResolvedOptions {
     // Never echo the value.
     fail("apiKey", "a non-empty string when set", `a ${typeof o.apiKey === "string" ? "empty string" : typeof o.apiKey}`);
   }
+  // A key read from a file often ends in a newline. undici refuses such a header (UND_ERR_INVALID_ARG) and, after
+  // as many refusals as it has connections, its pool stopped dispatching; node's HTTP/2 client sent it as it was.
+  const control = o.apiKey === undefined ? -1 : o.apiKey.search(/[\x00-\x1f\x7f]/);
+  if (control >= 0) {
+    // Never echo the value: only where the character is.
+    throw new TypeError(`Expected \`apiKey\` to hold no control characters (CR, LF, NUL, tab, DEL), got one at index ${control}`);
+  }
   if (o.requestTimeoutMs !== undefined) positiveInt("requestTimeoutMs", o.requestTimeoutMs, 0);
   const ejectBaseMs = positiveInt("ejectBaseMs", o.ejectBaseMs, 1_000);
   const ejectMaxMs = positiveInt("ejectMaxMs", o.ejectMaxMs, 30_000);

@@ -61,19 +61,28 @@ export class OpenAIBackend implements Backend {
     return this.#withTimeout(call, this.#timeoutMs);
   }
 
-  /** One call on the least-loaded replica; on a connect failure, the same call on each other replica once. */
+  /**
+   * One call on the least-loaded replica; on a connect failure, the same call on each other replica once. A 5xx,
+   * a reset or a timeout counts against the replica (outlier ejection, ReplicaSet.markCallFailure); a timeout is
+   * our signal fired with reason "timeout", the dispatcher's or #withTimeout's.
+   */
   #attempt(endpoint: string, body: string, signal: AbortSignal, tried: Set<number> | undefined): Promise<InferenceReply> {
     const i = this.#replicas.acquire(tried);
     const t = this.#targets[i]!;
     return this.#transports[i]!.request("POST", t.basePath + endpoint, body, signal).then(
       (reply) => {
         this.#replicas.release(i);
-        this.#replicas.markAnswered(i);
+        if (reply.status >= 500) this.#replicas.markCallFailure(i);
+        else this.#replicas.markAnswered(i);
         return reply;
       },
       (err: TransportError) => {
         this.#replicas.release(i);
-        if (err.kind !== "connection_refused" || signal.aborted || this.#closed) throw err;
+        if (this.#closed) throw err;
+        if (err.kind === "connection_reset" || err.kind === "timeout" || (err.kind === "aborted" && signal.reason === "timeout")) {
+          this.#replicas.markCallFailure(i);
+        }
+        if (err.kind !== "connection_refused" || signal.aborted) throw err;
         const next = tried ?? new Set<number>();
         next.add(i);
         if (next.size >= this.#targets.length) throw err;
@@ -91,7 +100,7 @@ export class OpenAIBackend implements Backend {
     let timedOut = false;
     const timer = setTimeout(() => {
       timedOut = true;
-      ac.abort();
+      ac.abort("timeout");
     }, ms);
     return this.#attempt(call.endpoint, call.body, ac.signal, undefined).then(
       (reply) => {

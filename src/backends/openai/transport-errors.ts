@@ -37,6 +37,11 @@ const kindByCode: Readonly<Record<string, TransportErrorKind>> = {
   // The server is draining: GOAWAY (RFC 9113 §6.8), or a session closed with an error code, which arrives as one.
   ERR_HTTP2_GOAWAY_SESSION: "goaway",
   ERR_HTTP2_SESSION_ERROR: "goaway",
+  // The session has used its last stream id: the stream was never sent, and a fresh session can carry it.
+  ERR_HTTP2_OUT_OF_STREAMS: "goaway",
+  // undici refused to send the request as built (an invalid header value): nothing was sent, and the same
+  // request would be refused again.
+  UND_ERR_INVALID_ARG: "invalid_request",
   // Garbled answers.
   ERR_HTTP2_ERROR: "protocol",
   ERR_HTTP2_PROTOCOL_ERROR: "protocol",
