@@ -22,6 +22,7 @@ export async function createBackends(models: ReadonlyMap<string, ModelConfig>): 
       const { createKServeBackend } = await import("./kserve/index.ts");
       out.set(name, createKServeBackend({
         name: `kserve:${name}`, urls: b.urls, modelName: b.modelName, inputName: b.inputName, outputName: b.outputName, maxConcurrency: m.maxConcurrency,
+        maxResponseBytes: b.maxResponseBytes,
       }));
     } else {
       const { createOpenAIBackend } = await import("./openai/index.ts");

@@ -29,6 +29,8 @@ export type BackendConfig =
       readonly modelName: string;
       readonly inputName?: string;
       readonly outputName?: string;
+      /** Longest ModelInfer answer read; a longer one fails the request as `response_too_large`. Default 64 MiB. */
+      readonly maxResponseBytes: number;
     }
   | { readonly kind: "builtin" };
 
@@ -60,7 +62,7 @@ const priceKeys = ["input_per_million_tokens", "output_per_million_tokens"];
 /** The keys each kind of backend takes (`url`, one URL, is kept as the older spelling of `urls`). */
 const backendKeys = {
   openai: ["kind", "urls", "url", "api_key_env", "protocol", "ca_file", "streams_per_session", "max_response_bytes"],
-  kserve: ["kind", "urls", "url", "model_name", "input_name", "output_name"],
+  kserve: ["kind", "urls", "url", "model_name", "input_name", "output_name", "max_response_bytes"],
   builtin: ["kind"],
 } as const;
 
@@ -116,6 +118,7 @@ function parseBackend(raw: unknown, where: string, env: Env, modelName: string):
       modelName: f.string("model_name", b.model_name, modelName),
       inputName: f.optionalString("input_name", b.input_name),
       outputName: f.optionalString("output_name", b.output_name),
+      maxResponseBytes: f.int("max_response_bytes", b.max_response_bytes, DEFAULT_MAX_RESPONSE_BYTES, 1_024, 2 ** 30),
     };
   }
   const apiKeyEnv = f.optionalString("api_key_env", b.api_key_env);

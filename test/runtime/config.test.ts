@@ -45,6 +45,14 @@ describe("the configuration", () => {
     expect(config.port).toBe(50051);
   });
 
+  it("takes max_response_bytes for a kserve backend as for an openai one, and checks its range", () => {
+    const model = (b: Record<string, unknown>) => ({ models: [{ name: "k", backend: { kind: "kserve", urls: ["grpc://127.0.0.1:8001"], ...b } }] });
+    const backend = buildConfig(model({ max_response_bytes: 2_048 }), {}).models.get("k")!.backend;
+    expect(backend).toMatchObject({ kind: "kserve", maxResponseBytes: 2_048 });
+    expect(buildConfig(model({}), {}).models.get("k")!.backend).toMatchObject({ maxResponseBytes: 64 * 1024 * 1024 });
+    expect(refusal(model({ max_response_bytes: 10 }))).toContain("max_response_bytes");
+  });
+
   it("refuses unknown and mistyped nested keys, and duplicate model names, naming each field", () => {
     expect(refusal({ tls: { cert: "c.pem", key: "k.pem" } })).toMatch(/^config: tls: unknown key `cert`; expected one of cert_file, key_file/);
     expect(refusal({ worker: { concurency: 3 } })).toMatch(/^config: worker: unknown key `concurency`; expected one of concurrency,/);
