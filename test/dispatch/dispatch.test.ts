@@ -542,11 +542,13 @@ describe("dispatch against the simulated backend (real processes, sockets and Po
   it("stops within one shutdown_grace_ms when both an API call and backend calls are still running", async () => {
     sim = await startSimulator({ port: 0 });
     const graceMs = 3_000;
-    const lote = await start("serve", { models: [modelConfig(sim)], shutdown_grace_ms: graceMs });
+    // A model of its own: the requests left pending here (they never get an answer) must not reach later tests.
+    const lote = await start("serve", { models: [modelConfig(sim, { name: "grace-model" })], shutdown_grace_ms: graceMs });
     const client = clientOf(lote);
+    const hanging = (id: string) => chatRequest(id, "grace-model", id, { sim: { hang: true } });
     // Backend calls that never answer, and a RunBatch (a unary API call) waiting for one of them.
-    await call(client, "createBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: requests(3, "h", { sim: { hang: true } }) });
-    const running = call(client, "runBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: requests(1, "run", { sim: { hang: true } }) },
+    await call(client, "createBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: ["h0", "h1", "h2"].map(hanging) });
+    const running = call(client, "runBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: [hanging("run0")] },
       new grpc.Metadata(), { deadline: Date.now() + 60_000 }).catch((err: grpc.ServiceError) => err);
     await until("four calls at the backend", () => (sim.stats().inFlight === 4 ? true : undefined));
     const started = Date.now();
