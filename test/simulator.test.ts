@@ -251,10 +251,11 @@ describe("simulator", () => {
 });
 
 describe("simulator CLI", () => {
-  it("prints its JSON line when listening and exits 0 on SIGTERM", async () => {
+  it("runs as `lote simulate` with the README's flags, prints its JSON line when listening and exits 0 on SIGTERM", async () => {
     const port = await freePort();
+    // Through the lote command, as the README runs it: its flags are the simulator's, passed through.
     const child = spawn(process.execPath, [
-      "--import", "tsx", "src/simulator/main.ts", "--port", String(port), "--latency", "lognormal:20:200",
+      "--import", "tsx", "src/cli/main.ts", "simulate", "--port", String(port), "--latency", "lognormal:20:200",
       "--error-rate", "0.01", "--rate-limit-rate", "0.01", "--retry-after", "1", "--reset-rate", "0", "--hang-rate", "0",
     ], { cwd: new URL("..", import.meta.url), stdio: ["ignore", "pipe", "inherit"] });
     const [line] = (await once(createInterface({ input: child.stdout! }), "line")) as [string];

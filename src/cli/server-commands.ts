@@ -85,7 +85,7 @@ export function registerServerCommands(program: Command): void {
       }
     }));
   program.command("simulate").description("run the simulated OpenAI-compatible backend (tests, demos, benchmarks)")
-    .allowUnknownOption(true).helpOption(false)
+    .allowUnknownOption(true).allowExcessArguments(true).helpOption(false)
     .action(async (_opts, cmd: Command) => {
       const { runSimulatorCli } = await import("../simulator/index.ts");
       await runSimulatorCli(cmd.args);
