@@ -32,6 +32,10 @@ export function errorReport(err: unknown, context: ErrorContext = {}): ErrorRepo
     case Code.InvalidArgument:
       return invalidArgumentReport(err, context);
     case Code.Unavailable:
+      // Answered by the server (its headers came back: its database is down, or it is draining), or no answer at all.
+      if ([...err.metadata.keys()].length > 0) {
+        return { lines: [`lote: ${context.server ?? "the server"} is unavailable: ${code}: ${err.rawMessage} (try again later)`], exitCode: ExitCode.Unavailable };
+      }
       return { lines: [`lote: cannot reach ${context.server ?? "the server"}: ${code}: ${err.rawMessage}`], exitCode: ExitCode.Unavailable };
     case Code.Unauthenticated: {
       const hint = context.hasApiKey ? " (check LOTE_API_KEY)" : " (set LOTE_API_KEY)";

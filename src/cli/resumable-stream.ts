@@ -21,8 +21,14 @@ export function isResumable(err: unknown): boolean {
 }
 
 export interface ResumeOptions {
-  /** Consecutive failures with no message in between before giving up. Default 6 (about 10 s of backoff). */
-  readonly maxAttempts?: number;
+  /**
+   * How long to go on reopening after failures with no message in between, once the server is known to be
+   * reachable. Default 5 minutes: a server restart is over in seconds, but a PostgreSQL failover or restart takes
+   * 20-60 s, during which the server answers UNAVAILABLE; giving up after six tries (~10 s, as before) ended a
+   * `results --follow` during a 20 s database outage that the server itself rode out. Each retry is reported
+   * (`onRetry`), so a user who would rather stop can press Ctrl-C.
+   */
+  readonly retryForMs?: number;
   /**
    * Whether the server is already known to be reachable (the caller made a call before). When false (the default),
    * a failure before the first message is not retried, so a wrong address is reported at once instead of after
@@ -43,10 +49,11 @@ export function backoffMs(attempt: number, random: () => number = Math.random): 
   return Math.round(ceiling / 2 + (random() * ceiling) / 2);
 }
 
-/** Yields every message of `open()`, reopening it after a transport failure. Progress resets the attempt count. */
+/** Yields every message of `open()`, reopening it after a transport failure. Progress resets the clock. */
 export async function* resumable<T>(open: () => AsyncIterable<T>, options: ResumeOptions = {}): AsyncGenerator<T> {
-  const maxAttempts = options.maxAttempts ?? 6;
+  const retryForMs = options.retryForMs ?? 300_000;
   let failures = 0;
+  let failingSince = 0;
   let reachable = options.reachable ?? false;
   for (;;) {
     try {
@@ -57,7 +64,9 @@ export async function* resumable<T>(open: () => AsyncIterable<T>, options: Resum
       }
       return;
     } catch (err) {
-      if (!reachable || !isResumable(err) || ++failures > maxAttempts) throw err;
+      if (!reachable || !isResumable(err)) throw err;
+      if (failures++ === 0) failingSince = Date.now();
+      else if (Date.now() - failingSince > retryForMs) throw err;
       const delay = backoffMs(failures);
       options.onRetry?.(err as ConnectError, failures, delay);
       await sleep(delay);

@@ -1,13 +1,15 @@
 import { execFile, spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 import { promisify } from "node:util";
 import pg from "pg";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { createTestDatabase, type TestDatabase, testPool } from "../support/database.ts";
 import { startLoteProcess, type LoteProcess } from "../support/lote-process.ts";
 import { freePort } from "../support/ports.ts";
+import { proxyTo, type TcpProxy } from "../support/tcp-proxy.ts";
 import { until } from "../support/until.ts";
 
 const root = new URL("../../", import.meta.url).pathname;
@@ -435,5 +437,57 @@ describe("lote watch and results --follow while a worker runs the batch (an API 
     expect(code).toBe(0);
     expect(stdout).toContain("\u2588".repeat(30) + " 100% | 4000/4000 done | 4000 completed, 0 failed");
     expect(stdout).toMatch(new RegExp(`${id} completed: 4000/4000 done, 4000 completed, 0 failed, 0 cancelled, 0 expired`));
+  });
+});
+
+describe("lote results --follow through a database outage (an API node behind a TCP proxy to Postgres)", () => {
+  let db: TestDatabase;
+  let proxy: TcpProxy;
+  let api: LoteProcess;
+  let worker: LoteProcess | undefined;
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    const proxied = await proxyTo(db.url);
+    proxy = proxied.proxy;
+    api = await startLoteProcess({ databaseUrl: proxied.url, role: "api" });
+  });
+  afterAll(async () => {
+    await worker?.stop();
+    await api?.stop();
+    await proxy?.cut();
+    await db?.drop();
+  });
+
+  it("keeps following while the API answers UNAVAILABLE for 15 s, then writes every result once", async () => {
+    const n = 500;
+    const submitted = await startLote(["submit", bigFile("outage.jsonl", n)], { LOTE_SERVER: api.url }).done;
+    const id = submitted.stdout.trim();
+    const out = join(dir, "outage-out.jsonl");
+    let stderr = "";
+    const follow = startLote(["results", id, "--follow", "-o", out], { LOTE_SERVER: api.url });
+    follow.child.stderr.on("data", (d) => (stderr += d));
+    // No worker yet: the stream is open and waits. Then Postgres becomes unreachable for the API node for longer
+    // than the ~10 s of retries the CLI used to allow.
+    // The CLI opens its output file once it found the batch: from then on the server is known to be reachable.
+    await until("the CLI found the batch", () => (existsSync(out) ? true : undefined));
+    const port = proxy.port;
+    await proxy.cut();
+    await until("the CLI retrying", () => (/results stream dropped \(UNAVAILABLE/.test(stderr) ? true : undefined), 20_000);
+    const cutAt = Date.now();
+    // A one-off call meanwhile is told the server answered, and that it is its database that is away.
+    const status = await startLote(["status", id], { LOTE_SERVER: api.url }).done;
+    expect(status.code).toBe(69);
+    expect(status.stderr).toMatch(new RegExp(`^lote: ${api.url.replace(/[.]/g, "\\.")} is unavailable: UNAVAILABLE: .+ \\(try again later\\)\n$`));
+    // The outage itself: a fixed length, not a wait for something to happen.
+    await sleep(15_000 - (Date.now() - cutAt));
+    expect(follow.child.exitCode).toBeNull();
+    await proxy.start(port);
+    worker = await startLoteProcess({ databaseUrl: db.url, role: "worker" });
+    const run = await follow.done;
+    expect(run.code).toBe(0);
+    const ids = jsonLines(out).map((l) => l.custom_id);
+    expect(ids).toHaveLength(n);
+    expect(new Set(ids).size).toBe(n);
   });
 });
