@@ -211,6 +211,20 @@ describe("store", () => {
     expect(third.cutByBytes).toBe(false);
   });
 
+  it("counts every claim of the last 60 seconds against requests_per_minute, the end of a second's bucket too", async () => {
+    await pool.query("UPDATE lote.items SET status = 'cancelled' WHERE status IN ('pending', 'running')");
+    await createBatch(pool, newBatch(3));
+    const limited = () => claimItems(pool, { model: "m1", limit: 10, workerId: "w1", leaseMs: 30_000, maxConcurrency: 1000, requestsPerMinute: 100, tokensPerMinute: 0 });
+    // The whole minute's budget claimed in the second that started 60 s ago: some of it less than 60 s ago.
+    await pool.query("DELETE FROM lote.model_usage");
+    await pool.query("INSERT INTO lote.model_usage (model, second, requests) VALUES ('m1', date_trunc('second', now()) - interval '60 seconds', 100)");
+    expect(await limited()).toEqual([]);
+    // A bucket over 61 s old no longer counts.
+    await pool.query("UPDATE lote.model_usage SET second = second - interval '2 seconds'");
+    expect(await limited()).toHaveLength(3);
+    await pool.query("DELETE FROM lote.model_usage");
+  });
+
   it("claims a higher-priority batch's items first", async () => {
     await pool.query("UPDATE lote.items SET status = 'cancelled' WHERE status IN ('pending', 'running')");
     const low = await createBatch(pool, newBatch(3, { priority: 0 }));
