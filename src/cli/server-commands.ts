@@ -3,7 +3,7 @@ import { installShutdown } from "../api/shutdown.ts";
 import { ConfigError, loadConfig } from "../config/config.ts";
 import { createLogger } from "../log/logger.ts";
 import { startLote, type Role } from "../runtime/start-lote.ts";
-import { createApiKey, EmbeddedPostgresError, listWorkers, openDatabase, type WorkerRecord } from "../store/index.ts";
+import { createApiKey, DatabaseUnavailableError, EmbeddedPostgresError, listWorkers, openDatabase, type WorkerRecord } from "../store/index.ts";
 import { ExitCode } from "./exit-codes.ts";
 import { formatColumns } from "./format-batch.ts";
 
@@ -12,8 +12,8 @@ const configExitCode = 78;
 
 /**
  * Wraps a server command's body for commander's .action(): an invalid configuration (from the file, the
- * environment, or found at start such as an unreadable ca_file) or an embedded PostgreSQL that cannot start is one
- * `lote: ...` line and its exit code, not a stack trace.
+ * environment, or found at start such as an unreadable ca_file), an embedded PostgreSQL that cannot start, or a
+ * PostgreSQL that cannot be reached is one `lote: ...` line and its exit code, not a stack trace.
  */
 function serverAction<A extends unknown[]>(body: (...args: A) => Promise<void>) {
   return async (...args: A): Promise<void> => {
@@ -27,6 +27,10 @@ function serverAction<A extends unknown[]>(body: (...args: A) => Promise<void>) 
       if (err instanceof EmbeddedPostgresError) {
         process.stderr.write(`lote: ${err.message}\n`);
         process.exit(ExitCode.Failure);
+      }
+      if (err instanceof DatabaseUnavailableError) {
+        process.stderr.write(`lote: ${err.message}\n`);
+        process.exit(ExitCode.Unavailable);
       }
       throw err;
     }

