@@ -40,16 +40,27 @@ export function failedPrecondition(subject: string, description: string): Connec
 
 // SQLSTATE classes that mean "the database is not reachable or not accepting work right now": retrying later helps.
 const unavailableSqlStates = /^(08|53|57P0)/;
+/** Socket errors on the way to Postgres: the host is down, unknown for now, or unreachable. */
+const unreachableCodes = new Set(["ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EPIPE", "EHOSTUNREACH", "ENETUNREACH", "ENOTFOUND", "EAI_AGAIN"]);
+/**
+ * What node-postgres says, with no code, when a connection is lost or cannot be made: "Query read timeout" is pg's
+ * query_timeout (Database.pool) giving up on a query, whose connection is then dropped; the "not queryable" ones come
+ * from a pooled client whose connection broke while it was handed out.
+ */
+const lostConnectionMessages = new Set([
+  "timeout exceeded when trying to connect", "Connection terminated unexpectedly", "Connection terminated",
+  "Connection terminated due to connection timeout", "Query read timeout",
+  "Client has encountered a connection error and is not queryable", "Client was closed and is not queryable",
+]);
 
 /** Anything a handler throws that is not already a ConnectError gets a code here. */
 export function toConnectError(err: unknown): ConnectError {
   if (err instanceof ConnectError) return err;
   const e = err as { code?: string; message?: string };
-  if (typeof e?.code === "string" && (unavailableSqlStates.test(e.code) || ["ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EPIPE"].includes(e.code))) {
+  if (typeof e?.code === "string" && (unavailableSqlStates.test(e.code) || unreachableCodes.has(e.code))) {
     return new ConnectError("the database is unavailable; retry later", Code.Unavailable, undefined, undefined, err);
   }
-  // "Query read timeout": pg's query_timeout (Database.pool) gave up on a query, and its connection was dropped.
-  if (e?.message === "timeout exceeded when trying to connect" || e?.message === "Connection terminated unexpectedly" || e?.message === "Query read timeout") {
+  if (typeof e?.message === "string" && lostConnectionMessages.has(e.message)) {
     return new ConnectError("the database is unavailable; retry later", Code.Unavailable, undefined, undefined, err);
   }
   return new ConnectError("internal error", Code.Internal, undefined, undefined, err);

@@ -75,7 +75,9 @@ export function registerInspectCommands(program: Command): void {
       const out = opts.output ? await openOutput(opts.output) : process.stdout;
       const errors = opts.errors ? await openOutput(opts.errors) : undefined;
       try {
-        const summary = await writeResults(session.client, { batchId: id!, out, errors, follow: opts.follow, chain: opts.chain });
+        const summary = await writeResults(session.client, {
+          batchId: id!, out, errors, follow: opts.follow, chain: opts.chain, reachable: Boolean(opts.output || opts.errors),
+        });
         if (opts.output) {
           const from = summary.batches.length > 1 ? ` from ${summary.batches.length} batches` : "";
           process.stderr.write(`wrote ${summary.succeeded + summary.failed} results${from} (${summary.succeeded} succeeded, ${summary.failed} failed)\n`);

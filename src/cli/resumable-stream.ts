@@ -73,3 +73,11 @@ export async function* resumable<T>(open: () => AsyncIterable<T>, options: Resum
     }
   }
 }
+
+/** One unary call, retried as `resumable` reopens a stream: after transport failures, once the server is reachable. */
+export async function retryCall<T>(call: () => Promise<T>, options: ResumeOptions = {}): Promise<T> {
+  for await (const value of resumable(async function* () {
+    yield await call();
+  }, options)) return value;
+  throw new Error("Expected the call to answer or fail, got neither");
+}

@@ -13,7 +13,7 @@ import type { BatchClient } from "./batch-client.ts";
 import { CliError, ExitCode, grpcCodeName } from "./exit-codes.ts";
 import { isTerminalStatus } from "./format-batch.ts";
 import { outputLine } from "./output-line.ts";
-import { resumable, backoffMs } from "./resumable-stream.ts";
+import { backoffMs, resumable, retryCall, type ResumeOptions } from "./resumable-stream.ts";
 import { retryChain } from "./retry-chain.ts";
 
 export interface WriteResultsOptions {
@@ -28,6 +28,11 @@ export interface WriteResultsOptions {
   readonly chain?: boolean;
   /** Reconnection notices. Default process.stderr. */
   readonly log?: Writable;
+  /**
+   * The caller has reached the server already (it read the batch): the first read here is retried like the
+   * stream, so an outage that begins between the two does not end the command.
+   */
+  readonly reachable?: boolean;
   readonly signal?: AbortSignal;
 }
 
@@ -42,9 +47,19 @@ export interface WriteResultsSummary {
 // times in a row.
 const maxCleanEnds = 6;
 
+/** A batch read, retried through an outage once the server is known to be reachable. */
+function readBatch(client: BatchClient, id: string, options: WriteResultsOptions, reachable: boolean): Promise<Batch> {
+  const log = options.log ?? process.stderr;
+  const retry: ResumeOptions = {
+    reachable,
+    onRetry: (e, attempt, delay) => log.write(`lote: reading batch ${id} failed (${grpcCodeName(e.code)}: ${e.rawMessage}); retrying in ${(delay / 1000).toFixed(1)}s (attempt ${attempt})\n`),
+  };
+  return retryCall(() => client.getBatch({ id }, { signal: options.signal }), retry);
+}
+
 export async function writeResults(client: BatchClient, options: WriteResultsOptions): Promise<WriteResultsSummary> {
   // A unary call first: a wrong id or a dead server is reported at once, and the stream below may retry freely.
-  const batch = await client.getBatch({ id: options.batchId }, { signal: options.signal });
+  const batch = await readBatch(client, options.batchId, options, options.reachable ?? false);
   // With a chain, the newest batch holds the latest attempt of every request it re-ran: all of its results count.
   // Each older batch had all its unsuccessful requests re-run by the next one, so only its successes are final.
   const batches: Batch[] = options.chain ? await retryChain(client, batch, options.signal) : [batch];
@@ -87,7 +102,7 @@ async function streamBatch(client: BatchClient, batchId: string, filter: ResultF
   }
   for (let cleanEnds = 0; ; ) {
     if ((await pass(true)) > 0) cleanEnds = 0;
-    const now = await client.getBatch({ id: batchId }, { signal: options.signal });
+    const now = await readBatch(client, batchId, options, true);
     if (isTerminalStatus(now.status)) {
       // The server ends a follow stream only once every result is sent; if it was cut short some other way, this
       // read from the last cursor collects the rest (and is empty otherwise).
