@@ -5,6 +5,7 @@ import { createServer as createNetServer, type AddressInfo, type Server, type So
 import { afterEach, describe, expect, it } from "vitest";
 import { TransportError, type InferenceReply } from "../../src/backends/backend.ts";
 import { createOpenAIBackend, type OpenAIBackend, type OpenAIBackendOptions } from "../../src/backends/openai/index.ts";
+import { rejection } from "../support/transport-errors.ts";
 
 /**
  * The HTTP/2 transport against servers that misbehave in ways node's own HTTP/2 server cannot: a raw-frame server
@@ -33,16 +34,6 @@ function backend(o: Partial<OpenAIBackendOptions> & Pick<OpenAIBackendOptions, "
 
 function call(b: OpenAIBackend, body = "{}", signal = AbortSignal.timeout(10_000)): Promise<InferenceReply> {
   return b.infer({ endpoint: "/v1/chat/completions", body, signal });
-}
-
-function rejection(p: Promise<unknown>): Promise<TransportError> {
-  return p.then(
-    () => { throw new Error("expected a rejection"); },
-    (e: unknown) => {
-      expect(e).toBeInstanceOf(TransportError);
-      return e as TransportError;
-    },
-  );
 }
 
 async function listen(server: Server | Http2Server): Promise<number> {

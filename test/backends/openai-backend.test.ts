@@ -18,6 +18,7 @@ import { toTransportError } from "../../src/backends/openai/transport-errors.ts"
 import { isRetryable } from "../../src/dispatch/retry-policy.ts";
 import { startSimulator, type Simulator, type SimulatorOptions } from "../../src/simulator/index.ts";
 import { freePort } from "../support/ports.ts";
+import { rejection } from "../support/transport-errors.ts";
 
 /** A throwaway self-signed certificate for 127.0.0.1, made by openssl for this run; never committed. */
 async function selfSignedCert(): Promise<{ cert: string; key: string }> {
@@ -48,16 +49,6 @@ async function listenLocal(server: { listen(port: number, host: string): unknown
   server.listen(port, "127.0.0.1");
   await once(server, "listening");
   return (server.address() as AddressInfo).port;
-}
-
-function rejection(p: Promise<unknown>): Promise<TransportError> {
-  return p.then(
-    () => { throw new Error("expected a rejection"); },
-    (e: unknown) => {
-      expect(e).toBeInstanceOf(TransportError);
-      return e as TransportError;
-    },
-  );
 }
 
 let cert: { cert: string; key: string };
