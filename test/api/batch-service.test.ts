@@ -221,6 +221,7 @@ describe("BatchService over gRPC (grpc-js client, server as a child process)", (
       ["a NUL character in request_id", { endpoint: "ENDPOINT_CLASSIFY", requests: [good()], requestId: "idem\0" }, "request_id", "NUL_CHARACTER"],
       ["an oversized custom_id", { endpoint: "ENDPOINT_CLASSIFY", requests: [{ ...good(), customId: "x".repeat(65) }] }, "requests[0].custom_id", "CUSTOM_ID_TOO_LONG"],
       ["an oversized body", { endpoint: "ENDPOINT_CLASSIFY", requests: [{ customId: "b", bodyJson: Buffer.from(JSON.stringify({ model: "lote-sentiment", input: "x".repeat(1024 * 1024) })) }] }, "requests[0].body_json", "BODY_TOO_LARGE"],
+      ["a body_json that begins with a UTF-8 byte-order mark", { endpoint: "ENDPOINT_CLASSIFY", requests: [good(), { customId: "bom", bodyJson: Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from('{"model":"lote-sentiment","input":"x"}')]) }] }, "requests[1].body_json", "INVALID_JSON"],
       // 700,000 characters of two UTF-8 bytes each: under 1 MiB counted in characters, 1.4 MB in bytes.
       ["an oversized Struct body of multi-byte text", { endpoint: "ENDPOINT_CLASSIFY", requests: [{ customId: "b", body: { fields: { model: { stringValue: "lote-sentiment" }, input: { stringValue: "é".repeat(700_000) } } } }] }, "requests[0].body", "BODY_TOO_LARGE"],
     ];
