@@ -39,7 +39,8 @@ export function failedPrecondition(subject: string, description: string): Connec
 }
 
 // SQLSTATE classes that mean "the database is not reachable or not accepting work right now": retrying later helps.
-const unavailableSqlStates = /^(08|53|57P0)/;
+// 57014 is a statement cancelled by statement_timeout (Database.pool): rolled back, so a retry is safe.
+const unavailableSqlStates = /^(08|53|57P0|57014)/;
 /** Socket errors on the way to Postgres: the host is down, unknown for now, or unreachable. */
 const unreachableCodes = new Set(["ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EPIPE", "EHOSTUNREACH", "ENETUNREACH", "ENOTFOUND", "EAI_AGAIN"]);
 /**

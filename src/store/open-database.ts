@@ -9,7 +9,10 @@ import { migrate } from "./migrate.ts";
  * Connections to one database, in pools by the kind of statement. A query sent into a connection whose server
  * vanished without closing it (a failover, a partition) waits for TCP to give up, ~15 minutes, holding its pool
  * connection: so every bounded statement runs on a pool whose queries give up after `queryTimeoutMs` and drop
- * their connection (pg's client-side query_timeout; the server is not told). Statements of unbounded size (a big
+ * their connection (pg's client-side query_timeout). The server is told too, a little earlier (`statement_timeout`):
+ * a statement that is only slow (waiting on a lock, a busy disk) is cancelled and rolled back by Postgres before the
+ * client gives up, so a write answered UNAVAILABLE was not made; with the client's timeout alone it committed once
+ * its lock came free, and a CreateBatch retried without a request_id ran twice. Statements of unbounded size (a big
  * CreateBatch's COPY, cancelling or expiring a whole batch, VACUUM, migrations) run on `bulkPool`, without it:
  * there only TCP keepalive helps (see `keepAlive`).
  */
@@ -63,7 +66,9 @@ export async function openDatabase(options: OpenDatabaseOptions): Promise<Databa
     return p;
   };
   const queryTimeout = options.queryTimeoutMs ?? 10_000;
-  const pool = newPool({ max: options.poolSize ?? 20, query_timeout: queryTimeout, application_name: "lote" });
+  // The server's deadline comes first, by a tenth (at most a second): time for its error to reach the client.
+  const timed = { query_timeout: queryTimeout, statement_timeout: queryTimeout - Math.min(1_000, Math.ceil(queryTimeout / 10)) };
+  const pool = newPool({ max: options.poolSize ?? 20, ...timed, application_name: "lote" });
   // 10: each of these statements is long, and a node runs few at once (CreateBatch calls of over 1,000 requests,
   // cancels, RetryBatch, expiry, VACUUM). Idle ones close after 10 s, so few are left to go stale.
   const bulkPool = newPool({ max: 10, idleTimeoutMillis: 10_000, application_name: "lote-bulk" });
@@ -79,7 +84,7 @@ export async function openDatabase(options: OpenDatabaseOptions): Promise<Databa
     bulkPool,
     url,
     embedded: embedded !== undefined,
-    openPool: (o) => newPool({ max: o.max, query_timeout: queryTimeout, application_name: o.applicationName }),
+    openPool: (o) => newPool({ max: o.max, ...timed, application_name: o.applicationName }),
     async ping() {
       try {
         await pool.query("SELECT 1");

@@ -9,7 +9,7 @@ describe("error codes for what Postgres and node-postgres throw", () => {
       "timeout exceeded when trying to connect", "Query read timeout",
       "Client has encountered a connection error and is not queryable", "Client was closed and is not queryable",
     ].map((message) => new Error(message));
-    const coded = ["ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EPIPE", "EHOSTUNREACH", "ENETUNREACH", "ENOTFOUND", "EAI_AGAIN", "57P01", "08006", "53300"]
+    const coded = ["ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EPIPE", "EHOSTUNREACH", "ENETUNREACH", "ENOTFOUND", "EAI_AGAIN", "57P01", "57014", "08006", "53300"]
       .map((code) => Object.assign(new Error(`failed: ${code}`), { code }));
     for (const err of [...lost, ...coded]) expect({ err: err.message, code: toConnectError(err).code }).toEqual({ err: err.message, code: Code.Unavailable });
   });

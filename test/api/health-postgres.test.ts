@@ -1,6 +1,8 @@
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
+import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { testPool } from "../support/database.ts";
 import { batchServiceClient, call } from "../support/grpc-client.ts";
 import { useLoteServer } from "../support/lote-process.ts";
 import { until } from "../support/until.ts";
@@ -76,5 +78,42 @@ describe("reads when Postgres goes silent", () => {
       small().catch((err: grpc.ServiceError) => void codes.push(err.code)), 20_000, 50);
     expect(created.status).toBe("BATCH_STATUS_IN_PROGRESS");
     expect(codes.every((c) => c === grpc.status.UNAVAILABLE)).toBe(true);
+  });
+});
+
+describe("writes that wait too long on Postgres", () => {
+  const fixture = useLoteServer({ role: "api", config: { query_timeout_ms: 1_000 } });
+  let client: any;
+  let pool: pg.Pool;
+  beforeAll(() => {
+    client = batchServiceClient(`127.0.0.1:${fixture.lote.port}`);
+    pool = testPool(fixture.db.url);
+  });
+  afterAll(async () => {
+    client?.close();
+    await pool?.end();
+  });
+
+  it("answers UNAVAILABLE for a CreateBatch that waited past its timeout on a lock, and leaves no batch behind", async () => {
+    const batches = async () => (await pool.query("SELECT count(*)::int AS n FROM lote.batches")).rows[0].n as number;
+    const before = await batches();
+    // A lock that holds back every insert into lote.batches, as a long transaction or a busy disk would.
+    const locker = await pool.connect();
+    try {
+      await locker.query("BEGIN");
+      await locker.query("LOCK TABLE lote.batches IN SHARE MODE");
+      const err: grpc.ServiceError = await call(client, "createBatch", {
+        endpoint: "ENDPOINT_CLASSIFY", requests: [{ customId: "a", bodyJson: Buffer.from('{"model":"lote-sentiment","input":"bom"}') }],
+      }, undefined, { deadline: Date.now() + 10_000 }).then(() => { throw new Error("accepted"); }, (e) => e);
+      expect(err.code).toBe(grpc.status.UNAVAILABLE);
+      await locker.query("COMMIT");
+    } finally {
+      locker.release();
+    }
+    // Nothing of lote's is still at work in this database: a statement still waiting would insert once the lock
+    // came free. Before, Postgres was not told of the timeout, and the batch appeared after the answer.
+    await until("no statement of the API node running", async () => (await pool.query(
+      "SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'lote' AND state = 'active'")).rows[0].n === 0);
+    expect(await batches()).toBe(before);
   });
 });
