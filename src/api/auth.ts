@@ -6,7 +6,8 @@ import { findTenantByKey } from "../store/index.ts";
 export const defaultTenant = "default";
 
 // Keys are looked up once per this many ms per node: one hash lookup per call would add a round trip to every RPC.
-// Revoking a key therefore takes effect within 30 s.
+// A revocation empties every node's cache at once (`forget`, on the `lote_keys` notification); should that
+// notification be missed (the LISTEN connection down at the time), the key still stops working within 30 s.
 const cacheMs = 30_000;
 
 /**
@@ -32,5 +33,10 @@ export class Authenticator {
     }
     if (!entry.tenant) throw new ConnectError("invalid or revoked API key", Code.Unauthenticated);
     return entry.tenant;
+  }
+
+  /** Drops every cached key: a key was revoked somewhere in the fleet. */
+  forget(): void {
+    this.cache.clear();
   }
 }

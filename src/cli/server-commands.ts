@@ -3,8 +3,11 @@ import { installShutdown } from "../api/shutdown.ts";
 import { ConfigError, loadConfig } from "../config/config.ts";
 import { createLogger } from "../log/logger.ts";
 import { startLote, type Role } from "../runtime/start-lote.ts";
-import { createApiKey, DatabaseUnavailableError, EmbeddedPostgresError, listWorkers, openDatabase, type WorkerRecord } from "../store/index.ts";
-import { ExitCode } from "./exit-codes.ts";
+import {
+  createApiKey, DatabaseUnavailableError, EmbeddedPostgresError, listApiKeys, listWorkers, openDatabase, revokeApiKeys,
+  type ApiKeyRecord, type Database, type WorkerRecord,
+} from "../store/index.ts";
+import { CliError, ExitCode } from "./exit-codes.ts";
 import { formatColumns } from "./format-batch.ts";
 
 /** EX_CONFIG (sysexits.h): the configuration is invalid. */
@@ -32,9 +35,25 @@ function serverAction<A extends unknown[]>(body: (...args: A) => Promise<void>) 
         process.stderr.write(`lote: ${err.message}\n`);
         process.exit(ExitCode.Unavailable);
       }
+      if (err instanceof CliError) {
+        process.stderr.write(`lote: ${err.message}\n`);
+        process.exit(err.exitCode);
+      }
       throw err;
     }
   };
+}
+
+/** Opens the configured database for a command that talks to it directly, and closes it after `work`. */
+async function withDatabase(configPath: string | undefined, work: (db: Database) => Promise<void>): Promise<void> {
+  const config = loadConfig({ configPath });
+  const logger = createLogger({ level: "warn" });
+  const db = await openDatabase({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, embeddedPort: config.embeddedPostgresPort, logger });
+  try {
+    await work(db);
+  } finally {
+    await db.close();
+  }
 }
 
 async function runRole(role: Role, opts: { config?: string }): Promise<void> {
@@ -63,15 +82,35 @@ export function registerServerCommands(program: Command): void {
     .requiredOption("--tenant <id>", "tenant the key belongs to")
     .option("--label <text>", "a note to recognise the key by", "")
     .option("-c, --config <file>", "config file")
-    .action(serverAction(async (opts: { tenant: string; label: string; config?: string }) => {
-      const config = loadConfig({ configPath: opts.config });
-      const logger = createLogger({ level: "warn" });
-      const db = await openDatabase({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, embeddedPort: config.embeddedPostgresPort, logger });
-      try {
-        process.stdout.write(`${await createApiKey(db.pool, opts.tenant, opts.label)}\n`);
-      } finally {
-        await db.close();
+    .action(serverAction((opts: { tenant: string; label: string; config?: string }) => withDatabase(opts.config, async (db) => {
+      process.stdout.write(`${await createApiKey(db.pool, opts.tenant, opts.label)}\n`);
+    })));
+  keys.command("list").description("list API keys (never the keys themselves: an id, the first 12 hex digits of their SHA-256)")
+    .option("--tenant <id>", "only this tenant's keys")
+    .option("--json", "print a JSON array")
+    .option("-c, --config <file>", "config file")
+    .action(serverAction((opts: { tenant?: string; json?: boolean; config?: string }) => withDatabase(opts.config, async (db) => {
+      const list = await listApiKeys(db.pool, opts.tenant);
+      process.stdout.write(opts.json ? `${JSON.stringify(list)}\n` : formatKeys(list));
+    })));
+  keys.command("revoke").description("revoke a tenant's API keys: one (--id), those with a label (--label), or all (--all); every node stops accepting them at once")
+    .requiredOption("--tenant <id>", "tenant the keys belong to")
+    .option("--id <hex>", "the key's id from `lote keys list` (a prefix of it will do)")
+    .option("--label <text>", "the keys with this label")
+    .option("--all", "every key of the tenant")
+    .option("-c, --config <file>", "config file")
+    .action(serverAction((opts: { tenant: string; id?: string; label?: string; all?: boolean; config?: string }) => {
+      if (!opts.all && opts.id === undefined && opts.label === undefined) {
+        throw new CliError("expected --id, --label or --all: which of the tenant's keys to revoke", ExitCode.Usage);
       }
+      if (opts.id !== undefined && !/^[0-9a-fA-F]{4,64}$/.test(opts.id)) {
+        throw new CliError(`expected --id to be 4 to 64 hex digits (a key's id from \`lote keys list\`), got ${JSON.stringify(opts.id)}`, ExitCode.Usage);
+      }
+      return withDatabase(opts.config, async (db) => {
+        const revoked = await revokeApiKeys(db.pool, { tenantId: opts.tenant, id: opts.id, label: opts.label });
+        if (revoked.length === 0) throw new CliError(`no valid key of tenant ${JSON.stringify(opts.tenant)} matched`, ExitCode.Failure);
+        process.stdout.write(`revoked ${revoked.join(" ")}\n`);
+      });
     }));
   program.command("workers").description("list the worker nodes alive and the models each one runs (talks to the database directly)")
     .option("--all", "also the dead ones of the last hour (crashed: their row was not removed)")
@@ -103,4 +142,12 @@ function formatWorkers(workers: readonly WorkerRecord[], all: boolean): string {
   return `${formatColumns(["WORKER", "STATE", "STARTED (UTC)", "ALIVE UNTIL (UTC)", "MODELS (CALLS IT CAN RUN)"],
     workers.map((w) => [w.id, w.alive ? "alive" : "dead", time(w.startedAt), time(w.aliveUntil),
       w.models.map((m) => `${m.model} (${m.capacity})`).join(", ")]))}\n`;
+}
+
+/** One line per key: id, tenant, state, created, label. */
+function formatKeys(keys: readonly ApiKeyRecord[]): string {
+  if (keys.length === 0) return "no API keys\n";
+  const time = (d: Date) => d.toISOString().replace("T", " ").slice(0, 19);
+  return `${formatColumns(["ID", "TENANT", "STATE", "CREATED (UTC)", "LABEL"],
+    keys.map((k) => [k.id, k.tenantId, k.revokedAt ? `revoked ${time(k.revokedAt)}` : "valid", time(k.createdAt), k.label]))}\n`;
 }

@@ -56,6 +56,11 @@ export async function startLote(config: Config, role: Role, logger: Logger): Pro
     }
     if (role !== "worker") {
       const auth = new Authenticator({ required: config.authRequired, pool: db.pool });
+      notifier.on("notification", (channel) => {
+        if (channel === "lote_keys") auth.forget();
+      });
+      // A revocation missed while the LISTEN connection was down: the cache may hold it for up to its 30 s.
+      notifier.on("reconnected", () => auth.forget());
       const events = new BatchEvents(notifier);
       api = await listen({
         host: config.host,

@@ -13,4 +13,4 @@ export { completeItems, type Completion, type Rescue } from "./complete-items.ts
 export { transitionBatch } from "./transition-batch.ts";
 export { Notifier, type Channel } from "./notifier.ts";
 export { listWorkers, markWorkerAlive, retireWorker, type WorkerPresence, type WorkerRecord } from "./workers.ts";
-export { createApiKey, findTenantByKey, revokeApiKey } from "./api-keys.ts";
+export { createApiKey, findTenantByKey, listApiKeys, revokeApiKeys, type ApiKeyRecord } from "./api-keys.ts";

@@ -3,7 +3,7 @@ import pg from "pg";
 import type { Logger } from "pino";
 import { keepAlive } from "./open-database.ts";
 
-export const channels = ["lote_work", "lote_batch", "lote_status", "lote_workers"] as const;
+export const channels = ["lote_work", "lote_batch", "lote_status", "lote_workers", "lote_keys"] as const;
 export type Channel = (typeof channels)[number];
 
 /**

@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestDatabase, type TestDatabase } from "../support/database.ts";
 import { batchServiceClient, call, collect } from "../support/grpc-client.ts";
 import { startLoteProcess, type LoteProcess } from "../support/lote-process.ts";
+import { until } from "../support/until.ts";
 
 const run = promisify(execFile);
 const root = new URL("../../", import.meta.url).pathname;
@@ -70,6 +71,38 @@ describe("API keys and tenants", () => {
   it("never writes a key into its logs", () => {
     expect(lote.logs()).not.toContain(keyA);
     expect(lote.logs()).not.toContain(keyB);
+  });
+  it("lists keys without showing them, and stops accepting a revoked one at once on every node", async () => {
+    const lote2 = await startLoteProcess({ databaseUrl: db.url, role: "api", env: { LOTE_AUTH_REQUIRED: "true" } });
+    const client2 = batchServiceClient(`127.0.0.1:${lote2.port}`);
+    try {
+      const cli = (...args: string[]) => run(process.execPath, ["--import", "tsx", "src/cli/main.ts", "keys", ...args], {
+        cwd: root, env: { ...process.env, DATABASE_URL: db.url },
+      });
+      const key = (await cli("create", "--tenant", "initech", "--label", "ci")).stdout.trim();
+      // Both nodes have the key cached: each has answered a call with it.
+      for (const c of [client, client2]) expect((await call(c, "listBatches", {}, bearer(key))).batches).toEqual([]);
+      const listed = JSON.parse((await cli("list", "--tenant", "initech", "--json")).stdout);
+      expect(listed).toEqual([expect.objectContaining({ tenantId: "initech", label: "ci", revokedAt: null })]);
+      expect(listed[0].id).toMatch(/^[0-9a-f]{12}$/);
+      expect(JSON.stringify(listed)).not.toContain(key);
+      expect((await cli("list")).stdout).toMatch(new RegExp(`^${listed[0].id}\\s+initech\\s+valid\\s`, "m"));
+      expect((await cli("revoke", "--tenant", "initech", "--label", "ci")).stdout).toBe(`revoked ${listed[0].id}\n`);
+      // Within the notification's way to each node, far under the cache's 30 s.
+      for (const c of [client, client2]) {
+        await until("the key refused", () => call(c, "listBatches", {}, bearer(key)).then(() => undefined, (e: grpc.ServiceError) => e.code === grpc.status.UNAUTHENTICATED), 5_000, 50);
+      }
+      // Nothing left to revoke, and a revoke must say which keys.
+      const again = await cli("revoke", "--tenant", "initech", "--all").then(() => undefined, (e: { code: number; stderr: string }) => e);
+      expect(again).toMatchObject({ code: 1, stderr: 'lote: no valid key of tenant "initech" matched\n' });
+      const unspecific = await cli("revoke", "--tenant", "initech").then(() => undefined, (e: { code: number }) => e);
+      expect(unspecific?.code).toBe(2);
+      // The other tenants' keys still work.
+      expect((await call(client, "listBatches", {}, bearer(keyA))).batches).toBeDefined();
+    } finally {
+      client2.close();
+      await lote2.stop();
+    }
   });
 });
 
