@@ -11,9 +11,10 @@ import type { CallOutcome, DatabaseOperation, Dispatcher, DispatchObserver } fro
 
 /**
  * Inference calls take from a few ms (a small model, a cache hit) to minutes (long generations): buckets from 5 ms
- * to 2 min, about doubling. A claim is one Postgres round trip: 0.5 ms to 1 s.
+ * to 10 min, about doubling, the last at the default per-request timeout (`timeout_ms`, 600 s), so the calls that
+ * ran into it are told apart from those just over 2 minutes. A claim is one Postgres round trip: 0.5 ms to 1 s.
  */
-const callBuckets = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120];
+const callBuckets = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600];
 const claimBuckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1];
 /** A GetBatch answers in 1-3 ms, a CreateBatch of 50,000 requests in ~0.5 s, a RunBatch or a stream until it ends. */
 const apiBuckets = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300];

@@ -59,6 +59,8 @@ describe("Prometheus metrics of a worker node (real process, scraped over HTTP)"
     expect(sample(text, 'lote_calls_total{model="sim-model",outcome="failed"}')).toBe(2);
     expect(sample(text, 'lote_call_duration_seconds_count{model="sim-model",outcome="succeeded"}')).toBe(20);
     expect(sample(text, 'lote_call_duration_seconds_sum{model="sim-model",outcome="succeeded"}')).toBeGreaterThan(0);
+    // Buckets up to the default per-request timeout (600 s), so calls that ran into it stand apart.
+    expect(sample(text, 'lote_call_duration_seconds_bucket{le="600",model="sim-model",outcome="succeeded"}')).toBe(20);
     expect(sample(text, 'lote_claims_total{model="sim-model"}')).toBeGreaterThanOrEqual(3); // 8 slots for 22 requests
     expect(sample(text, 'lote_calls_in_flight{model="sim-model"}')).toBe(0);
     expect(sample(text, 'lote_model_max_concurrency{model="sim-model"}')).toBe(8);
