@@ -91,11 +91,12 @@ const smallBatchItems = 1_000;
  * batch may go over a pool whose queries time out (Database.pool), so that its CreateBatch or RunBatch fails fast
  * with UNAVAILABLE when its connection went silent, where on the bulk pool it would wait for TCP.
  */
-export function isBoundedBatch(items: readonly { readonly body: string }[]): boolean {
+export function isBoundedBatch(items: readonly { readonly body: string; readonly bodyUtf8?: Uint8Array }[]): boolean {
   if (items.length > smallBatchItems) return false;
-  let chars = 0;
-  for (const item of items) chars += item.body.length;
-  return chars <= 8 * 1024 * 1024;
+  // Bytes, as the statement carries them: counted in characters, non-ASCII text could make it three times as long.
+  let bytes = 0;
+  for (const item of items) bytes += item.bodyUtf8?.length ?? Buffer.byteLength(item.body);
+  return bytes <= 8 * 1024 * 1024;
 }
 
 /**

@@ -2,7 +2,7 @@ import pg from "pg";
 import { beforeAll, describe, expect, it } from "vitest";
 import { newBatchId } from "../../src/batch/ids.ts";
 import {
-  cancelBatch, claimItems, completeItems, createBatch, expireDueBatches, findExpiredLeases, finishBatches, getBatch, getResults, heartbeat,
+  cancelBatch, claimItems, completeItems, createBatch, isBoundedBatch, expireDueBatches, findExpiredLeases, finishBatches, getBatch, getResults, heartbeat,
   listBatches, migrate,
 } from "../../src/store/index.ts";
 import { useMigratedDatabase } from "../support/database.ts";
@@ -38,6 +38,13 @@ describe("store", () => {
     expect(batch.total).toBe(1000);
     const { rows } = await pool.query("SELECT body, custom_id FROM lote.items WHERE batch_id = $1 AND idx = 7", [batch.id]);
     expect(rows[0]).toEqual({ body: '{"model":"m1","x":"\\t7"}', custom_id: "c7" });
+  });
+
+  it("counts a small batch's bound in bytes: 1,000 bodies of 5,000 two-byte characters are not small", () => {
+    const bodies = (text: string) => Array.from({ length: 1_000 }, () => ({ body: JSON.stringify({ input: text }) }));
+    expect(isBoundedBatch(bodies("e".repeat(5_000)))).toBe(true);
+    expect(isBoundedBatch(bodies("é".repeat(5_000)))).toBe(false);
+    expect(isBoundedBatch([...bodies("e"), { body: "{}" }])).toBe(false);
   });
 
   it("returns the first batch again for a repeated request_id", async () => {
