@@ -1,4 +1,4 @@
--- Two fences on completions, a full minute for the rate limits, and a claim that reads less.
+-- Two fences on completions and a full minute for the rate limits.
 --
 -- lote.complete_items, as in 003 but for two fences. A retry written after its batch's cancel ends the request
 -- cancelled: before, it went back to pending in a CANCELLING batch, which then ended CANCELLED one result short while
@@ -132,10 +132,8 @@ BEGIN
 END;
 $$;
 
--- lote.claim_items, as in 004 but for the rate limits' window and where its reads start: requests_per_minute and
--- tokens_per_minute now count every claim of the last 60 seconds (and at most one second more), where they forgot a
--- claim after as little as 59; and the dead entries at the head of items_claimable are stepped over once per claim,
--- not three times (measured below).
+-- lote.claim_items, as in 004 but for the rate limits' window: requests_per_minute and tokens_per_minute now count
+-- every claim of the last 60 seconds (and at most one second more), where they forgot a claim after as little as 59.
 CREATE OR REPLACE FUNCTION lote.claim_items(
   p_model text,
   p_limit integer,
@@ -162,9 +160,6 @@ DECLARE
   v_tokens bigint := 0;
   v_token_budget bigint;
   v_priority integer;
-  v_first_tenant text;
-  v_first_idx integer;
-  v_first_batch text;
   v_tenants text[];
   v_running integer[];
   v_level integer;
@@ -209,19 +204,14 @@ BEGIN
   -- read is an index scan driven from the left (LATERAL), so no join order depends on statistics (see 003), and the
   -- rows are locked as they are read (SKIP LOCKED: a row being cancelled is passed over).
   v_left := v_allowed;
-  -- New in 006: the first pending item, not only its priority: its tenant seeds the tenants' skip scan, and its
-  -- position is where that tenant's read starts. Each of the three used to read items_claimable from the start of
-  -- the level, past the dead entries every claimed item leaves there until a vacuum (vacuumItems: every 50,000
-  -- claimed items), so each claim stepped over them three times: 775 buffer reads per 10-item claim over a
-  -- 50,000-request batch (`npm run bench:store`). Items that turn pending again behind that position meanwhile
-  -- (a retry coming due) wait for the next claim.
-  SELECT it.priority, it.tenant_id, it.idx, it.batch_id INTO v_priority, v_first_tenant, v_first_idx, v_first_batch
-    FROM lote.items it WHERE it.model = p_model AND it.status = 'pending'
-   ORDER BY it.priority DESC, it.tenant_id, it.idx, it.batch_id LIMIT 1;
+  v_priority := (SELECT it.priority FROM lote.items it WHERE it.model = p_model AND it.status = 'pending'
+                  ORDER BY it.priority DESC LIMIT 1);
   WHILE v_left > 0 AND v_priority IS NOT NULL LOOP
     -- The tenants with pending items at this level: a skip scan, one index probe per tenant.
     WITH RECURSIVE t(tenant) AS (
-      SELECT v_first_tenant
+      SELECT (SELECT it.tenant_id FROM lote.items it
+               WHERE it.model = p_model AND it.status = 'pending' AND it.priority = v_priority
+               ORDER BY it.tenant_id LIMIT 1)
       UNION ALL
       SELECT (SELECT it.tenant_id FROM lote.items it
                WHERE it.model = p_model AND it.status = 'pending' AND it.priority = v_priority AND it.tenant_id > t.tenant
@@ -247,10 +237,7 @@ BEGIN
         EXIT WHEN k = cardinality(v_tenants) OR v_level <= v_running[k + 1];
       END LOOP;
       WITH quotas AS (
-        SELECT t.tenant, t.running, greatest(v_level - t.running, 0) AS quota,
-               -- Where each tenant's read starts: the first pending item's position for its tenant, the start for others.
-               CASE WHEN t.tenant = v_first_tenant THEN v_first_idx ELSE -2147483648 END AS lo_idx,
-               CASE WHEN t.tenant = v_first_tenant THEN v_first_batch ELSE '' END AS lo_batch
+        SELECT t.tenant, t.running, greatest(v_level - t.running, 0) AS quota
           FROM unnest(v_tenants, v_running) AS t(tenant, running)
       ), first_round AS (
         SELECT x.tid, x.tenant_id, x.idx, x.batch_id, x.est_tokens,
@@ -258,7 +245,7 @@ BEGIN
           FROM quotas u CROSS JOIN LATERAL (
             SELECT it.ctid AS tid, it.tenant_id, it.idx, it.batch_id, it.est_tokens FROM lote.items it
              WHERE it.model = p_model AND it.status = 'pending' AND it.priority = v_priority AND it.tenant_id = u.tenant
-               AND (it.idx, it.batch_id) >= (u.lo_idx, u.lo_batch) AND it.run_at <= now()
+               AND it.run_at <= now()
              ORDER BY it.idx, it.batch_id
              LIMIT u.quota
                FOR UPDATE SKIP LOCKED
@@ -267,7 +254,7 @@ BEGIN
         SELECT count(*)::integer AS n FROM first_round
       ), unfilled AS (
         -- Tenants that may have more: round 1 gave each all it asked for (a tenant above the level asked for none).
-        SELECT u.tenant, u.running, u.quota, u.lo_idx, u.lo_batch FROM quotas u
+        SELECT u.tenant, u.running, u.quota FROM quotas u
          WHERE (SELECT count(*) FROM first_round f WHERE f.tenant_id = u.tenant) = u.quota
       ), second_round AS (
         SELECT x.tid, x.tenant_id, x.idx, x.batch_id, x.est_tokens,
@@ -275,7 +262,7 @@ BEGIN
           FROM unfilled u CROSS JOIN LATERAL (
             SELECT it.ctid AS tid, it.tenant_id, it.idx, it.batch_id, it.est_tokens FROM lote.items it
              WHERE it.model = p_model AND it.status = 'pending' AND it.priority = v_priority AND it.tenant_id = u.tenant
-               AND (it.idx, it.batch_id) >= (u.lo_idx, u.lo_batch) AND it.run_at <= now()
+               AND it.run_at <= now()
              ORDER BY it.idx, it.batch_id
              OFFSET u.quota
              LIMIT greatest(v_left - (SELECT n FROM got), 0)
@@ -292,9 +279,8 @@ BEGIN
       END IF;
     END IF;
     IF v_left > 0 THEN
-      SELECT it.priority, it.tenant_id, it.idx, it.batch_id INTO v_priority, v_first_tenant, v_first_idx, v_first_batch
-        FROM lote.items it WHERE it.model = p_model AND it.status = 'pending' AND it.priority < v_priority
-       ORDER BY it.priority DESC, it.tenant_id, it.idx, it.batch_id LIMIT 1;
+      v_priority := (SELECT it.priority FROM lote.items it WHERE it.model = p_model AND it.status = 'pending' AND it.priority < v_priority
+                      ORDER BY it.priority DESC LIMIT 1);
     END IF;
   END LOOP;
 
