@@ -40,13 +40,21 @@ describe("claim and completion plans", () => {
   };
 
   it("reads only the rows it touches when lote.items' statistics say it is empty", async () => {
+    // Statistics that say the table is empty, and one pending item: the claim below then plans every statement of its
+    // pick (a claim that finds nothing plans none of them) while the table looks empty. A pick whose tenant read matched
+    // the primary key that way read and sorted every pending item, spilling to disk, once 50,000 were pending.
     await fixture.pool.query("VACUUM (ANALYZE) lote.items");
+    await createBatch(fixture.pool, {
+      id: newBatchId(), tenantId: "t1", endpoint: "/v1/chat/completions", model: "m1", priority: 0, completionWindowSeconds: 3600,
+      metadata: {}, items: [{ customId: "first", body: '{"model":"m1"}', estTokens: 1 }],
+    });
     const claim = (limit: number) => claimItems(client, {
       model: "m1", limit, workerId: "w1", leaseMs: 30_000, maxConcurrency: 1000, requestsPerMinute: 0, tokensPerMinute: 0,
     });
-    // Plans are made (and cached for this connection) while the table is empty.
-    expect(await claim(10)).toEqual([]);
-    await completeItems(client, [{ outcome: "succeeded", batchId: "none", idx: 0, attempt: 1, statusCode: 200, requestId: "", body: "{}", inputTokens: 0, outputTokens: 0, totalTokens: 0 }]);
+    // Plans are made (and cached for this connection) while the statistics say the table is empty.
+    const [first] = await claim(10);
+    expect(first?.customId).toBe("first");
+    await completeItems(client, [{ outcome: "succeeded", batchId: first!.batchId, idx: 0, attempt: 1, statusCode: 200, requestId: "", body: "{}", inputTokens: 0, outputTokens: 0, totalTokens: 0 }]);
 
     await createBatch(fixture.pool, {
       id: newBatchId(), tenantId: "t1", endpoint: "/v1/chat/completions", model: "m1", priority: 0, completionWindowSeconds: 3600,
