@@ -7,6 +7,7 @@ import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import type { Logger } from "pino";
 import { BadRequestSchema, PreconditionFailureSchema } from "../../gen/google/rpc/error_details_pb.ts";
 import type { FieldViolation } from "../batch/validate-requests.ts";
+import { unreachableCodes } from "../store/index.ts";
 
 /** INVALID_ARGUMENT with google.rpc.BadRequest details, one violation per field. */
 export function invalidArgument(violations: readonly FieldViolation[]): ConnectError {
@@ -41,8 +42,6 @@ export function failedPrecondition(subject: string, description: string): Connec
 // SQLSTATE classes that mean "the database is not reachable or not accepting work right now": retrying later helps.
 // 57014 is a statement cancelled by statement_timeout (Database.pool): rolled back, so a retry is safe.
 const unavailableSqlStates = /^(08|53|57P0|57014)/;
-/** Socket errors on the way to Postgres: the host is down, unknown for now, or unreachable. */
-const unreachableCodes = new Set(["ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EPIPE", "EHOSTUNREACH", "ENETUNREACH", "ENOTFOUND", "EAI_AGAIN"]);
 /**
  * What node-postgres says, with no code, when a connection is lost or cannot be made: "Query read timeout" is pg's
  * query_timeout (Database.pool) giving up on a query, whose connection is then dropped; the "not queryable" ones come

@@ -23,23 +23,14 @@ function serverAction<A extends unknown[]>(body: (...args: A) => Promise<void>) 
     try {
       await body(...args);
     } catch (err) {
-      if (err instanceof ConfigError) {
-        process.stderr.write(`lote: invalid configuration: ${err.message}\n`);
-        process.exit(configExitCode);
-      }
-      if (err instanceof EmbeddedPostgresError) {
-        process.stderr.write(`lote: ${err.message}\n`);
-        process.exit(ExitCode.Failure);
-      }
-      if (err instanceof DatabaseUnavailableError) {
-        process.stderr.write(`lote: ${err.message}\n`);
-        process.exit(ExitCode.Unavailable);
-      }
-      if (err instanceof CliError) {
-        process.stderr.write(`lote: ${err.message}\n`);
-        process.exit(err.exitCode);
-      }
-      throw err;
+      const exit = err instanceof ConfigError ? { line: `invalid configuration: ${err.message}`, code: configExitCode }
+        : err instanceof EmbeddedPostgresError ? { line: err.message, code: ExitCode.Failure }
+        : err instanceof DatabaseUnavailableError ? { line: err.message, code: ExitCode.Unavailable }
+        : err instanceof CliError ? { line: err.message, code: err.exitCode }
+        : undefined;
+      if (!exit) throw err;
+      process.stderr.write(`lote: ${exit.line}\n`);
+      process.exit(exit.code);
     }
   };
 }
@@ -116,17 +107,10 @@ export function registerServerCommands(program: Command): void {
     .option("--all", "also the dead ones of the last hour (crashed: their row was not removed)")
     .option("--json", "print a JSON array")
     .option("-c, --config <file>", "config file")
-    .action(serverAction(async (opts: { all?: boolean; json?: boolean; config?: string }) => {
-      const config = loadConfig({ configPath: opts.config });
-      const logger = createLogger({ level: "warn" });
-      const db = await openDatabase({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, embeddedPort: config.embeddedPostgresPort, logger });
-      try {
-        const workers = await listWorkers(db.pool, { all: opts.all });
-        process.stdout.write(opts.json ? `${JSON.stringify(workers)}\n` : formatWorkers(workers, opts.all ?? false));
-      } finally {
-        await db.close();
-      }
-    }));
+    .action(serverAction((opts: { all?: boolean; json?: boolean; config?: string }) => withDatabase(opts.config, async (db) => {
+      const workers = await listWorkers(db.pool, { all: opts.all });
+      process.stdout.write(opts.json ? `${JSON.stringify(workers)}\n` : formatWorkers(workers, opts.all ?? false));
+    })));
   program.command("simulate").description("run the simulated OpenAI-compatible backend (tests, demos, benchmarks)")
     .allowUnknownOption(true).allowExcessArguments(true).helpOption(false)
     .action(async (_opts, cmd: Command) => {

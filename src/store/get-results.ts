@@ -36,10 +36,10 @@ export async function getResults(
     // Named per filter (three fixed texts): a result stream runs it once per page and per wake-up.
     name: `lote.get_results_${filter}`,
     text: `SELECT r.seq, r.idx, r.custom_id, r.attempts, r.status_code, r.backend_request_id, r.body, r.error_code, r.error_message, r.read
-             FROM (SELECT p.*, count(*) OVER () AS read,
-                          sum(coalesce(octet_length(p.body), 0) + coalesce(octet_length(p.error_message), 0)) OVER (ORDER BY p.seq) AS through
-                     FROM (SELECT * FROM lote.results WHERE batch_id = $1 AND seq > $2${filterSql} ORDER BY seq LIMIT $3) p) r
-            WHERE r.through - coalesce(octet_length(r.body), 0) - coalesce(octet_length(r.error_message), 0) < $4
+             FROM (SELECT p.*, count(*) OVER () AS read, sum(p.size) OVER (ORDER BY p.seq) - p.size AS before
+                     FROM (SELECT *, coalesce(octet_length(body), 0) + coalesce(octet_length(error_message), 0) AS size
+                             FROM lote.results WHERE batch_id = $1 AND seq > $2${filterSql} ORDER BY seq LIMIT $3) p) r
+            WHERE r.before < $4
             ORDER BY r.seq`,
     values: [batchId, afterSeq.toString(), limit, maxBytes],
     rowMode: "array",

@@ -1,6 +1,6 @@
 /** The store: every SQL statement lote runs lives in this folder. */
 export { migrate } from "./migrate.ts";
-export { DatabaseUnavailableError, openDatabase, type Database } from "./open-database.ts";
+export { DatabaseUnavailableError, openDatabase, unreachableCodes, type Database } from "./open-database.ts";
 export { EmbeddedPostgresError } from "./embedded-server.ts";
 export type { BatchRecord } from "./batch-row.ts";
 export { createBatch, isBoundedBatch, type NewBatch, type NewItem } from "./create-batch.ts";

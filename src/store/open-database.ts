@@ -135,9 +135,12 @@ export class DatabaseUnavailableError extends Error {
   override readonly name = "DatabaseUnavailableError";
 }
 
-/** Network failures, and PostgreSQL's own refusals of a connection: bad password or role, no such database, starting up. */
-const connectFailures = new Set(["ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "ETIMEDOUT", "ECONNRESET", "EHOSTUNREACH", "ENETUNREACH",
-  "28P01", "28000", "3D000", "57P03"]);
+/** Socket errors on the way to Postgres: the host is down, unknown for now, or unreachable (also the API's UNAVAILABLE). */
+export const unreachableCodes: ReadonlySet<string> = new Set(["ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EPIPE", "EHOSTUNREACH",
+  "ENETUNREACH", "ENOTFOUND", "EAI_AGAIN"]);
+
+/** At start, those and PostgreSQL's own refusals of a connection: bad password or role, no such database, starting up. */
+const connectFailures = new Set([...unreachableCodes, "28P01", "28000", "3D000", "57P03"]);
 
 function unreachable(err: unknown, url: string): DatabaseUnavailableError | undefined {
   const code = (err as { code?: unknown } | undefined)?.code;
