@@ -22,10 +22,16 @@ export async function* streamResults(deps: BatchServiceDeps, req: StreamResultsR
   if (cursor === "other_batch") {
     throw invalidArgument([{ field: "after", description: `expected a cursor returned with a result of batch ${req.batchId}, got one of another batch`, reason: "CURSOR_OF_OTHER_BATCH" }]);
   }
+  // A value this server does not know (from a newer proto) is refused, never read as UNSPECIFIED: that streamed every
+  // result to a caller who asked for some of them, as ListBatches' status filter once listed everything.
+  const filter = req.filter === ResultFilter.SUCCEEDED ? "succeeded" : req.filter === ResultFilter.FAILED ? "failed"
+    : req.filter === ResultFilter.UNSPECIFIED ? "all" : undefined;
+  if (filter === undefined) {
+    throw invalidArgument([{ field: "filter", description: `expected RESULT_FILTER_UNSPECIFIED (every result), RESULT_FILTER_SUCCEEDED or RESULT_FILTER_FAILED, got ${req.filter}`, reason: "UNKNOWN_FILTER" }]);
+  }
   let after = cursor;
   const first = await getBatch(deps.pool, tenant, req.batchId);
   if (!first) throw notFound("batch", req.batchId);
-  const filter = req.filter === ResultFilter.SUCCEEDED ? "succeeded" : req.filter === ResultFilter.FAILED ? "failed" : "all";
   while (!ctx.signal.aborted) {
     // Read the status BEFORE the results: if the batch was already terminal, every result is committed and an
     // empty read means the stream is complete.

@@ -111,6 +111,17 @@ describe("BatchService over gRPC (grpc-js client, server as a child process)", (
     expect(fieldViolations(listErr)).toContainEqual(expect.objectContaining({ field: "page_token", reason: "INVALID_PAGE_TOKEN" }));
   });
 
+  it("refuses a StreamResults filter it does not know instead of streaming every result", async () => {
+    const created = await call(client, "createBatch", { endpoint: "ENDPOINT_CLASSIFY", requests: [sentiment("ok", "bom"), failing("bad")] });
+    await finished(created.id);
+    const failed = await collect(client.streamResults({ batchId: created.id, filter: "RESULT_FILTER_FAILED" }));
+    expect(failed.map((m: any) => m.result.customId)).toEqual(["bad"]);
+    // 7: a value of a newer proto (say a filter for expired results only), unknown to this server.
+    const err = await refusal(collect(client.streamResults({ batchId: created.id, filter: 7 })));
+    expect(err.code).toBe(grpc.status.INVALID_ARGUMENT);
+    expect(fieldViolations(err)).toContainEqual(expect.objectContaining({ field: "filter", reason: "UNKNOWN_FILTER" }));
+  });
+
   it("watches a batch from IN_PROGRESS to COMPLETED and ends the stream", async () => {
     const created = await call(client, "createBatch", { endpoint: "ENDPOINT_CLASSIFY", requests: texts.map((t, i) => sentiment(`w${i}`, t)) });
     const updates = await collect(client.watchBatch({ id: created.id }));
