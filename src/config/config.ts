@@ -130,6 +130,7 @@ export function buildConfig(file: Record<string, unknown>, rawEnv: Env, source =
   const certFile = ft.optionalString("cert_file", env.LOTE_TLS_CERT ?? tlsRaw.cert_file);
   const keyFile = ft.optionalString("key_file", env.LOTE_TLS_KEY ?? tlsRaw.key_file);
   const caFile = ft.optionalString("ca_file", env.LOTE_TLS_CA ?? tlsRaw.ca_file);
+  const requireClientCert = ft.bool("require_client_cert", env.LOTE_TLS_REQUIRE_CLIENT_CERT ?? tlsRaw.require_client_cert, false);
   let tls: TlsConfig | undefined;
   if (certFile || keyFile) {
     if (!certFile || !keyFile) throw new ConfigError(`${source}: tls needs both cert_file and key_file (LOTE_TLS_CERT, LOTE_TLS_KEY); got only ${certFile ? "cert_file" : "key_file"}`);
@@ -137,9 +138,14 @@ export function buildConfig(file: Record<string, unknown>, rawEnv: Env, source =
       cert: readPem("tls.cert_file", certFile),
       key: readPem("tls.key_file", keyFile),
       ca: caFile ? readPem("tls.ca_file", caFile) : undefined,
-      requireClientCert: f.bool("tls.require_client_cert", env.LOTE_TLS_REQUIRE_CLIENT_CERT ?? tlsRaw.require_client_cert, false),
+      requireClientCert,
     };
     if (tls.requireClientCert && !tls.ca) throw new ConfigError(`${source}: tls.require_client_cert needs tls.ca_file (LOTE_TLS_CA)`);
+  } else if (caFile || requireClientCert) {
+    // Without a server certificate lote serves plaintext, where no client certificate can be asked for: a server
+    // configured for mTLS that started anyway accepted every client, unencrypted.
+    throw new ConfigError(`${source}: tls: \`ca_file\` and \`require_client_cert\` need cert_file and key_file (LOTE_TLS_CERT, LOTE_TLS_KEY), ` +
+      `as client certificates are checked only over TLS; got ${caFile ? "ca_file" : "require_client_cert"} without them`);
   }
   const authRequired = f.bool("auth_required", env.LOTE_AUTH_REQUIRED ?? file.auth_required, false);
   if (!authRequired && !isLoopback(host)) {

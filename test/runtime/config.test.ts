@@ -84,6 +84,17 @@ describe("the configuration", () => {
     expect(refusal(openai({ urls: ["https://api.example.com"], ca_file: "/nonexistent.pem" })))
       .toMatch(/^config: models\[0\]\.backend: `ca_file`: expected a readable PEM file, got \/nonexistent\.pem \(ENOENT/);
   });
+
+  it("refuses client-certificate settings without a server certificate instead of serving plaintext with no mTLS", () => {
+    const ca = join(dir, "ca.pem");
+    writeFileSync(ca, "CA");
+    expect(refusal({ tls: { ca_file: ca, require_client_cert: true } }))
+      .toMatch(/^config: tls: `ca_file` and `require_client_cert` need cert_file and key_file \(LOTE_TLS_CERT, LOTE_TLS_KEY\)/);
+    expect(refusal({}, { LOTE_TLS_CA: ca, LOTE_TLS_REQUIRE_CLIENT_CERT: "true" })).toMatch(/^config: tls: `ca_file` and `require_client_cert` need cert_file/);
+    expect(refusal({ tls: { require_client_cert: "yes" } })).toBe("config: tls: `require_client_cert`: expected true or false, got \"yes\"");
+    // Saying no to client certificates asks for nothing.
+    expect(buildConfig({ tls: { require_client_cert: false } }, {}).tls).toBeUndefined();
+  });
 });
 
 describe("a server's start with a bad backend (real processes)", () => {
