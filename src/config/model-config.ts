@@ -2,6 +2,7 @@
 import { endpointPaths, type EndpointPath } from "../backends/backend.ts";
 import { DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_STREAMS_PER_SESSION } from "../backends/openai/openai-backend-options.ts";
 import { readFileSync } from "node:fs";
+import { builtinModels, findBuiltinModel } from "../backends/builtin/builtin-models.ts";
 import { ConfigError, field, kindOf, mapping } from "./validate.ts";
 import type { Env } from "./config.ts";
 
@@ -81,15 +82,25 @@ export function parseModel(raw: unknown, where: string, env: Env): ModelConfig {
   const f = field(where);
   const name = f.string("name", m.name, "");
   if (!name) throw new ConfigError(`${where}: \`name\`: expected the model name request bodies use, got nothing`);
-  const endpointsRaw = m.endpoints ?? [...endpointPaths];
-  if (!Array.isArray(endpointsRaw) || endpointsRaw.some((e) => !(endpointPaths as readonly string[]).includes(e))) {
-    throw new ConfigError(`${where}: \`endpoints\`: expected a list of ${endpointPaths.join(", ")}, got ${JSON.stringify(endpointsRaw)}`);
+  const backend = parseBackend(m.backend, `${where}.backend`, env, name);
+  // The built-in backend computes two models, each on one endpoint, and answers 400 to anything else: a model it
+  // cannot compute (or an endpoint it does not serve) was accepted here and every request of its batches failed.
+  const builtin = backend.kind === "builtin" ? findBuiltinModel(name) : undefined;
+  if (backend.kind === "builtin" && !builtin) {
+    const names = builtinModels.map((b) => b.name);
+    throw new ConfigError(`${where}: \`name\`: expected ${names.slice(0, -1).join(", ")} or ${names.at(-1)} with kind builtin (the models it computes), got ${JSON.stringify(name)}`);
+  }
+  const allowed: readonly string[] = builtin ? builtin.endpoints : endpointPaths;
+  const endpointsRaw = m.endpoints ?? [...allowed];
+  if (!Array.isArray(endpointsRaw) || endpointsRaw.some((e) => !allowed.includes(e))) {
+    const expected = builtin ? `${allowed.join(", ")} only for built-in model ${name}` : `a list of ${allowed.join(", ")}`;
+    throw new ConfigError(`${where}: \`endpoints\`: expected ${expected}, got ${JSON.stringify(endpointsRaw)}`);
   }
   const price = mapping(`${where}.price`, m.price, priceKeys);
   return {
     name,
     endpoints: endpointsRaw as EndpointPath[],
-    backend: parseBackend(m.backend, `${where}.backend`, env, name),
+    backend,
     maxConcurrency: f.int("max_concurrency", m.max_concurrency, 64, 1, 100_000),
     requestsPerMinute: f.int("requests_per_minute", m.requests_per_minute, 0, 0, 100_000_000),
     tokensPerMinute: f.int("tokens_per_minute", m.tokens_per_minute, 0, 0, 10_000_000_000),

@@ -95,6 +95,16 @@ describe("the configuration", () => {
     // Saying no to client certificates asks for nothing.
     expect(buildConfig({ tls: { require_client_cert: false } }, {}).tls).toBeUndefined();
   });
+
+  it("refuses a built-in backend for a model it cannot answer, and serves a built-in model on its own endpoint by default", () => {
+    expect(refusal({ models: [{ name: "my-sentiment", backend: { kind: "builtin" } }] }))
+      .toBe("config: models[0]: `name`: expected lote-sentiment or lote-embed with kind builtin (the models it computes), got \"my-sentiment\"");
+    expect(refusal({ models: [{ name: "lote-sentiment", endpoints: ["/classify", "/v1/chat/completions"], backend: { kind: "builtin" } }] }))
+      .toBe("config: models[0]: `endpoints`: expected /classify only for built-in model lote-sentiment, got [\"/classify\",\"/v1/chat/completions\"]");
+    // Re-declared to change a limit: the endpoint stays the one the model answers on.
+    const config = buildConfig({ models: [{ name: "lote-sentiment", backend: { kind: "builtin" }, max_concurrency: 4 }] }, {});
+    expect(config.models.get("lote-sentiment")).toMatchObject({ endpoints: ["/classify"], maxConcurrency: 4 });
+  });
 });
 
 describe("a server's start with a bad backend (real processes)", () => {
