@@ -2,7 +2,7 @@ import type { Command } from "commander";
 import { installShutdown } from "../api/shutdown.ts";
 import { ConfigError, loadConfig } from "../config/config.ts";
 import { createLogger } from "../log/logger.ts";
-import { startLote, type Role } from "../runtime/start-lote.ts";
+import { ListenError, startLote, type Role } from "../runtime/start-lote.ts";
 import {
   createApiKey, DatabaseUnavailableError, EmbeddedPostgresError, listApiKeys, listWorkers, openDatabase, revokeApiKeys,
   type ApiKeyRecord, type Database, type WorkerRecord,
@@ -15,8 +15,9 @@ const configExitCode = 78;
 
 /**
  * Wraps a server command's body for commander's .action(): an invalid configuration (from the file, the
- * environment, or found at start such as an unreadable ca_file), an embedded PostgreSQL that cannot start, or a
- * PostgreSQL that cannot be reached is one `lote: ...` line and its exit code, not a stack trace.
+ * environment, or found at start such as an unreadable ca_file), an embedded PostgreSQL that cannot start, a
+ * PostgreSQL that cannot be reached, or a port that cannot be bound is one `lote: ...` line and its exit code, not a
+ * stack trace.
  */
 function serverAction<A extends unknown[]>(body: (...args: A) => Promise<void>) {
   return async (...args: A): Promise<void> => {
@@ -26,6 +27,7 @@ function serverAction<A extends unknown[]>(body: (...args: A) => Promise<void>) 
       const exit = err instanceof ConfigError ? { line: `invalid configuration: ${err.message}`, code: configExitCode }
         : err instanceof EmbeddedPostgresError ? { line: err.message, code: ExitCode.Failure }
         : err instanceof DatabaseUnavailableError ? { line: err.message, code: ExitCode.Unavailable }
+        : err instanceof ListenError ? { line: err.message, code: ExitCode.Failure }
         : err instanceof CliError ? { line: err.message, code: err.exitCode }
         : undefined;
       if (!exit) throw err;

@@ -18,6 +18,29 @@ import { Notifier, openDatabase, type Database } from "../store/index.ts";
 
 export type Role = "serve" | "api" | "worker";
 
+/**
+ * A port this node was configured to serve on could not be bound: taken by another process (a second `npm start`),
+ * privileged, or an address no interface has. Raised from Node's listen error so the start ends with one line
+ * naming the address and the key that sets it, rather than a stack trace.
+ */
+export class ListenError extends Error {
+  override readonly name = "ListenError";
+}
+
+// Node's listen errors a configuration causes, and what each means to the operator.
+const listenProblems: Record<string, string> = {
+  EADDRINUSE: "the address is already in use (another lote node, or another program, listens there)",
+  EACCES: "permission denied (ports below 1024 need privileges)",
+  EADDRNOTAVAIL: "no interface of this machine has that address",
+};
+
+function listenFailure(err: unknown, what: string, host: string, port: number, keys: string): unknown {
+  const problem = listenProblems[(err as NodeJS.ErrnoException)?.code ?? ""];
+  if (!problem) return err;
+  const address = host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
+  return new ListenError(`cannot serve ${what} on ${address}: ${problem}; choose another with ${keys}`, { cause: err });
+}
+
 export interface LoteNode {
   readonly db: Database;
   readonly api?: ApiServer;
@@ -51,7 +74,10 @@ export async function startLote(config: Config, role: Role, logger: Logger): Pro
       dispatcher.start();
     }
     if (metrics && config.metrics) {
-      metricsServer = await startMetricsServer({ host: config.metrics.host, port: config.metrics.port, registry: metrics.registry, logger });
+      const { host, port } = config.metrics;
+      metricsServer = await startMetricsServer({ host, port, registry: metrics.registry, logger }).catch((err) => {
+        throw listenFailure(err, "metrics", host, port, "metrics.port (LOTE_METRICS_PORT) or metrics.host (LOTE_METRICS_HOST)");
+      });
       logger.info({ url: metricsServer.url }, "metrics listening");
     }
     if (role !== "worker") {
@@ -71,6 +97,8 @@ export async function startLote(config: Config, role: Role, logger: Logger): Pro
         interceptors: metrics ? [metrics.apiInterceptor()] : [],
         health: { check: () => db.ping() },
         logger,
+      }).catch((err) => {
+        throw listenFailure(err, "the API", config.host, config.port, "port (LOTE_PORT) or host (LOTE_HOST)");
       });
       logger.info({ url: api.url, auth: config.authRequired ? "required" : "off", tls: Boolean(config.tls) }, "lote API listening");
       if (!config.authRequired) {

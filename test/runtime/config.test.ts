@@ -1,5 +1,6 @@
 import { execFile, spawn } from "node:child_process";
 import { chmodSync, existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { createServer, type AddressInfo, type Server } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -140,6 +141,39 @@ describe("a server whose PostgreSQL cannot be reached (real process)", () => {
       .then(() => undefined, (e: { code: number; stderr: string }) => e);
     expect(err?.code).toBe(69);
     expect(err?.stderr).toBe(`lote: cannot connect to PostgreSQL at 127.0.0.1:${port}/lotedb as lote: connect ECONNREFUSED 127.0.0.1:${port}\n`);
+  });
+});
+
+describe("a server whose port is taken (real processes)", () => {
+  let db: TestDatabase;
+  let taken: Server;
+  let port: number;
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    taken = createServer();
+    await new Promise<void>((resolve) => taken.listen(0, "127.0.0.1", resolve));
+    port = (taken.address() as AddressInfo).port;
+  });
+  afterAll(async () => {
+    await new Promise((resolve) => taken.close(resolve));
+    await db.drop();
+  });
+  const serve = (env: Record<string, string>) => run(process.execPath, ["--import", "tsx", "src/cli/main.ts", "serve"], {
+    cwd: root, env: { ...process.env, DATABASE_URL: db.url, LOTE_LOG_LEVEL: "silent", ...env },
+  }).then(() => undefined, (e: { code: number; stderr: string }) => e);
+
+  it("exits 1 with one line naming the API's address and the key that sets it, not a stack trace", async () => {
+    const err = await serve({ LOTE_PORT: String(port) });
+    expect(err?.code).toBe(1);
+    expect(err?.stderr).toBe(`lote: cannot serve the API on 127.0.0.1:${port}: the address is already in use ` +
+      "(another lote node, or another program, listens there); choose another with port (LOTE_PORT) or host (LOTE_HOST)\n");
+  });
+
+  it("names the metrics port the same way when it is the one taken", async () => {
+    const err = await serve({ LOTE_PORT: String(await freePort()), LOTE_METRICS_PORT: String(port) });
+    expect(err?.code).toBe(1);
+    expect(err?.stderr).toBe(`lote: cannot serve metrics on 127.0.0.1:${port}: the address is already in use ` +
+      "(another lote node, or another program, listens there); choose another with metrics.port (LOTE_METRICS_PORT) or metrics.host (LOTE_METRICS_HOST)\n");
   });
 });
 
