@@ -1,5 +1,7 @@
 import { execFile, spawn } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { createServer as createHttpServer, type Server as HttpServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -301,6 +303,36 @@ describe("lote client commands (real server and CLI as child processes)", () => 
     const ids = jsonLines(out).map((l) => l.custom_id);
     expect(ids).toHaveLength(n);
     expect(new Set(ids).size).toBe(n);
+  });
+});
+
+describe("lote results from a backend that answers 2xx with a body that is not JSON (a proxy's page)", () => {
+  let db: TestDatabase;
+  let server: LoteProcess;
+  let backend: HttpServer;
+  const page = "<html>\n<body>Welcome to nginx!</body>\n</html>\n";
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    backend = createHttpServer((req, res) => req.resume().on("end", () => res.writeHead(200, { "content-type": "text/html" }).end(page)));
+    await new Promise<void>((resolve) => backend.listen(0, "127.0.0.1", resolve));
+    const url = `http://127.0.0.1:${(backend.address() as AddressInfo).port}`;
+    server = await startLoteProcess({ databaseUrl: db.url, config: { models: [{ name: "behind-proxy", backend: { kind: "openai", urls: [url] } }] } });
+  });
+  afterAll(async () => {
+    await server?.stop();
+    await new Promise((resolve) => backend?.close(resolve));
+    await db?.drop();
+  });
+
+  it("writes every line as JSON, the body as the string the backend sent", async () => {
+    const file = inputFile("proxy.jsonl", [{ custom_id: "p", method: "POST", url: "/v1/chat/completions", body: { model: "behind-proxy", messages: [{ role: "user", content: "hi" }] } }]);
+    const id = (await startLote(["submit", file, "--wait"], { LOTE_SERVER: server.url }).done).stdout.trim();
+    const out = join(dir, "proxy-out.jsonl");
+    const run = await startLote(["results", id, "-o", out], { LOTE_SERVER: server.url }).done;
+    expect(run.code).toBe(0);
+    const [line] = jsonLines(out);
+    expect(line).toMatchObject({ custom_id: "p", response: { status_code: 200, body: page }, error: null });
   });
 });
 
