@@ -1,5 +1,7 @@
 import { execFile } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -45,16 +47,23 @@ describe("Python client (clients/python, generated with Debian's protoc and grpc
   let db: TestDatabase;
   let lote: LoteProcess;
   let genDir: string;
+  // A backend behind a proxy that answers 200 with its own HTML page, not the model's JSON.
+  let proxy: Server;
+  const page = "<html><body>Welcome to nginx!</body></html>\n";
 
   beforeAll(async () => {
     await requireToolchain();
     genDir = mkdtempSync(join(tmpdir(), "lote-python-gen-"));
     await run("sh", [join(root, "clients/python/generate.sh"), genDir]);
     db = await createTestDatabase();
-    lote = await startLoteProcess({ databaseUrl: db.url });
+    proxy = createServer((req, res) => req.resume().on("end", () => res.writeHead(200, { "content-type": "text/html" }).end(page)));
+    await new Promise<void>((resolve) => proxy.listen(0, "127.0.0.1", resolve));
+    const url = `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`;
+    lote = await startLoteProcess({ databaseUrl: db.url, config: { models: [{ name: "behind-proxy", backend: { kind: "openai", urls: [url] } }] } });
   });
   afterAll(async () => {
     await lote?.stop();
+    await new Promise((resolve) => proxy?.close(resolve));
     await db?.drop();
     if (genDir) rmSync(genDir, { recursive: true, force: true });
   });
@@ -102,6 +111,19 @@ describe("Python client (clients/python, generated with Debian's protoc and grpc
     const [code, ...fields] = stdout.trim().split("\n");
     expect(code).toBe("INVALID_ARGUMENT");
     expect(fields.some((f) => f.includes("custom_id"))).toBe(true);
+  });
+
+  it("yields every result when a 2xx body is not JSON, that body as its text", async () => {
+    const script = [
+      "import sys; sys.path.insert(0, 'clients/python')",
+      "from lote_client import LoteClient",
+      `c = LoteClient('127.0.0.1:${lote.port}')`,
+      "b = c.create_batch('chat_completions', [(f'p{i}', {'model': 'behind-proxy', 'messages': [{'role': 'user', 'content': 'hi'}]}) for i in range(2)])",
+      "for r in c.results(b.id):",
+      "    print(r.custom_id, repr(r.response))",
+    ].join("\n");
+    const { stdout } = await runPython(genDir, ["-c", script]);
+    expect(stdout.trim().split("\n").sort()).toEqual(["p0 '<html><body>Welcome to nginx!</body></html>\\n'", "p1 '<html><body>Welcome to nginx!</body></html>\\n'"]);
   });
 
   it("raises LoteError NOT_FOUND for a batch that does not exist", async () => {

@@ -18,7 +18,7 @@ RequestLike = Union[Tuple[str, Mapping[str, Any]], Mapping[str, Any]]
 class Result(NamedTuple):
     """The outcome of one request. Exactly one of `response` and `error` is set.
 
-    response: the backend's JSON body (a dict) when it answered 2xx.
+    response: the backend's JSON body (a dict) when it answered 2xx; its text (a str) if that body is not JSON.
     error: {"code": ..., "message": ..., "status_code": ...} when the request failed, expired or was cancelled.
     cursor: pass as `after` to results() to resume right after this result.
     """
@@ -102,7 +102,7 @@ class LoteClient:
         for message in _stream(self._stub.StreamResults(request, metadata=self._metadata)):
             r = message.result
             if r.HasField("response"):
-                yield Result(r.custom_id, json.loads(r.response.body_json or b"{}"), None, r.cursor)
+                yield Result(r.custom_id, _body(r.response.body_json), None, r.cursor)
             else:
                 error = {"code": r.error.code, "message": r.error.message, "status_code": r.error.status_code}
                 yield Result(r.custom_id, None, error, r.cursor)
@@ -122,6 +122,18 @@ def _stream(call: Any) -> Iterator[Any]:
     finally:
         # Stops the server's work when the caller abandons the generator early (break, exception).
         call.cancel()
+
+
+def _body(body_json: bytes) -> Any:
+    """The backend's JSON body; its text when it is not JSON (a proxy's HTML page answered with 200).
+
+    json.loads raising there ended the results() generator at that result, and every later one was lost.
+    """
+    text = body_json.decode("utf-8", errors="replace") if body_json else "{}"
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def _endpoint(endpoint: Union[str, int]) -> int:
