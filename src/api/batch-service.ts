@@ -194,6 +194,13 @@ export function batchServiceImpl(deps: BatchServiceDeps): ServiceImpl<typeof Bat
       const original = await getBatch(pool, tenant, req.id);
       if (!original) throw notFound("batch", req.id);
       if (!isTerminal(original.status)) throw failedPrecondition(req.id, `batch ${req.id} is ${original.status}; only a finished batch can be retried`);
+      // As CreateBatch refuses a model no backend serves (UNKNOWN_MODEL): a retry of a batch whose model has since
+      // left the configuration was queued anyway, and sat IN_PROGRESS with no worker to run it until it expired.
+      const model = config.models.get(original.model);
+      if (!model || !model.endpoints.includes(original.endpoint)) {
+        const why = model ? `which no longer serves ${original.endpoint}` : `which no backend serves now; configured models: ${[...config.models.keys()].join(", ")}`;
+        throw failedPrecondition(req.id, `batch ${req.id} ran on model "${original.model}", ${why}`);
+      }
       const window = durationSeconds(req.completionWindow);
       const violations = validateBatchOptions({ metadata: {}, completionWindowSeconds: window, priority: 0, requestId: req.requestId });
       if (violations.length > 0) throw invalidArgument(violations);

@@ -4,6 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestDatabase, type TestDatabase, testPool } from "../support/database.ts";
 import { batchServiceClient, call, chatRequest, collect, fieldViolations } from "../support/grpc-client.ts";
 import { startLoteProcess, type LoteProcess } from "../support/lote-process.ts";
+import { freePort } from "../support/ports.ts";
 import { until } from "../support/until.ts";
 
 const sentiment = (customId: string, text: string) => ({ customId, bodyJson: Buffer.from(JSON.stringify({ model: "lote-sentiment", input: text })) });
@@ -368,5 +369,42 @@ describe("BatchService over gRPC (grpc-js client, server as a child process)", (
   it("never logs request bodies", () => {
     expect(lote.logs()).not.toContain("Eu amo estudar");
     expect(lote.logs()).toContain('"batch created"');
+  });
+});
+
+describe("RetryBatch after the batch's model left the configuration (two servers in turn on one database)", () => {
+  let db: TestDatabase;
+  let lote: LoteProcess | undefined;
+  beforeAll(async () => {
+    db = await createTestDatabase();
+  });
+  afterAll(async () => {
+    await lote?.stop();
+    await db?.drop();
+  });
+
+  it("refuses with FAILED_PRECONDITION naming the model, as CreateBatch would, instead of queueing work nothing runs", async () => {
+    // Nothing listens on the backend's port: its one attempt fails with connection_refused.
+    const dead = `http://127.0.0.1:${await freePort()}`;
+    lote = await startLoteProcess({ databaseUrl: db.url, config: { models: [{ name: "retired", backend: { kind: "openai", urls: [dead] }, max_attempts: 1 }] } });
+    let client = batchServiceClient(`127.0.0.1:${lote.port}`);
+    const created = await call(client, "createBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: [chatRequest("r0", "retired", "hi")] });
+    const ended = await until("the batch to end", async () => {
+      const b = await call(client, "getBatch", { id: created.id });
+      return b.status === "BATCH_STATUS_COMPLETED" ? b : undefined;
+    });
+    expect(ended.requestCounts.failed).toBe("1");
+    client.close();
+    await lote.stop();
+    // The same database, a configuration without the model.
+    lote = await startLoteProcess({ databaseUrl: db.url });
+    client = batchServiceClient(`127.0.0.1:${lote.port}`);
+    const err = await refusal(call(client, "retryBatch", { id: created.id }));
+    client.close();
+    expect(err.code).toBe(grpc.status.FAILED_PRECONDITION);
+    expect(err.details).toContain('"retired"');
+    const pool = testPool(db.url);
+    const { rows } = await pool.query("SELECT count(*)::int AS n FROM lote.batches").finally(() => pool.end());
+    expect(rows[0].n).toBe(1);
   });
 });
