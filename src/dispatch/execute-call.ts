@@ -20,14 +20,18 @@ export async function executeCall(
   let failure: Failure;
   try {
     const reply = await backend.infer({ endpoint: item.endpoint, body: item.body, signal: controller.signal });
-    if (reply.status >= 200 && reply.status < 300) {
+    if (reply.status < 200 || reply.status >= 300) {
+      failure = { kind: "status", reply };
+    } else if (!isJsonObjectText(reply.body)) {
+      failure = { kind: "transport", error: "protocol",
+        message: `the backend answered HTTP ${reply.status} with a body that is not a JSON object: ${JSON.stringify(reply.body.slice(0, 200))}` };
+    } else {
       const usage = usageOf(reply.body);
       return {
         outcome: "succeeded", batchId: item.batchId, idx: item.idx, attempt: item.attempt, statusCode: reply.status,
         requestId: reply.requestId, body: reply.body, inputTokens: usage.input, outputTokens: usage.output, totalTokens: usage.total,
       };
     }
-    failure = { kind: "status", reply };
   } catch (err) {
     const reason = controller.signal.aborted ? (controller.signal.reason as AbortReason) : undefined;
     if (reason === "expired") return undefined;
@@ -54,4 +58,23 @@ export async function executeCall(
   const requestId = failure.kind === "status" ? failure.reply.requestId : "";
   return { outcome: "failed", batchId: item.batchId, idx: item.idx, attempt: item.attempt, statusCode: error.statusCode,
     requestId, errorCode: error.code, errorMessage: error.message };
+}
+
+/**
+ * Whether a 2xx answer can be an OpenAI-compatible one: every such endpoint answers a JSON object. A proxy or web
+ * server in the backend's place (an HTML page, "OK", an empty body) answered 200 and was stored as a success, which
+ * every reader of the results then failed to parse. It is a protocol error instead, retried like a garbled answer.
+ * The first and last characters only, not JSON.parse: parsing every answer was 2.5% of a worker's time at zero
+ * latency (see usage.ts); a body cut short loses its closing brace, and one garbled inside is not looked for.
+ */
+function isJsonObjectText(body: string): boolean {
+  let start = 0;
+  let end = body.length - 1;
+  while (start <= end && isSpace(body.charCodeAt(start))) start++;
+  while (end > start && isSpace(body.charCodeAt(end))) end--;
+  return body.charCodeAt(start) === 123 /* { */ && body.charCodeAt(end) === 125 /* } */;
+}
+
+function isSpace(c: number): boolean {
+  return c === 32 || c === 10 || c === 13 || c === 9;
 }

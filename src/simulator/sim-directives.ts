@@ -15,6 +15,8 @@ import { createHash } from "node:crypto";
  *   hash of the whole body, including "sim"), then answer normally. Without it the failure applies every time.
  * - `latency_ms` (number): think this long instead of drawing from the latency distribution.
  * - `answer_bytes` (number): pad a normal answer to at least this many bytes (a "padding" member first).
+ * - `not_json` (true): answer 200 with an HTML page instead of JSON, as a misrouted proxy or a web server's
+ *   default page would.
  *
  * A request carrying directives is exempt from the random faults (errorRate, rateLimitRate, resetRate,
  * hangRate), so its outcome depends only on what it asked for.
@@ -27,6 +29,7 @@ export interface SimDirectives {
   readonly reset?: boolean;
   readonly latencyMs?: number;
   readonly answerBytes?: number;
+  readonly notJson?: boolean;
 }
 
 /** What the directives decide for one attempt. */
@@ -34,11 +37,13 @@ export type DirectedOutcome =
   | { readonly kind: "answer" }
   | { readonly kind: "status"; readonly status: number; readonly retryAfter: string | undefined }
   | { readonly kind: "hang" }
-  | { readonly kind: "reset" };
+  | { readonly kind: "reset" }
+  | { readonly kind: "not_json" };
 
 export const answerOutcome: DirectedOutcome = { kind: "answer" };
 export const hangOutcome: DirectedOutcome = { kind: "hang" };
 export const resetOutcome: DirectedOutcome = { kind: "reset" };
+export const notJsonOutcome: DirectedOutcome = { kind: "not_json" };
 
 /** Reads the "sim" member of a parsed body; undefined when there is none or it is not an object. */
 export function readDirectives(parsed: unknown): SimDirectives | undefined {
@@ -54,6 +59,7 @@ export function readDirectives(parsed: unknown): SimDirectives | undefined {
     reset: s.reset === true,
     latencyMs: num(s.latency_ms),
     answerBytes: num(s.answer_bytes),
+    notJson: s.not_json === true,
   };
 }
 
@@ -63,7 +69,7 @@ export class AttemptCounter {
 
   /** Records one attempt of `body` and says what the directives decide for it. */
   decide(body: string, d: SimDirectives): DirectedOutcome {
-    const fails = d.hang || d.reset || d.status !== undefined || d.failFirst !== undefined;
+    const fails = d.hang || d.reset || d.notJson || d.status !== undefined || d.failFirst !== undefined;
     if (!fails) return answerOutcome;
     if (d.failFirst !== undefined) {
       const key = createHash("sha1").update(body).digest("base64");
@@ -73,6 +79,7 @@ export class AttemptCounter {
     }
     if (d.reset) return resetOutcome;
     if (d.hang) return hangOutcome;
+    if (d.notJson) return notJsonOutcome;
     return { kind: "status", status: d.status ?? 500, retryAfter: d.retryAfter };
   }
 

@@ -138,6 +138,8 @@ export class SimulatorCore {
     if (o.kind === "reset") {
       this.stats.resets++;
       ex.reset();
+    } else if (o.kind === "not_json") {
+      this.#send(ex, 200, notJsonBody, requestId);
     } else if (o.kind === "status") {
       const message = o.status === 429 ? "simulated rate limit" : `simulated status ${o.status}`;
       this.#send(ex, o.status, errorBody(o.status, message), requestId, o.retryAfter);
@@ -158,6 +160,9 @@ export class SimulatorCore {
     ex.respond(status, body, requestId, retryAfter);
   }
 }
+
+/** The `not_json` directive's answer: a web server's default page where an OpenAI-compatible server should be. */
+const notJsonBody = "<!DOCTYPE html>\n<html><head><title>Welcome to nginx!</title></head><body><h1>Welcome to nginx!</h1></body></html>\n";
 
 /** The answer with a "padding" member in front, so that it is at least `bytes` long (ASCII: bytes = characters). */
 function padded(answer: string, bytes: number): string {

@@ -324,6 +324,31 @@ describe("dispatch against the simulated backend (real processes, sockets and Po
     expect(sim.stats().requests).toBe(3);
   });
 
+  it("retries a 200 answer that is not a JSON object as a protocol error, and fails it at max_attempts with what came back", async () => {
+    sim = await startSimulator({ port: 0 });
+    const lote = await start("serve", { models: [modelConfig(sim, { max_attempts: 2 })] });
+    const client = clientOf(lote);
+    const batch = await call(client, "createBatch", {
+      endpoint: "ENDPOINT_CHAT_COMPLETIONS",
+      requests: [
+        chatRequest("page", "sim-model", "a", { sim: { not_json: true } }),
+        chatRequest("once", "sim-model", "b", { sim: { not_json: true, fail_first: 1 } }),
+        chatRequest("plain", "sim-model", "c"),
+      ],
+    });
+    const done = await waitForStatus(client, batch.id, "BATCH_STATUS_COMPLETED");
+    expect(done.requestCounts).toMatchObject({ completed: "2", failed: "1" });
+    const results = Object.fromEntries((await collect(client.streamResults({ batchId: batch.id, rawJson: true }))).map((m: any) => [m.result.customId, m.result]));
+    expect(results.page.attempts).toBe(2);
+    expect(results.page.error.code).toBe("protocol_error");
+    expect(results.page.error.message).toContain("HTTP 200 with a body that is not a JSON object");
+    expect(results.page.error.message).toContain("Welcome to nginx!");
+    expect(results.once.attempts).toBe(2);
+    expect(JSON.parse(Buffer.from(results.once.response.bodyJson).toString()).choices).toHaveLength(1);
+    expect(results.plain.attempts).toBe(1);
+    expect(sim.stats().requests).toBe(5);
+  });
+
   it("streams a batch of large answers whole, in order, a few megabytes per read", async () => {
     sim = await startSimulator({ port: 0 });
     const lote = await start("serve", { models: [modelConfig(sim)] });
