@@ -8,6 +8,7 @@
  * |  2   | Usage        | bad flags or arguments (commander's errors, INVALID_ARGUMENT about a flag)   |
  * |  3   | BatchNotDone | watch / --wait: the batch ended FAILED, EXPIRED or CANCELLED, not COMPLETED  |
  * | 65   | DataError    | the input file is not a valid batch (locally, or INVALID_ARGUMENT on requests) |
+ * | 66   | NoInput      | the input file cannot be read (missing, a directory, no permission)          |
  * | 69   | Unavailable  | the server cannot be reached (UNAVAILABLE, connection refused, reset, or its   |
  * |      |              | TLS certificate is not trusted)                                              |
  * | 77   | NoPermission | UNAUTHENTICATED or PERMISSION_DENIED: missing, wrong or unauthorised key     |
@@ -21,6 +22,7 @@ export const ExitCode = {
   Usage: 2,
   BatchNotDone: 3,
   DataError: 65, // EX_DATAERR
+  NoInput: 66, // EX_NOINPUT
   Unavailable: 69, // EX_UNAVAILABLE
   NoPermission: 77, // EX_NOPERM
 } as const;

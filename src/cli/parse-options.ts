@@ -10,7 +10,8 @@ const unitSeconds: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400 };
 /** "90s", "30m", "24h", "7d" -> seconds. Fractions are allowed ("1.5h"); a bare number is refused as ambiguous. */
 export function parseDuration(value: string): number {
   const m = /^(\d+(?:\.\d+)?)([smhd])$/.exec(value.trim());
-  if (!m) throw new InvalidArgumentError(`expected a duration such as 90s, 30m, 24h or 7d, got ${JSON.stringify(value)}`);
+  // Zero is refused too: `run --timeout 0s` was sent as no deadline at all, the opposite of what it says.
+  if (!m || Number(m[1]) === 0) throw new InvalidArgumentError(`expected a duration above zero such as 90s, 30m, 24h or 7d, got ${JSON.stringify(value)}`);
   return Number(m[1]) * unitSeconds[m[2]!]!;
 }
 

@@ -48,7 +48,7 @@ export async function readBatchFile(path: string): Promise<BatchFile> {
   try {
     await opened;
   } catch (err) {
-    throw new CliError(`cannot read ${path}: ${(err as Error).message}`, ExitCode.DataError);
+    throw new CliError(`cannot read ${path}: ${(err as Error).message}`, ExitCode.NoInput);
   }
   try {
     for await (const raw of jsonLines(input)) {
@@ -88,7 +88,7 @@ export async function readBatchFile(path: string): Promise<BatchFile> {
   } catch (err) {
     // Opened but not readable: a directory (EISDIR), an I/O error. Anything else is a bug, not the file's fault.
     if (typeof (err as NodeJS.ErrnoException).code !== "string") throw err;
-    throw new CliError(`cannot read ${path}: ${(err as Error).message}`, ExitCode.DataError);
+    throw new CliError(`cannot read ${path}: ${(err as Error).message}`, ExitCode.NoInput);
   }
   if (problems.length === 0 && requests.length === 0) throw new CliError(`${path}: no requests: the file is empty`, ExitCode.DataError);
   if (problems.length > 0) {

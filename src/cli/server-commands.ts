@@ -1,4 +1,4 @@
-import type { Command } from "commander";
+import { InvalidArgumentError, type Command } from "commander";
 import { installShutdown } from "../api/shutdown.ts";
 import { ConfigError, loadConfig } from "../config/config.ts";
 import { createLogger } from "../log/logger.ts";
@@ -12,6 +12,17 @@ import { formatColumns } from "./format-batch.ts";
 
 /** EX_CONFIG (sysexits.h): the configuration is invalid. */
 const configExitCode = 78;
+
+/**
+ * A tenant id for a new key: its batches are listed and counted under it, so it must be something an operator can
+ * read and type. `--tenant ""` created a key whose batches belonged to an empty name.
+ */
+function tenantId(value: string): string {
+  if (value.trim() === "" || value !== value.trim() || /[\p{Cc}]/u.test(value) || value.length > 200) {
+    throw new InvalidArgumentError(`expected a tenant id of 1 to 200 characters, no surrounding spaces or control characters, got ${JSON.stringify(value)}`);
+  }
+  return value;
+}
 
 /**
  * Wraps a server command's body for commander's .action(): an invalid configuration (from the file, the
@@ -72,7 +83,7 @@ export function registerServerCommands(program: Command): void {
   }
   const keys = program.command("keys").description("manage API keys (talks to the database directly)");
   keys.command("create").description("create an API key for a tenant; prints the key once")
-    .requiredOption("--tenant <id>", "tenant the key belongs to")
+    .requiredOption("--tenant <id>", "tenant the key belongs to", tenantId)
     .option("--label <text>", "a note to recognise the key by", "")
     .option("-c, --config <file>", "config file")
     .action(serverAction((opts: { tenant: string; label: string; config?: string }) => withDatabase(opts.config, async (db) => {

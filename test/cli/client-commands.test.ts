@@ -275,17 +275,24 @@ describe("lote client commands (real server and CLI as child processes)", () => 
     expect(missing).toMatchObject({ code: 1, stderr: 'lote: NOT_FOUND: batch "batch_missing" not found\n' });
     const usage = await lote(["submit", "x.jsonl", "--window", "soon"]);
     expect(usage.code).toBe(2);
-    expect(usage.stderr).toMatch(/^lote: option '--window <duration>' argument 'soon' is invalid\. expected a duration such as 90s, 30m, 24h or 7d, got "soon"\n$/);
+    expect(usage.stderr).toMatch(/^lote: option '--window <duration>' argument 'soon' is invalid\. expected a duration above zero such as 90s, 30m, 24h or 7d, got "soon"\n$/);
   });
 
-  it("exits 2 on a wrong command line of any command, server ones too, and 65 when the input file is a directory", async () => {
-    for (const args of [["nosuch"], ["serve", "--bogus"], ["keys", "create"], ["workers", "--bogus"]]) {
+  it("exits 2 on a wrong command line of any command, server ones too, and 66 when the input file cannot be read", async () => {
+    const wrong = [["nosuch"], ["serve", "--bogus"], ["keys", "create"], ["workers", "--bogus"], ["keys", "create", "--tenant", ""],
+      ["keys", "create", "--tenant", "a\tb"], ["run", "x.jsonl", "--timeout", "0s"], ["submit", "x.jsonl", "--window", "0h"]];
+    for (const args of wrong) {
       const run = await lote(args);
       expect({ args, code: run.code }).toEqual({ args, code: 2 });
     }
+    const zero = await lote(["run", "x.jsonl", "--timeout", "0s"]);
+    expect(zero.stderr).toContain('expected a duration above zero such as 90s, 30m, 24h or 7d, got "0s"');
     const directory = await lote(["submit", dir]);
-    expect(directory.code).toBe(65);
+    expect(directory.code).toBe(66);
     expect(directory.stderr).toBe(`lote: cannot read ${dir}: EISDIR: illegal operation on a directory, read\n`);
+    const missing = await lote(["submit", join(dir, "no-such-file.jsonl")]);
+    expect(missing.code).toBe(66);
+    expect(missing.stderr).toMatch(/^lote: cannot read .*no-such-file\.jsonl: ENOENT/);
   });
 
   // Last: it replaces the server.
