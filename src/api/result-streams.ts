@@ -32,18 +32,24 @@ export async function* streamResults(deps: BatchServiceDeps, req: StreamResultsR
   let after = cursor;
   const first = await getBatch(deps.pool, tenant, req.batchId);
   if (!first) throw notFound("batch", req.batchId);
-  while (!ctx.signal.aborted) {
-    // Read the status BEFORE the results: if the batch was already terminal, every result is committed and an
-    // empty read means the stream is complete.
-    const status = (await getBatch(deps.pool, tenant, req.batchId))?.status;
-    const { rows, cutByBytes } = await getResults(deps.pool, req.batchId, after, pageSize, filter);
-    for (const row of rows) {
-      yield { $typeName: "lote.v1.StreamResultsResponse", result: toResult(req.batchId, row, req.rawJson) };
-      after = row.seq;
+  // Before the first read: the batch's end may be announced while a read is under way (see BatchEvents.subscribe).
+  const wakeups = req.follow ? deps.events.subscribe(req.batchId) : undefined;
+  try {
+    while (!ctx.signal.aborted) {
+      // Read the status BEFORE the results: if the batch was already terminal, every result is committed and an
+      // empty read means the stream is complete.
+      const status = (await getBatch(deps.pool, tenant, req.batchId))?.status;
+      const { rows, cutByBytes } = await getResults(deps.pool, req.batchId, after, pageSize, filter);
+      for (const row of rows) {
+        yield { $typeName: "lote.v1.StreamResultsResponse", result: toResult(req.batchId, row, req.rawJson) };
+        after = row.seq;
+      }
+      if (rows.length === pageSize || cutByBytes) continue;
+      if (!wakeups || !status || isTerminal(status)) return;
+      await wakeups.wait(pollMs, ctx.signal);
     }
-    if (rows.length === pageSize || cutByBytes) continue;
-    if (!req.follow || !status || isTerminal(status)) return;
-    await deps.events.wait(req.batchId, pollMs, ctx.signal);
+  } finally {
+    wakeups?.close();
   }
 }
 
@@ -55,15 +61,20 @@ export async function* watchBatch(deps: BatchServiceDeps, req: WatchBatchRequest
   const tenant = await deps.auth.tenantOf(ctx);
   checkBatchId("id", req.id);
   let last = "";
-  while (!ctx.signal.aborted) {
-    const batch = await getBatch(deps.pool, tenant, req.id);
-    if (!batch) throw notFound("batch", req.id);
-    const fp = fingerprint(batch);
-    if (fp !== last) {
-      yield { $typeName: "lote.v1.WatchBatchResponse", batch: toBatch(batch) };
-      last = fp;
+  const wakeups = deps.events.subscribe(req.id);
+  try {
+    while (!ctx.signal.aborted) {
+      const batch = await getBatch(deps.pool, tenant, req.id);
+      if (!batch) throw notFound("batch", req.id);
+      const fp = fingerprint(batch);
+      if (fp !== last) {
+        yield { $typeName: "lote.v1.WatchBatchResponse", batch: toBatch(batch) };
+        last = fp;
+      }
+      if (isTerminal(batch.status)) return;
+      await wakeups.wait(pollMs, ctx.signal);
     }
-    if (isTerminal(batch.status)) return;
-    await deps.events.wait(req.id, pollMs, ctx.signal);
+  } finally {
+    wakeups.close();
   }
 }

@@ -52,24 +52,30 @@ export async function runBatch(deps: BatchServiceDeps, req: RunBatchRequest, ctx
   const byIdx = new Map<number, ResultRecord>();
   let seen = batch;
   let answered = false;
+  // Before the first read: the batch's COMPLETED may be announced while a read is under way (BatchEvents.subscribe).
+  const wakeups = deps.events.subscribe(batch.id);
   // The reads, then the cancel of what is unfinished. The answer waits for them until answerBy and no longer: a read
   // or the cancel's commit can stall on a lock or a busy disk, and then the work goes on after the answer.
   const collecting = (async () => {
     let after = 0n;
-    for (;;) {
-      const now = (await getBatch(deps.pool, tenant, batch.id))!;
+    try {
       for (;;) {
-        const { rows, cutByBytes } = await getResults(deps.pool, batch.id, after, 1000);
-        for (const r of rows) byIdx.set(r.idx, r);
-        if (rows.length > 0) after = rows[rows.length - 1]!.seq;
-        if (rows.length < 1000 && !cutByBytes) break;
+        const now = (await getBatch(deps.pool, tenant, batch.id))!;
+        for (;;) {
+          const { rows, cutByBytes } = await getResults(deps.pool, batch.id, after, 1000);
+          for (const r of rows) byIdx.set(r.idx, r);
+          if (rows.length > 0) after = rows[rows.length - 1]!.seq;
+          if (rows.length < 1000 && !cutByBytes) break;
+        }
+        seen = now;
+        // All results in is not enough: wait the few ms until the batch is COMPLETED so the answer shows it.
+        if (isTerminal(now.status)) break;
+        const left = stopWaitingAt - Date.now();
+        if (left <= 0 || ctx.signal.aborted) break;
+        await wakeups.wait(Math.min(left, 1_000), ctx.signal);
       }
-      seen = now;
-      // All results in is not enough: wait the few ms until the batch is COMPLETED so the answer shows it.
-      if (isTerminal(now.status)) break;
-      const left = stopWaitingAt - Date.now();
-      if (left <= 0 || ctx.signal.aborted) break;
-      await deps.events.wait(batch.id, Math.min(left, 1_000), ctx.signal);
+    } finally {
+      wakeups.close();
     }
     if (byIdx.size < checked.requests.length) {
       // Nobody will read the rest: stop spending backend capacity on it. If this fails the batch expires in an hour.
