@@ -56,17 +56,20 @@ export async function runBatch(deps: BatchServiceDeps, req: RunBatchRequest, ctx
   const wakeups = deps.events.subscribe(batch.id);
   // The reads, then the cancel of what is unfinished. The answer waits for them until answerBy and no longer: a read
   // or the cancel's commit can stall on a lock or a busy disk, and then the work goes on after the answer.
+  let after = 0n;
+  const readResults = async () => {
+    for (;;) {
+      const { rows, cutByBytes } = await getResults(deps.pool, batch.id, after, 1000);
+      for (const r of rows) byIdx.set(r.idx, r);
+      if (rows.length > 0) after = rows[rows.length - 1]!.seq;
+      if (rows.length < 1000 && !cutByBytes) return;
+    }
+  };
   const collecting = (async () => {
-    let after = 0n;
     try {
       for (;;) {
         const now = (await getBatch(deps.pool, tenant, batch.id))!;
-        for (;;) {
-          const { rows, cutByBytes } = await getResults(deps.pool, batch.id, after, 1000);
-          for (const r of rows) byIdx.set(r.idx, r);
-          if (rows.length > 0) after = rows[rows.length - 1]!.seq;
-          if (rows.length < 1000 && !cutByBytes) break;
-        }
+        await readResults();
         seen = now;
         // All results in is not enough: wait the few ms until the batch is COMPLETED so the answer shows it.
         if (isTerminal(now.status)) break;
@@ -81,7 +84,13 @@ export async function runBatch(deps: BatchServiceDeps, req: RunBatchRequest, ctx
       // Nobody will read the rest: stop spending backend capacity on it. If this fails the batch expires in an hour.
       await cancelBatch(db, tenant, batch.id).catch((err) =>
         deps.logger.warn({ err: (err as Error).message, batchId: batch.id }, "RunBatch could not cancel its unfinished requests"));
-      seen = (await getBatch(deps.pool, tenant, batch.id))!;
+      // The batch first, then its results (as above, so every result the batch counts is read): results written
+      // since the last read, before the cancel took the batch row lock, are counted by the batch, and without this
+      // read the answer called them deadline_exceeded, even in a batch COMPLETED because the cancel found every
+      // result in.
+      const now = (await getBatch(deps.pool, tenant, batch.id))!;
+      await readResults();
+      seen = now;
     }
   })();
   collecting.catch((err) => {

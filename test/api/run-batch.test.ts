@@ -1,0 +1,66 @@
+import * as grpc from "@grpc/grpc-js";
+import pg from "pg";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { claimItems, completeItems } from "../../src/store/index.ts";
+import { testPool } from "../support/database.ts";
+import { batchServiceClient, call } from "../support/grpc-client.ts";
+import { useLoteServer } from "../support/lote-process.ts";
+import { until } from "../support/until.ts";
+
+const sentiment = (customId: string, text: string) => ({ customId, bodyJson: Buffer.from(JSON.stringify({ model: "lote-sentiment", input: text })) });
+
+/**
+ * An API node alone (no worker, no maintenance): the test plays the worker with the store's own statements, so it
+ * decides when each result is written.
+ */
+describe("RunBatch against an API node, the test as the worker", () => {
+  const server = useLoteServer({ role: "api" });
+  let client: any;
+  let pool: pg.Pool;
+
+  beforeAll(() => {
+    client = batchServiceClient(`127.0.0.1:${server.lote.port}`);
+    pool = testPool(server.db.url);
+  });
+  afterAll(async () => {
+    client?.close();
+    await pool?.end();
+  });
+
+  it("returns a result written after its last read and before its cancel, not deadline_exceeded beside a COMPLETED batch", async () => {
+    const started = Date.now();
+    // 6 s: RunBatch stops waiting 600 ms before the deadline and answers by 300 ms before it.
+    const answer = call(client, "runBatch", { endpoint: "ENDPOINT_CLASSIFY", requests: [sentiment("s0", "Eu amo estudar IA!")] },
+      new grpc.Metadata(), { deadline: started + 6_000 });
+    answer.catch(() => {});
+    const [item] = await until("the RunBatch request to be claimable", async () => {
+      const claimed = await claimItems(pool, {
+        model: "lote-sentiment", limit: 1, workerId: "w_test", leaseMs: 60_000, maxConcurrency: 64, requestsPerMinute: 0, tokensPerMinute: 0,
+      });
+      return claimed.length > 0 ? claimed : undefined;
+    });
+    // The answer is written in a transaction that holds the batch row until RunBatch's cancel waits for it: RunBatch
+    // read the results before it, and the cancel (which locks the batch row first) runs after it commits.
+    const worker = await pool.connect();
+    try {
+      await worker.query("BEGIN");
+      await completeItems(worker, [{
+        outcome: "succeeded", batchId: item!.batchId, idx: 0, attempt: item!.attempt, statusCode: 200, requestId: "req-0",
+        body: '{"object":"list","data":[{"label":"positive"}]}', inputTokens: 0, outputTokens: 0, totalTokens: 0,
+      }]);
+      await until("RunBatch's cancel to wait for the batch row", async () => {
+        const { rows } = await pool.query(
+          "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'SELECT status FROM lote.batches%FOR UPDATE'");
+        return rows.length > 0;
+      }, 10_000);
+      await worker.query("COMMIT");
+    } finally {
+      worker.release();
+    }
+    const ran = await answer;
+    expect(Date.now() - started).toBeLessThan(6_000);
+    expect(ran.batch).toMatchObject({ id: item!.batchId, status: "BATCH_STATUS_COMPLETED", requestCounts: expect.objectContaining({ completed: "1" }) });
+    expect(ran.results).toHaveLength(1);
+    expect(ran.results[0]).toMatchObject({ customId: "s0", response: expect.objectContaining({ statusCode: 200, requestId: "req-0" }) });
+  });
+});
