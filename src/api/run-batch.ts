@@ -65,6 +65,8 @@ export async function runBatch(deps: BatchServiceDeps, req: RunBatchRequest, ctx
       if (rows.length < 1000 && !cutByBytes) return;
     }
   };
+  const cancelUnfinished = () => cancelBatch(db, tenant, batch.id).catch((err) =>
+    deps.logger.warn({ err: (err as Error).message, batchId: batch.id }, "RunBatch could not cancel its unfinished requests"));
   const collecting = (async () => {
     try {
       for (;;) {
@@ -77,13 +79,18 @@ export async function runBatch(deps: BatchServiceDeps, req: RunBatchRequest, ctx
         if (left <= 0 || ctx.signal.aborted) break;
         await wakeups.wait(Math.min(left, 1_000), ctx.signal);
       }
+    } catch (err) {
+      // The call ends with this error (UNAVAILABLE for a read that timed out) and nobody reads the batch: cancel it
+      // too, without holding up the answer. Left alone, its requests ran at runBatchPriority, ahead of every user
+      // batch, while the caller, told to retry, ran them again in a new batch.
+      void cancelUnfinished();
+      throw err;
     } finally {
       wakeups.close();
     }
     if (byIdx.size < checked.requests.length) {
       // Nobody will read the rest: stop spending backend capacity on it. If this fails the batch expires in an hour.
-      await cancelBatch(db, tenant, batch.id).catch((err) =>
-        deps.logger.warn({ err: (err as Error).message, batchId: batch.id }, "RunBatch could not cancel its unfinished requests"));
+      await cancelUnfinished();
       // The batch first, then its results (as above, so every result the batch counts is read): results written
       // since the last read, before the cancel took the batch row lock, are counted by the batch, and without this
       // read the answer called them deadline_exceeded, even in a batch COMPLETED because the cancel found every

@@ -14,7 +14,8 @@ const sentiment = (customId: string, text: string) => ({ customId, bodyJson: Buf
  * decides when each result is written.
  */
 describe("RunBatch against an API node, the test as the worker", () => {
-  const server = useLoteServer({ role: "api" });
+  // Reads give up after 1 s (statement_timeout 900 ms), so a test can make one fail by holding a lock.
+  const server = useLoteServer({ role: "api", config: { query_timeout_ms: 1_000 } });
   let client: any;
   let pool: pg.Pool;
 
@@ -62,5 +63,29 @@ describe("RunBatch against an API node, the test as the worker", () => {
     expect(ran.batch).toMatchObject({ id: item!.batchId, status: "BATCH_STATUS_COMPLETED", requestCounts: expect.objectContaining({ completed: "1" }) });
     expect(ran.results).toHaveLength(1);
     expect(ran.results[0]).toMatchObject({ customId: "s0", response: expect.objectContaining({ statusCode: 200, requestId: "req-0" }) });
+  });
+
+  it("cancels its batch when a read fails and the call ends with an error, so nothing keeps running at RunBatch's priority", async () => {
+    // Reading the results waits for this lock past the read's timeout: the call fails UNAVAILABLE.
+    const locker = await pool.connect();
+    let batchId: string | undefined;
+    try {
+      await locker.query("BEGIN");
+      await locker.query("LOCK TABLE lote.results IN ACCESS EXCLUSIVE MODE");
+      const err = await call(client, "runBatch", { endpoint: "ENDPOINT_CLASSIFY", requests: [sentiment("u0", "Estou muito cansado hoje")] })
+        .then(() => undefined, (e: grpc.ServiceError) => e);
+      expect(err?.code).toBe(grpc.status.UNAVAILABLE);
+      const { rows } = await pool.query("SELECT id FROM lote.batches WHERE priority = 1000 ORDER BY seq DESC LIMIT 1");
+      batchId = rows[0].id;
+    } finally {
+      await locker.query("ROLLBACK");
+      locker.release();
+    }
+    // Before, the batch stayed IN_PROGRESS with its request pending, for the next worker to run at priority 1000.
+    const cancelled = await until("the failed call's batch to be cancelled", async () => {
+      const b = await call(client, "getBatch", { id: batchId });
+      return b.status === "BATCH_STATUS_CANCELLED" ? b : undefined;
+    }, 10_000);
+    expect(cancelled.requestCounts).toMatchObject({ total: "1", cancelled: "1" });
   });
 });
