@@ -229,7 +229,8 @@ export type StreamResultsRequest = Message<"lote.v1.StreamResultsRequest"> & {
   rawJson: boolean;
 
   /**
-   * Only results with an error (the OpenAI error file), or only successful ones (the output file).
+   * Only results with an error (the OpenAI error file), or only successful ones (the output file). A value this
+   * server does not know is INVALID_ARGUMENT (field filter), never read as "every result".
    *
    * @generated from field: lote.v1.ResultFilter filter = 5;
    */
@@ -649,7 +650,8 @@ export const BatchService: GenService<{
   },
   /**
    * Re-queues the failed, expired or cancelled requests of a terminal batch as a new batch whose
-   * retried_from is the original. FAILED_PRECONDITION if the batch is not terminal or nothing needs retrying.
+   * retried_from is the original. FAILED_PRECONDITION if the batch is not terminal, nothing needs retrying, or
+   * its model (or its endpoint on that model) is no longer configured on this server.
    *
    * @generated from rpc lote.v1.BatchService.RetryBatch
    */
