@@ -28,6 +28,8 @@ export class Maintenance {
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<void> = Promise.resolve();
   private ticks = 0;
+  /** A tick is queued or running: the interval adds no other (see `start`). */
+  private ticking = false;
   private readonly pendingFinish = new Set<string>();
   private finishScheduled = false;
   private vacuuming: Promise<void> | undefined;
@@ -35,8 +37,14 @@ export class Maintenance {
   constructor(private readonly o: MaintenanceOptions) {}
 
   start(): void {
+    // One tick at a time, and none queued behind it: a tick waits on Postgres (three statements, each up to
+    // query_timeout_ms, 10 s), and queueing one per interval while it waited piled up 50 ticks in a test whose
+    // Postgres was blocked for 50 intervals; they then ran back to back against a database already slow, and the
+    // node's stop (which waits for `idle`) waited for every one of them.
     this.timer = setInterval(() => {
-      this.running = this.running.then(() => this.tick());
+      if (this.ticking) return;
+      this.ticking = true;
+      this.running = this.running.then(() => this.tick()).finally(() => (this.ticking = false));
     }, this.o.intervalMs);
     this.timer.unref();
   }
