@@ -107,14 +107,15 @@ export class Maintenance {
    * the rescue is written, likewise (`Rescue`).
    */
   private async rescue(): Promise<void> {
-    const lost = await findExpiredLeases(this.o.pool, 1_000);
+    const lost = await findExpiredLeases(this.o.pool, 1_000, [...this.o.models.keys()]);
     if (lost.length === 0) return;
     const completions: Rescue[] = lost.map((l): Rescue => {
       const base = { batchId: l.batchId, idx: l.idx, attempt: l.attempt, statusCode: l.lastError?.status_code ?? 0, rescue: true } as const;
       if (l.batchStatus === "cancelling" || l.batchStatus === "cancelled") {
         return { ...base, outcome: "cancelled", requestId: "", errorCode: "batch_cancelled", errorMessage: "The batch was cancelled while this request ran." };
       }
-      const maxAttempts = this.o.models.get(l.model)?.maxAttempts ?? 5;
+      // A model this node serves (findExpiredLeases), unless the batch was cancelled (above).
+      const maxAttempts = this.o.models.get(l.model)!.maxAttempts;
       const errorCode = "lease_expired";
       const errorMessage = "the worker running this request stopped renewing its lease (crashed or partitioned)";
       if (l.attempt >= maxAttempts) {
