@@ -45,12 +45,7 @@ describe("the maintenance loop", () => {
 
   it("runs one tick at a time while Postgres is slow, instead of queueing every tick that came due, and stops without running them", async () => {
     // The loop's interval, caught so the test fires it itself: 50 intervals pass while the first tick is blocked.
-    const realSetInterval = globalThis.setInterval;
-    let fire: (() => void) | undefined;
-    vi.spyOn(globalThis, "setInterval").mockImplementation(((fn: () => void, ms?: number) => {
-      if (ms === 3_600_000) fire = fn;
-      return realSetInterval(() => {}, 3_600_000);
-    }) as typeof setInterval);
+    const interval = catchInterval(3_600_000);
 
     // Postgres "slow": a lock every maintenance statement on lote.batches waits for.
     const locker = await fixture.pool.connect();
@@ -68,14 +63,13 @@ describe("the maintenance loop", () => {
       intervalMs: 3_600_000,
     });
     maintenance.start();
-    expect(fire).toBeDefined();
-    fire!();
+    interval.fire();
     await until("the first tick waiting on the lock", async () => {
       const { rows } = await fixture.pool.query(
         "SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%expires_at <= now()%'");
       return rows[0].n > 0;
     }, 5_000);
-    for (let i = 0; i < 50; i++) fire!();
+    for (let i = 0; i < 50; i++) interval.fire();
 
     maintenance.stop();
     await locker.query("COMMIT");
