@@ -25,13 +25,16 @@ describe("the dispatcher's node-wide limit (worker.concurrency)", () => {
     for (const c of cleanups.splice(0).reverse()) await c();
   });
 
-  /** A node that runs 4 calls at once, two models each allowed far more, calls of 100 ms. */
+  /**
+   * A node that runs 4 calls at once, two models each allowed far more (calls of 100 ms), and the built-in models,
+   * which get no work here. Counts its claims per model.
+   */
   async function startNode(workerId: string) {
     const sim = await startSimulator({ port: 0, latency: { kind: "fixed", ms: 100 } });
     cleanups.push(() => sim.close());
     const model = (name: string) => ({ name, backend: { kind: "openai", urls: [sim.h2cUrl] }, max_concurrency: 64, timeout_ms: 30_000 });
     const config = buildConfig({
-      include_builtin_models: false, models: [model("sim-a"), model("sim-b")],
+      models: [model("sim-a"), model("sim-b")],
       worker: { concurrency: 4, maintenance_interval_ms: 60_000 },
     }, {});
     const logger = createLogger({ level: "silent" });
@@ -40,9 +43,16 @@ describe("the dispatcher's node-wide limit (worker.concurrency)", () => {
     cleanups.push(() => notifier.close());
     const backends = await createBackends(config.models);
     cleanups.push(() => closeBackends(backends));
-    const dispatcher = new Dispatcher({ pool: fixture.pool, notifier, backends, models: config.models, worker: config.worker, workerId, logger });
+    const claims = new Map<string, number>();
+    const observer = {
+      claimed: (model: string) => void claims.set(model, (claims.get(model) ?? 0) + 1),
+      callEnded: () => {},
+      databaseFailed: () => {},
+    };
+    const dispatcher = new Dispatcher({ pool: fixture.pool, notifier, backends, models: config.models, worker: config.worker, workerId, logger, observer });
     return {
       sim,
+      claims,
       start: () => {
         dispatcher.start();
         cleanups.push(() => dispatcher.stop(1_000));
@@ -84,5 +94,18 @@ describe("the dispatcher's node-wide limit (worker.concurrency)", () => {
     const bigNow = await getBatch(fixture.pool, "t1", big);
     expect(bigNow!.completed).toBeLessThan(100);
     expect(node.sim.stats().maxInFlight).toBeLessThanOrEqual(4);
+  });
+
+  it("lets a model with no work sit out while the node is full: a slot freed by another model's call costs it no claim", async () => {
+    const node = await startNode("w-node-idle");
+    const a = newBatchId();
+    await createBatch(fixture.pool, chatBatch(a, "sim-a", 40));
+    node.start();
+    await completed(a);
+    // 40 calls ended on a full node in ~1 s. An idle model claims at start, then looks again 25 ms after, doubling
+    // (6 claims in that second); a slot freed while it waits in line for one costs it one claim at most per look,
+    // not one per call's end (40, or 80 with both built-in models taking turns).
+    expect(node.claims.get("sim-a")).toBeGreaterThanOrEqual(10);
+    expect(node.claims.get("lote-sentiment")).toBeLessThan(20);
   });
 });
