@@ -107,6 +107,19 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
   /** The reading of lote.workers under way, if any. */
   private sharesRefresh: Promise<void> | undefined;
   private sharesAgain = false;
+  /**
+   * Node slots (worker.concurrency) taken by claims on their way: claims of different models run at once, and each
+   * must count the others' before its answer comes, or two loops that both saw 4 free slots took 4 each (8 calls
+   * ran on a node of 4 in a test).
+   */
+  private reserved = 0;
+  /**
+   * The loops waiting for a node slot (the node is full, their own share is not), longest waiting first. A call's
+   * end gives its slot to the first of them before its own loop: woken first, it reserves the slot first. Without
+   * it the model whose call ended took every freed slot back at once, while a model that found the node full looked
+   * again only a poll later: a 20-request batch of one model waited for all of a 200-request one of another.
+   */
+  private readonly waitingForNode = new Set<ModelLoop>();
   private claimedTotal = 0;
   private claimedSinceVacuum = 0;
   private readonly random: () => number;
@@ -254,16 +267,20 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
     let errors = 0;
     await this.sharesRead;
     while (this.status === "running") {
-      const free = Math.min(this.o.worker.concurrency - this.inFlight.size, loop.share - loop.inFlight);
+      const nodeFree = this.o.worker.concurrency - this.inFlight.size - this.reserved;
+      const free = Math.min(nodeFree, loop.share - loop.inFlight);
       // Backpressure: if Postgres falls behind on completions, stop taking new work until it catches up.
       if (free <= 0 || this.completer.backlog > 4 * this.o.worker.completionBatchSize) {
+        if (nodeFree <= 0 && loop.share - loop.inFlight > 0) this.waitingForNode.add(loop);
         await this.waitForWake(loop, this.o.worker.pollIntervalMs);
+        this.waitingForNode.delete(loop);
         continue;
       }
       let claimed: ClaimedItem[];
       // The claim sees everything committed before it starts; only a wake-up from now on calls for another.
       loop.woken = false;
       const claimStarted = performance.now();
+      this.reserved += free;
       try {
         claimed = await claimItems(this.o.pool, {
           model: config.name, limit: free, workerId: this.o.workerId, leaseMs: this.o.worker.leaseMs,
@@ -273,8 +290,12 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
           ownCalls: loop.inFlight,
           tenantCalls: loop.tenantCalls,
         });
+        // What it claimed is counted in inFlight below, with no await in between.
+        this.reserved -= free;
         errors = 0;
       } catch (err) {
+        this.reserved -= free;
+        this.passNodeSlot();
         errors++;
         this.o.observer?.databaseFailed("claim");
         this.log.warn({ err: (err as Error).message, model: config.name }, "claim failed");
@@ -289,6 +310,7 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
         this.maintenance.vacuumSoon();
       }
       for (const item of claimed) this.execute(loop, item);
+      if (claimed.length < free) this.passNodeSlot();
       if (claimed.length > 0) loop.recheckMs = firstRecheckMs;
       // Fewer than asked: the queue is empty for now, or a fleet-wide limit holds (max_concurrency, requests or
       // tokens per minute). A notification of new work, a retry coming due or a call of ours ending wakes the loop.
@@ -332,8 +354,18 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
         const held = loop.tenantCalls.get(item.tenantId)! - 1;
         if (held === 0) loop.tenantCalls.delete(item.tenantId);
         else loop.tenantCalls.set(item.tenantId, held);
+        this.passNodeSlot();
         this.wake(loop);
       });
+  }
+
+  /** A node slot came free (a call ended, or a claim left some of its reservation): the longest waiting loop's turn. */
+  private passNodeSlot(): void {
+    for (const waiting of this.waitingForNode) {
+      this.waitingForNode.delete(waiting);
+      this.wake(waiting);
+      return;
+    }
   }
 
   /** Observable internals for tests and metrics. */

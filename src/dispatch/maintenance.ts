@@ -28,6 +28,8 @@ export class Maintenance {
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<void> = Promise.resolve();
   private ticks = 0;
+  /** A tick is queued or running: the interval adds no other (see `start`). */
+  private ticking = false;
   private readonly pendingFinish = new Set<string>();
   private finishScheduled = false;
   private vacuuming: Promise<void> | undefined;
@@ -35,8 +37,14 @@ export class Maintenance {
   constructor(private readonly o: MaintenanceOptions) {}
 
   start(): void {
+    // One tick at a time, and none queued behind it: a tick waits on Postgres (three statements, each up to
+    // query_timeout_ms, 10 s), and queueing one per interval while it waited piled up 50 ticks in a test whose
+    // Postgres was blocked for 50 intervals; they then ran back to back against a database already slow, and the
+    // node's stop (which waits for `idle`) waited for every one of them.
     this.timer = setInterval(() => {
-      this.running = this.running.then(() => this.tick());
+      if (this.ticking) return;
+      this.ticking = true;
+      this.running = this.running.then(() => this.tick()).finally(() => (this.ticking = false));
     }, this.o.intervalMs);
     this.timer.unref();
   }
@@ -99,14 +107,15 @@ export class Maintenance {
    * the rescue is written, likewise (`Rescue`).
    */
   private async rescue(): Promise<void> {
-    const lost = await findExpiredLeases(this.o.pool, 1_000);
+    const lost = await findExpiredLeases(this.o.pool, 1_000, [...this.o.models.keys()]);
     if (lost.length === 0) return;
     const completions: Rescue[] = lost.map((l): Rescue => {
       const base = { batchId: l.batchId, idx: l.idx, attempt: l.attempt, statusCode: l.lastError?.status_code ?? 0, rescue: true } as const;
       if (l.batchStatus === "cancelling" || l.batchStatus === "cancelled") {
         return { ...base, outcome: "cancelled", requestId: "", errorCode: "batch_cancelled", errorMessage: "The batch was cancelled while this request ran." };
       }
-      const maxAttempts = this.o.models.get(l.model)?.maxAttempts ?? 5;
+      // A model this node serves (findExpiredLeases), unless the batch was cancelled (above).
+      const maxAttempts = this.o.models.get(l.model)!.maxAttempts;
       const errorCode = "lease_expired";
       const errorMessage = "the worker running this request stopped renewing its lease (crashed or partitioned)";
       if (l.attempt >= maxAttempts) {

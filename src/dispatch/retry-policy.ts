@@ -8,9 +8,14 @@ export type Failure =
   | { readonly kind: "status"; readonly reply: InferenceReply }
   | { readonly kind: "transport"; readonly error: TransportErrorKind; readonly message: string };
 
-/** Retryable statuses: 408 request timeout, 409 conflict (vLLM/TGI under load), 425, 429 rate limit, any 5xx. */
+/**
+ * Retryable statuses: 408 request timeout, 409 conflict (vLLM/TGI under load), 425, 429 rate limit, any 5xx but
+ * 501 Not Implemented and 505 HTTP Version Not Supported, which the same request gets again (RFC 9110 §15.6.2,
+ * §15.6.6): llama.cpp's server answers 501 for an endpoint it was not started for (embeddings without
+ * --embeddings), and each request was called max_attempts times, with backoff, before it failed.
+ */
 export function isRetryableStatus(status: number): boolean {
-  return status === 408 || status === 409 || status === 425 || status === 429 || status >= 500;
+  return status === 408 || status === 409 || status === 425 || status === 429 || (status >= 500 && status !== 501 && status !== 505);
 }
 
 /** Retryable transport failures. `aborted` is ours (cancel/expiry/timeout) and decided by the caller. */

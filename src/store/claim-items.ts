@@ -117,14 +117,19 @@ export interface ExpiredLease {
 /**
  * Running items whose lease ran out: their worker died or hung. The rescuer decides each one's fate (retry, fail
  * at max attempts, cancel) and writes it through completeItems, which is fenced by attempt like any completion.
+ * Only items of `models` (those the rescuing node is configured for, so it knows their max_attempts), and those of
+ * cancelled batches, whose fate needs no model: a node of another model put a lost call back to pending with a
+ * default of 5 attempts, so a request of a model with max_attempts 1 was called twice, and one allowed 10 failed
+ * after 5.
  */
-export async function findExpiredLeases(pool: pg.Pool, limit: number): Promise<ExpiredLease[]> {
+export async function findExpiredLeases(pool: pg.Pool, limit: number, models: readonly string[]): Promise<ExpiredLease[]> {
   const { rows } = await pool.query(
     `SELECT i.batch_id, i.idx, i.attempt, i.model, b.status AS batch_status, i.last_error
        FROM lote.items i JOIN lote.batches b ON b.id = i.batch_id
       WHERE i.status = 'running' AND i.lease_expires_at < now()
+        AND (i.model = ANY($2::text[]) OR b.status IN ('cancelling', 'cancelled'))
       ORDER BY i.lease_expires_at LIMIT $1`,
-    [limit],
+    [limit, models],
   );
   return rows.map((r) => ({ batchId: r.batch_id, idx: r.idx, attempt: r.attempt, model: r.model, batchStatus: r.batch_status, lastError: r.last_error }));
 }

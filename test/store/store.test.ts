@@ -180,7 +180,7 @@ describe("store", () => {
     const { batch } = await createBatch(pool, newBatch(2));
     const claimed = await claim(pool, 10);
     await pool.query("UPDATE lote.items SET lease_expires_at = now() - interval '1 second' WHERE batch_id = $1", [batch.id]);
-    const lapsed = await findExpiredLeases(pool, 10);
+    const lapsed = await findExpiredLeases(pool, 10, ["m1"]);
     expect(lapsed.filter((l) => l.batchId === batch.id)).toHaveLength(2);
     // Between the rescuer's read and its write, the worker's heartbeat renews item 0's lease (not item 1's).
     expect(await heartbeat(pool, "w1", [claimed[0]!], 30_000)).toBe(1);
