@@ -19,6 +19,8 @@ export async function executeCall(
   const timer = setTimeout(() => controller.abort("timeout" satisfies AbortReason), model.timeoutMs);
   let failure: Failure;
   try {
+    // Aborted already when its batch was heard cancelled or expired before the claim's answer came (InFlight.add).
+    controller.signal.throwIfAborted();
     const reply = await backend.infer({ endpoint: item.endpoint, body: item.body, signal: controller.signal });
     if (reply.status < 200 || reply.status >= 300) {
       failure = { kind: "status", reply };

@@ -5,7 +5,8 @@ import { newBatchId } from "../../src/batch/ids.ts";
 import { buildConfig } from "../../src/config/config.ts";
 import { Dispatcher } from "../../src/dispatch/index.ts";
 import { createLogger } from "../../src/log/logger.ts";
-import { claimItems, completeItems, createBatch, getBatch, Notifier, type NewBatch } from "../../src/store/index.ts";
+import { startSimulator } from "../../src/simulator/index.ts";
+import { cancelBatch, claimItems, completeItems, createBatch, getBatch, Notifier, type NewBatch } from "../../src/store/index.ts";
 import { useMigratedDatabase } from "../support/database.ts";
 import { startLoteProcess } from "../support/lote-process.ts";
 import { until } from "../support/until.ts";
@@ -131,5 +132,55 @@ describe("dispatcher wake-ups", () => {
       return b?.status === "completed" ? b : undefined;
     }, 5_000);
     expect(done.completed).toBe(6);
+  });
+  it("aborts the calls of a claim whose batch was cancelled while the claim's answer was on its way, without waiting for maintenance", async () => {
+    // Calls that take a minute, and a minute between maintenance's abort checks: unless the cancel heard before
+    // the claim's answer aborts the calls, the batch stays CANCELLING far past the test's 5 s.
+    const sim = await startSimulator({ port: 0, latency: { kind: "fixed", ms: 60_000 } });
+    cleanups.push(() => sim.close());
+    const config = buildConfig({
+      models: [{ name: "sim-slow", backend: { kind: "openai", urls: [sim.h2cUrl] }, max_concurrency: 8, timeout_ms: 120_000 }],
+      worker: { poll_interval_ms: 60_000, maintenance_interval_ms: 60_000 },
+    }, {});
+    const logger = createLogger({ level: "silent" });
+    const notifier = new Notifier({ connectionString: fixture.db.url, logger });
+    await notifier.start();
+    cleanups.push(() => notifier.close());
+    const backends = await createBackends(config.models);
+    cleanups.push(() => closeBackends(backends));
+    const id = newBatchId();
+    await createBatch(fixture.pool, {
+      id, tenantId: "t1", endpoint: "/v1/chat/completions", model: "sim-slow", priority: 0, completionWindowSeconds: 3600, metadata: {},
+      items: Array.from({ length: 4 }, (_, i) => ({
+        customId: `c-${i}`, body: JSON.stringify({ model: "sim-slow", messages: [{ role: "user", content: `hi ${i}` }] }), estTokens: 10,
+      })),
+    });
+    const gate = poolHoldingClaims(fixture.pool, "sim-slow");
+    gate.arm();
+    const dispatcher = new Dispatcher({
+      pool: gate.pool, notifier, backends, models: config.models, worker: config.worker, workerId: "w-cancel", logger,
+    });
+    dispatcher.start();
+    cleanups.push(async () => {
+      gate.release();
+      await dispatcher.stop(1_000);
+    });
+
+    // The first claim took all 4 items (they are running in Postgres) and its answer is held.
+    await gate.claimHeld;
+    const heard = new Promise<void>((resolve) => notifier.on("notification", (channel, payload) => {
+      if (channel === "lote_status" && payload === `cancelling ${id}`) resolve();
+    }));
+    expect(await cancelBatch(fixture.pool, "t1", id)).toBe("cancelling");
+    // The dispatcher's listener was added first: it has heard the cancel, with nothing of the batch in flight yet.
+    await heard;
+    gate.release();
+
+    const done = await until("the batch cancelled", async () => {
+      const b = await getBatch(fixture.pool, "t1", id);
+      return b?.status === "cancelled" ? b : undefined;
+    }, 5_000);
+    expect(done.cancelled).toBe(4);
+    expect(sim.stats().inFlight).toBe(0);
   });
 });
