@@ -16,6 +16,8 @@ export type Channel = (typeof channels)[number];
  */
 export class Notifier extends EventEmitter<{ notification: [Channel, string]; reconnected: []; }> {
   private client: pg.Client | undefined;
+  /** The connection being opened (connect and LISTEN), which `close()` must end too. */
+  private connecting: pg.Client | undefined;
   private closed = false;
   private retryMs = 100;
   private timer: NodeJS.Timeout | undefined;
@@ -43,12 +45,23 @@ export class Notifier extends EventEmitter<{ notification: [Channel, string]; re
     client.on("notification", (msg) => this.emit("notification", msg.channel as Channel, msg.payload ?? ""));
     client.on("error", (err) => this.lost(client, err));
     client.on("end", () => this.lost(client, new Error("connection ended")));
+    this.connecting = client;
     try {
       await client.connect();
       for (const channel of channels) await client.query(`LISTEN ${channel}`);
     } catch (err) {
       client.end().catch(() => {});
+      // close() ended it: not a failure to report or retry.
+      if (this.closed) return;
       throw err;
+    } finally {
+      if (this.connecting === client) this.connecting = undefined;
+    }
+    // Closed while the connection was opened: a reconnect that went on after close() kept a LISTEN connection, and
+    // its socket, open for good.
+    if (this.closed) {
+      await client.end().catch(() => {});
+      return;
     }
     this.client = client;
     this.retryMs = 100;
@@ -80,9 +93,11 @@ export class Notifier extends EventEmitter<{ notification: [Channel, string]; re
     this.timer = setTimeout(async () => {
       try {
         await this.connect();
+        if (this.closed) return;
         this.options.logger.info("notification connection re-established");
         this.emit("reconnected");
       } catch (err) {
+        if (this.closed) return;
         this.retryMs = Math.min(this.retryMs * 2, 5_000);
         this.options.logger.warn({ err: (err as Error).message, retryMs: this.retryMs }, "notification reconnect failed");
         this.scheduleReconnect();
@@ -104,8 +119,9 @@ export class Notifier extends EventEmitter<{ notification: [Channel, string]; re
     this.closed = true;
     clearTimeout(this.timer);
     clearTimeout(this.pingTimer);
-    const client = this.client;
+    const clients = [this.client, this.connecting];
     this.client = undefined;
-    await client?.end().catch(() => {});
+    this.connecting = undefined;
+    await Promise.all(clients.map((c) => c?.end().catch(() => {})));
   }
 }

@@ -3,6 +3,7 @@ import { describe, expect, it } from "vitest";
 import { Notifier } from "../../src/store/index.ts";
 import { useMigratedDatabase } from "../support/database.ts";
 import { proxyTo } from "../support/tcp-proxy.ts";
+import { until } from "../support/until.ts";
 
 describe("Notifier", () => {
   const fixture = useMigratedDatabase();
@@ -45,6 +46,29 @@ describe("Notifier", () => {
       const got = next(notifier);
       await fixture.pool.query("SELECT pg_notify('lote_work', 'model-b')");
       expect(await got).toEqual(["lote_work", "model-b"]);
+    } finally {
+      await notifier.close();
+      await proxy.cut();
+    }
+  });
+  it("leaves no LISTEN connection open when closed while a reconnect is connecting", async () => {
+    const { proxy, url } = await proxyTo(fixture.db.url);
+    const notifier = new Notifier({ connectionString: url, logger: pino({ level: "silent" }) });
+    await notifier.start();
+    let reconnected = false;
+    notifier.on("reconnected", () => (reconnected = true));
+    try {
+      // The reconnect's connection reaches the proxy, which holds it: the Notifier is connecting when it is closed.
+      proxy.hold();
+      notifier.kill();
+      await until("the reconnect's connection held", () => proxy.heldOpen === 1, 5_000);
+      const closing = notifier.close();
+      proxy.release();
+      await closing;
+      // Before, the connect went on after close() and kept its connection (and LISTENs) open for good.
+      await until("every connection through the proxy closed", () => proxy.open === 0, 5_000);
+      expect(notifier.connected).toBe(false);
+      expect(reconnected).toBe(false);
     } finally {
       await notifier.close();
       await proxy.cut();
