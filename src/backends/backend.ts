@@ -36,6 +36,11 @@ export interface InferenceReply {
   readonly requestId: string;
   /** Parsed Retry-After (seconds or HTTP date) in milliseconds, when the backend sent one. */
   readonly retryAfterMs?: number;
+  /**
+   * false when the backend said not to retry this answer whatever its status (a gRPC server's negative
+   * `grpc-retry-pushback-ms`, gRFC A6): the item fails at once with this answer's error. Absent: the status decides.
+   */
+  readonly retryable?: false;
 }
 
 /** What went wrong when no answer came back. The dispatcher's retry table keys on `kind`. */

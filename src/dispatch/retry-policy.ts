@@ -33,8 +33,9 @@ export const retryableTransport: Readonly<Record<TransportErrorKind, boolean>> =
   invalid_request: false,
 };
 
+/** A status answer whose backend said not to retry it (`InferenceReply.retryable`) is not, whatever its status. */
 export function isRetryable(f: Failure): boolean {
-  return f.kind === "status" ? isRetryableStatus(f.reply.status) : retryableTransport[f.error];
+  return f.kind === "status" ? f.reply.retryable !== false && isRetryableStatus(f.reply.status) : retryableTransport[f.error];
 }
 
 export interface BackoffOptions {

@@ -4,6 +4,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TransportError, type Backend, type EndpointPath } from "../../src/backends/backend.ts";
 import { createBackends } from "../../src/backends/index.ts";
 import { buildConfig } from "../../src/config/config.ts";
+import { executeCall } from "../../src/dispatch/execute-call.ts";
+import type { ClaimedItem } from "../../src/store/index.ts";
 import {
   createKServeBackend,
   loadInferenceService,
@@ -16,7 +18,7 @@ import {
  * A real GRPCInferenceService on 127.0.0.1, served from the same vendored proto. The model name picks the
  * behaviour: "echo" upper-cases text, "echo-raw" does too but answers in raw_output_contents like Triton,
  * "embedder" returns [length, count of "a", first char code, 0.1] per text, "classifier" returns probabilities,
- * "tensors" echoes its inputs, "busy"/"invalid" fail, "slow" never answers.
+ * "tensors" echoes its inputs, "busy"/"invalid" fail ("overloaded" too, asking not to be retried), "slow" never answers.
  */
 interface InferenceServer {
   readonly url: string;
@@ -28,7 +30,7 @@ interface InferenceServer {
   stop(): void;
 }
 
-const models = new Set(["echo", "echo-raw", "embedder", "classifier", "tensors", "busy", "invalid", "slow", "hold", "large"]);
+const models = new Set(["echo", "echo-raw", "embedder", "classifier", "tensors", "busy", "overloaded", "invalid", "slow", "hold", "large"]);
 
 function textsIn(request: ModelInferRequest): string[] {
   return (request.inputs[0]?.contents?.bytes_contents ?? []).map((b) => b.toString("utf8"));
@@ -88,6 +90,12 @@ async function startInferenceServer(serverOptions: grpc.ServerOptions = {}): Pro
           const metadata = new grpc.Metadata();
           metadata.set("grpc-retry-pushback-ms", "1500");
           return callback({ code: grpc.status.RESOURCE_EXHAUSTED, details: "queue full", metadata });
+        }
+        case "overloaded": {
+          // gRFC A6: a negative pushback tells the client not to retry.
+          const metadata = new grpc.Metadata();
+          metadata.set("grpc-retry-pushback-ms", "-1");
+          return callback({ code: grpc.status.RESOURCE_EXHAUSTED, details: "overloaded, do not retry", metadata });
         }
         case "invalid":
           return callback({ code: grpc.status.INVALID_ARGUMENT, details: "unexpected shape for input 'text_input'" });
@@ -226,6 +234,18 @@ describe("KServe v2 gRPC backend", () => {
     expect(reply.status).toBe(429);
     expect(reply.retryAfterMs).toBe(1500);
     expect(JSON.parse(reply.body).error).toMatchObject({ message: "queue full", code: "RESOURCE_EXHAUSTED" });
+  });
+
+  it("fails a call whose RESOURCE_EXHAUSTED carries a negative retry pushback at once, not retried, with the status's error", async () => {
+    const config = buildConfig({ include_builtin_models: false, models: [{ name: "overloaded", max_attempts: 3, backend: { kind: "kserve", urls: [server.url] } }] }, {});
+    const model = config.models.get("overloaded")!;
+    const item: ClaimedItem = {
+      batchId: "batch_x", idx: 0, customId: "c0", attempt: 1, endpoint: "/v1/chat/completions",
+      body: JSON.stringify({ model: "overloaded", messages: [{ role: "user", content: "hi" }] }), estTokens: 1, tenantId: "t1",
+    };
+    const completion = await executeCall(backendFor("overloaded"), model, item, new AbortController(), () => 0.5);
+    // Before, the negative pushback was ignored and the 429 retried with backoff, up to max_attempts.
+    expect(completion).toMatchObject({ outcome: "failed", statusCode: 429, errorCode: "RESOURCE_EXHAUSTED", errorMessage: "overloaded, do not retry" });
   });
 
   it("maps INVALID_ARGUMENT to 400 with the server's message", async () => {

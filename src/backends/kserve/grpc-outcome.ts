@@ -54,19 +54,24 @@ export function outcomeOfGrpcError(error: ServiceError, requestId: string, cance
   const status = sizeLimit ? 413 : (httpStatusOf[error.code as Status] ?? 500);
   const code = Status[error.code] ?? String(error.code);
   const type = status >= 500 ? "server_error" : status === 429 ? "rate_limit_error" : "invalid_request_error";
-  const reply: { status: number; body: string; requestId: string; retryAfterMs?: number } = {
+  const reply: { status: number; body: string; requestId: string; retryAfterMs?: number; retryable?: false } = {
     status,
     body: JSON.stringify({ error: { message: details, type, code } }),
     requestId,
   };
-  const retryAfterMs = pushbackMs(error);
-  if (retryAfterMs !== undefined) reply.retryAfterMs = retryAfterMs;
+  const pushback = pushbackOf(error);
+  if (pushback === "stop") reply.retryable = false;
+  else if (pushback !== undefined) reply.retryAfterMs = pushback;
   return reply;
 }
 
-/** gRFC A6 server pushback: trailer `grpc-retry-pushback-ms`, a non-negative integer (negative means "don't retry"). */
-function pushbackMs(error: ServiceError): number | undefined {
+/**
+ * gRFC A6 server pushback: trailer `grpc-retry-pushback-ms`, a non-negative integer of milliseconds to wait, or a
+ * negative one, which means "do not retry" ("stop"): a server shedding load that way was retried with backoff up to
+ * max_attempts. Anything else (absent, not an integer) leaves the retry table to decide.
+ */
+function pushbackOf(error: ServiceError): number | "stop" | undefined {
   const value = error.metadata?.get("grpc-retry-pushback-ms")[0];
-  if (typeof value !== "string" || !/^\d+$/.test(value)) return undefined;
-  return Number(value);
+  if (typeof value !== "string" || !/^-?\d+$/.test(value)) return undefined;
+  return value.startsWith("-") ? "stop" : Number(value);
 }
