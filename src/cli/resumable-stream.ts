@@ -39,8 +39,8 @@ export interface ResumeOptions {
   readonly onRetry?: (err: ConnectError, attempt: number, delayMs: number) => void;
 }
 
-// 250 ms doubling to a 4 s cap, with full jitter: a restarting server is typically back within a few seconds, and
-// jitter keeps many clients from reconnecting in lockstep.
+// 250 ms doubling to a 4 s cap, with equal jitter (between half and all of it): a restarting server is typically
+// back within a few seconds, and jitter keeps many clients from reconnecting in lockstep.
 const baseDelayMs = 250;
 const maxDelayMs = 4_000;
 

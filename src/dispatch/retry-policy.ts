@@ -50,9 +50,11 @@ export interface BackoffOptions {
 export const defaultBackoff: BackoffOptions = { baseMs: 1_000, capMs: 60_000, maxRetryAfterMs: 600_000 };
 
 /**
- * Exponential backoff with full jitter (AWS architecture blog, "Exponential Backoff And Jitter": it spreads a
- * thundering herd of retries best). A Retry-After from the server wins: we wait at least that long, plus up to
- * 10% jitter so every node does not come back in the same millisecond.
+ * Exponential backoff with equal jitter (AWS architecture blog, "Exponential Backoff And Jitter"): a wait between
+ * half and all of the ceiling (base × 2^(attempt−1), capped), so a retry never comes back at once the way full
+ * jitter's zero can, while the random half still spreads a thundering herd of retries. A Retry-After from the
+ * server wins: we wait at least that long, plus up to 10% jitter so every node does not come back in the same
+ * millisecond.
  */
 export function retryDelayMs(attempt: number, f: Failure, random: () => number, o: BackoffOptions = defaultBackoff): number {
   const retryAfter = f.kind === "status" ? f.reply.retryAfterMs : undefined;
