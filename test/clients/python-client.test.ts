@@ -47,9 +47,10 @@ describe("Python client (clients/python, generated with Debian's protoc and grpc
   let db: TestDatabase;
   let lote: LoteProcess;
   let genDir: string;
-  // A backend behind a proxy that answers 200 with its own HTML page, not the model's JSON.
+  // A backend behind a proxy that answers 200 with a body garbled inside its braces: shaped as a JSON object, which is
+  // all the dispatcher checks (an HTML page alone is a protocol_error), but not JSON.
   let proxy: Server;
-  const page = "<html><body>Welcome to nginx!</body></html>\n";
+  const page = '{"id": "chatcmpl-1", <html><body>Welcome to nginx!</body></html>}\n';
 
   beforeAll(async () => {
     await requireToolchain();
@@ -123,7 +124,8 @@ describe("Python client (clients/python, generated with Debian's protoc and grpc
       "    print(r.custom_id, repr(r.response))",
     ].join("\n");
     const { stdout } = await runPython(genDir, ["-c", script]);
-    expect(stdout.trim().split("\n").sort()).toEqual(["p0 '<html><body>Welcome to nginx!</body></html>\\n'", "p1 '<html><body>Welcome to nginx!</body></html>\\n'"]);
+    const text = `'{"id": "chatcmpl-1", <html><body>Welcome to nginx!</body></html>}\\n'`;
+    expect(stdout.trim().split("\n").sort()).toEqual([`p0 ${text}`, `p1 ${text}`]);
   });
 
   it("raises LoteError NOT_FOUND for a batch that does not exist", async () => {
