@@ -24,6 +24,8 @@ export async function cancelBatch(pool: pg.Pool, tenantId: string, batchId: stri
     await closeItems(client, batchId, ["pending"], "cancelled", {
       code: "batch_cancelled",
       message: "The batch was cancelled before this request ran.",
+      // The words complete_items uses for a retry written after the cancel (migration 006).
+      afterError: "The batch was cancelled before this request could be retried",
     });
     const { rows } = await client.query(
       `SELECT count(*)::int AS n FROM lote.batches b, ${runningItemsOf("b")} AND b.id = $1`, [batchId]);
