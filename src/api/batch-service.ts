@@ -16,7 +16,7 @@ import {
 } from "../batch/validate-requests.ts";
 import type { Config } from "../config/config.ts";
 import {
-  cancelBatch, createBatch, getBatch, getUnsucceededItems, isBoundedBatch, listBatches, type BatchRecord,
+  cancelBatch, createBatch, createRetryBatch, getBatch, isBoundedBatch, listBatches, type BatchRecord,
 } from "../store/index.ts";
 import type { Authenticator } from "./auth.ts";
 import { decodePageToken, encodePageToken } from "./cursor.ts";
@@ -204,9 +204,8 @@ export function batchServiceImpl(deps: BatchServiceDeps): ServiceImpl<typeof Bat
       const window = durationSeconds(req.completionWindow);
       const violations = validateBatchOptions({ metadata: {}, completionWindowSeconds: window, priority: 0, requestId: req.requestId });
       if (violations.length > 0) throw invalidArgument(violations);
-      const items = await getUnsucceededItems(bulkPool, original.id);
-      if (items.length === 0) throw failedPrecondition(req.id, `batch ${req.id} has no failed, expired or cancelled requests to retry`);
-      const { batch, created } = await createBatch(bulkPool, {
+      // The requests are copied inside Postgres: their bodies never pass through this node (createRetryBatch).
+      const made = await createRetryBatch(bulkPool, {
         id: newBatchId(),
         tenantId: tenant,
         requestId: req.requestId || undefined,
@@ -218,8 +217,9 @@ export function batchServiceImpl(deps: BatchServiceDeps): ServiceImpl<typeof Bat
         completionWindowSeconds: Math.round(window ?? original.completionWindowSeconds),
         metadata: original.metadata,
         retriedFrom: original.id,
-        items,
       });
+      if (made === "nothing_to_retry") throw failedPrecondition(req.id, `batch ${req.id} has no failed, expired or cancelled requests to retry`);
+      const { batch, created } = made;
       const inUse = created ? undefined : requestIdInUse(batch, original.id);
       if (inUse) throw inUse;
       deps.logger.info({ batchId: batch.id, retriedFrom: original.id, requests: batch.total }, "batch retried");

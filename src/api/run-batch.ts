@@ -65,7 +65,12 @@ export async function runBatch(deps: BatchServiceDeps, req: RunBatchRequest, ctx
       if (rows.length < 1000 && !cutByBytes) return;
     }
   };
-  const cancelUnfinished = () => cancelBatch(db, tenant, batch.id).catch((err) =>
+  // Why RunBatch itself cancelled the batch, once that cancel has committed: its `batch_cancelled` results are then
+  // requests this call gave up on. Unset, any `batch_cancelled` result is a CancelBatch's, and says so.
+  let cancelledHere: Unfinished | undefined;
+  const cancelUnfinished = (why: Unfinished) => cancelBatch(db, tenant, batch.id).then((outcome) => {
+    if (outcome === "cancelling" || outcome === "cancelled") cancelledHere = why;
+  }, (err) =>
     deps.logger.warn({ err: (err as Error).message, batchId: batch.id }, "RunBatch could not cancel its unfinished requests"));
   const collecting = (async () => {
     try {
@@ -83,14 +88,15 @@ export async function runBatch(deps: BatchServiceDeps, req: RunBatchRequest, ctx
       // The call ends with this error (UNAVAILABLE for a read that timed out) and nobody reads the batch: cancel it
       // too, without holding up the answer. Left alone, its requests ran at runBatchPriority, ahead of every user
       // batch, while the caller, told to retry, ran them again in a new batch.
-      void cancelUnfinished();
+      void cancelUnfinished("call_ended");
       throw err;
     } finally {
       wakeups.close();
     }
     if (byIdx.size < checked.requests.length) {
       // Nobody will read the rest: stop spending backend capacity on it. If this fails the batch expires in an hour.
-      await cancelUnfinished();
+      // Before stopWaitingAt, only the caller's going away (its cancel, a dropped connection) ends the wait early.
+      await cancelUnfinished(Date.now() < stopWaitingAt ? "call_ended" : "deadline");
       // The batch first, then its results (as above, so every result the batch counts is read): results written
       // since the last read, before the cancel took the batch row lock, are counted by the batch, and without this
       // read the answer called them deadline_exceeded, even in a batch COMPLETED because the cancel found every
@@ -105,16 +111,27 @@ export async function runBatch(deps: BatchServiceDeps, req: RunBatchRequest, ctx
   });
   await settledBefore(collecting, answerBy);
   answered = true;
+  // A request with no result yet was given up on by this call, at its deadline unless the caller went first; a
+  // `batch_cancelled` one is too when RunBatch's own cancel wrote it, and otherwise a CancelBatch's, shown as stored.
+  // Every `batch_cancelled` result was called deadline_exceeded, after a CancelBatch or in a call with no deadline.
+  const givenUp = timeoutMs === undefined || (ctx.signal.aborted && Date.now() < stopWaitingAt) ? "call_ended" : "deadline";
   const results: Result[] = checked.requests.map((r, idx) => {
     const row = byIdx.get(idx);
-    if (row && row.errorCode !== "batch_cancelled") return toResult(batch.id, row, req.rawJson);
+    if (row && (row.errorCode !== "batch_cancelled" || cancelledHere === undefined)) return toResult(batch.id, row, req.rawJson);
     return create(ResultSchema, {
       id: `res_${batch.id.slice(6)}_${idx}`, customId: r.customId, index: BigInt(idx), attempts: row?.attempts ?? 0,
-      error: { code: "deadline_exceeded", message: "The call's deadline passed before this request finished.", statusCode: 0 },
+      error: { ...unfinishedErrors[row ? cancelledHere! : givenUp], statusCode: 0 },
     });
   });
   return create(RunBatchResponseSchema, { batch: toBatch(seen), results });
 }
+
+/** Why a request has no result of its own in the answer. */
+type Unfinished = "deadline" | "call_ended";
+const unfinishedErrors: Record<Unfinished, { code: string; message: string }> = {
+  deadline: { code: "deadline_exceeded", message: "The call's deadline passed before this request finished." },
+  call_ended: { code: "cancelled", message: "The call was cancelled before this request finished." },
+};
 
 /** Resolves when `work` does or when `time` (epoch ms) comes, whichever is first; rejects if `work` rejects first. */
 async function settledBefore(work: Promise<void>, time: number): Promise<void> {

@@ -5,25 +5,32 @@ import { transitionBatch } from "./transition-batch.ts";
  * Ends every item of a batch that is in one of `from` (cancel: pending; expiry: pending and running) with an error
  * result, in one statement, and adds them to the batch's counts. The caller MUST hold the batch row lock
  * (SELECT ... FOR UPDATE) so the result_seq it reads is not taken by a concurrent completer.
+ *
+ * An item whose earlier call failed (its `last_error`: waiting to retry after a 503, or being called again) gets
+ * `error.afterError` with that error appended, as complete_items writes a retry that comes after a cancel
+ * (migration 006): its result was `batch_expired` alone, and the backend's error, the reason it had not finished,
+ * was lost.
  */
 export async function closeItems(
   client: pg.ClientBase,
   batchId: string,
   from: readonly ("pending" | "running")[],
   to: "cancelled" | "expired",
-  error: { code: string; message: string },
+  error: { code: string; message: string; afterError: string },
 ): Promise<number> {
   const { rows } = await client.query(
     `WITH closed AS (
        UPDATE lote.items SET status = $3, lease_expires_at = NULL, worker_id = NULL
         WHERE batch_id = $1 AND status = ANY($2::text[])
-       RETURNING idx, custom_id, attempt
+       RETURNING idx, custom_id, attempt, last_error
      ), base AS (SELECT result_seq FROM lote.batches WHERE id = $1)
      INSERT INTO lote.results (batch_id, seq, idx, custom_id, attempts, error_code, error_message)
-     SELECT $1, base.result_seq + row_number() OVER (ORDER BY c.idx), c.idx, c.custom_id, c.attempt, $4, $5
+     SELECT $1, base.result_seq + row_number() OVER (ORDER BY c.idx), c.idx, c.custom_id, c.attempt, $4,
+            CASE WHEN c.last_error IS NULL THEN $5
+                 ELSE $6 || ' (last error: ' || coalesce(c.last_error->>'code', '') || ': ' || coalesce(c.last_error->>'message', '') || ').' END
        FROM closed c, base
      RETURNING 1`,
-    [batchId, from, to, error.code, error.message],
+    [batchId, from, to, error.code, error.message, error.afterError],
   );
   const n = rows.length;
   if (n > 0) {

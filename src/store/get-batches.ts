@@ -47,15 +47,6 @@ export async function listBatches(pool: pg.Pool, q: ListBatchesQuery): Promise<B
   return rows.map(toBatchRecord);
 }
 
-/** The items of a terminal batch that did not succeed (for RetryBatch), in input order. */
-export async function getUnsucceededItems(pool: pg.Pool, batchId: string): Promise<{ customId: string; body: string; estTokens: number }[]> {
-  const { rows } = await pool.query(
-    `SELECT custom_id, body, est_tokens FROM lote.items WHERE batch_id = $1 AND status IN ('failed', 'cancelled', 'expired') ORDER BY idx`,
-    [batchId],
-  );
-  return rows.map((r) => ({ customId: r.custom_id, body: r.body, estTokens: r.est_tokens }));
-}
-
 /** The status of each of these batches that exists (any tenant): what a worker checks its calls against. */
 export async function batchStatuses(pool: pg.Pool, ids: readonly string[]): Promise<{ id: string; status: string }[]> {
   const { rows } = await pool.query<{ id: string; status: string }>("SELECT id, status FROM lote.batches WHERE id = ANY($1::text[])", [ids]);

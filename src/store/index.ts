@@ -4,7 +4,8 @@ export { DatabaseUnavailableError, openDatabase, unreachableCodes, type Database
 export { EmbeddedPostgresError } from "./embedded-server.ts";
 export type { BatchRecord } from "./batch-row.ts";
 export { createBatch, isBoundedBatch, type NewBatch, type NewItem } from "./create-batch.ts";
-export { batchStatuses, getBatch, listBatches, getUnsucceededItems, type ListBatchesQuery } from "./get-batches.ts";
+export { createRetryBatch, type NewRetryBatch } from "./create-retry-batch.ts";
+export { batchStatuses, getBatch, listBatches, type ListBatchesQuery } from "./get-batches.ts";
 export { getResults, getResultsByIdx, type ResultRecord, type ResultFilter } from "./get-results.ts";
 export { cancelBatch, type CancelOutcome } from "./cancel-batch.ts";
 export { expireDueBatches, finishBatches, pruneModelUsage } from "./maintain-batches.ts";

@@ -27,6 +27,7 @@ export async function expireDueBatches(pool: pg.Pool, bulkPool: pg.Pool = pool, 
       await closeItems(client, id, ["pending", "running"], "expired", {
         code: "batch_expired",
         message: "This request could not be executed before the completion window expired.",
+        afterError: "This request could not be completed before the completion window expired",
       });
       return true;
     });

@@ -1,9 +1,10 @@
+import { readFileSync, writeFileSync } from "node:fs";
 import * as grpc from "@grpc/grpc-js";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestDatabase, type TestDatabase, testPool } from "../support/database.ts";
 import { batchServiceClient, call, chatRequest, collect, fieldViolations } from "../support/grpc-client.ts";
-import { startLoteProcess, type LoteProcess } from "../support/lote-process.ts";
+import { startLoteProcess, useLoteServer, type LoteProcess } from "../support/lote-process.ts";
 import { freePort } from "../support/ports.ts";
 import { until } from "../support/until.ts";
 
@@ -406,5 +407,57 @@ describe("RetryBatch after the batch's model left the configuration (two servers
     const pool = testPool(db.url);
     const { rows } = await pool.query("SELECT count(*)::int AS n FROM lote.batches").finally(() => pool.end());
     expect(rows[0].n).toBe(1);
+  });
+});
+
+describe("RetryBatch of a big failed batch (an API node alone)", () => {
+  const server = useLoteServer({ role: "api" });
+
+  /** The API node's resident set now and at its peak since the last reset, in MB (/proc/PID/status). */
+  const memory = (pid: number) => {
+    const status = readFileSync(`/proc/${pid}/status`, "utf8");
+    const kb = (field: string) => Number(status.match(new RegExp(`${field}:\\s+(\\d+) kB`))![1]);
+    return { rss: kb("VmRSS") / 1024, peak: kb("VmHWM") / 1024 };
+  };
+
+  it("copies the failed requests inside Postgres, so the API node's memory does not grow with the batch's bodies", async () => {
+    const pool = testPool(server.db.url);
+    try {
+      // A finished batch of 2,000 failed requests of 64 KB each: 128 MB of bodies, written as a worker would leave them.
+      const original = "batch_retry_memory";
+      const requests = 2_000;
+      await pool.query(
+        `INSERT INTO lote.batches (id, tenant_id, endpoint, model, status, completion_window_seconds, total, failed, result_seq,
+           expires_at, completed_at)
+         VALUES ($1, 'default', '/classify', 'lote-sentiment', 'completed', 86400, $2, $2, $2, now() + interval '1 day', now())`,
+        [original, requests]);
+      await pool.query(
+        `INSERT INTO lote.items (batch_id, idx, custom_id, model, priority, status, attempt, est_tokens, body, tenant_id, last_error)
+         SELECT $1, g, 'r' || g, 'lote-sentiment', 0, 'failed', 3, 16000,
+                '{"model":"lote-sentiment","input":"' || repeat(chr(97 + g % 26), 65536) || '"}', 'default',
+                '{"code":"server_error","message":"503"}'
+           FROM generate_series(0, $2 - 1) AS g`,
+        [original, requests]);
+      const pid = server.lote.child.pid!;
+      const before = memory(pid);
+      // Writing 5 to clear_refs resets VmHWM to the current resident set (proc(5)): the peak from here is the retry's.
+      writeFileSync(`/proc/${pid}/clear_refs`, "5");
+      const client = batchServiceClient(`127.0.0.1:${server.lote.port}`);
+      const retry = await call(client, "retryBatch", { id: original }).finally(() => client.close());
+      const after = memory(pid);
+      expect(retry).toMatchObject({ retriedFrom: original, status: "BATCH_STATUS_IN_PROGRESS", requestCounts: expect.objectContaining({ total: "2000" }) });
+      // Read into the node and copied back, the bodies alone are 128 MB there; copied inside Postgres, next to nothing.
+      expect(after.peak - before.rss).toBeLessThan(40);
+      // The copy is the original's requests, in order, renumbered from 0.
+      const { rows } = await pool.query(
+        `SELECT n.idx, n.custom_id, n.est_tokens, n.status, n.attempt, n.priority, n.body = o.body AS same_body
+           FROM lote.items n JOIN lote.items o ON o.batch_id = $2 AND o.idx = n.idx
+          WHERE n.batch_id = $1 AND n.idx IN (0, 1, 1999) ORDER BY n.idx`, [retry.id, original]);
+      expect(rows).toEqual([0, 1, 1999].map((idx) => ({
+        idx, custom_id: `r${idx}`, est_tokens: 16000, status: "pending", attempt: 0, priority: 0, same_body: true,
+      })));
+    } finally {
+      await pool.end();
+    }
   });
 });

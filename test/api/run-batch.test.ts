@@ -65,6 +65,28 @@ describe("RunBatch against an API node, the test as the worker", () => {
     expect(ran.results[0]).toMatchObject({ customId: "s0", response: expect.objectContaining({ statusCode: 200, requestId: "req-0" }) });
   });
 
+  it("reports the requests a CancelBatch cancelled as batch_cancelled, not deadline_exceeded, with or without a deadline", async () => {
+    for (const deadline of [undefined, Date.now() + 60_000]) {
+      const tag = deadline === undefined ? "no-deadline" : "deadline";
+      const answer = call(client, "runBatch", {
+        endpoint: "ENDPOINT_CLASSIFY", metadata: { case: tag }, requests: [sentiment("c0", "Eu amo estudar IA!"), sentiment("c1", "bom")],
+      }, new grpc.Metadata(), deadline === undefined ? {} : { deadline });
+      // No worker runs here: both requests stay pending until the user's cancel closes them.
+      const batchId = await until(`the ${tag} RunBatch's batch`, async () => {
+        const { rows } = await pool.query("SELECT id FROM lote.batches WHERE metadata @> $1::jsonb", [JSON.stringify({ case: tag })]);
+        return rows[0]?.id as string | undefined;
+      });
+      const cancelled = await call(client, "cancelBatch", { id: batchId });
+      expect(cancelled.status).toBe("BATCH_STATUS_CANCELLED");
+      const ran = await answer;
+      expect(ran.batch).toMatchObject({ id: batchId, status: "BATCH_STATUS_CANCELLED" });
+      expect(ran.results.map((r: any) => [r.customId, r.error?.code, r.error?.message])).toEqual([
+        ["c0", "batch_cancelled", "The batch was cancelled before this request ran."],
+        ["c1", "batch_cancelled", "The batch was cancelled before this request ran."],
+      ]);
+    }
+  });
+
   it("cancels its batch when a read fails and the call ends with an error, so nothing keeps running at RunBatch's priority", async () => {
     // Reading the results waits for this lock past the read's timeout: the call fails UNAVAILABLE.
     const locker = await pool.connect();

@@ -114,6 +114,36 @@ describe("store", () => {
     expect(after?.expired).toBe(3);
   });
 
+  it("keeps the last backend error of a request that was waiting to retry when its batch expires or is cancelled", async () => {
+    for (const close of ["expire", "cancel"] as const) {
+      await pool.query("UPDATE lote.items SET status = 'cancelled' WHERE status IN ('pending', 'running')");
+      const { batch } = await createBatch(pool, newBatch(3));
+      const first = await claim(pool, 10);
+      // c0 waits a minute for its retry after a 503; c1 failed once and is being called again; c2 never failed.
+      await completeItems(pool, first.slice(0, 2).map((c) => ({ outcome: "retry" as const, batchId: c.batchId, idx: c.idx,
+        attempt: c.attempt, statusCode: 503, errorCode: "server_error", errorMessage: "HTTP 503 from the backend",
+        retryDelayMs: c.idx === 0 ? 60_000 : 0 })));
+      expect((await claim(pool, 10)).map((c) => [c.idx, c.attempt])).toEqual([[1, 2]]);
+      if (close === "expire") {
+        await pool.query("UPDATE lote.batches SET expires_at = now() - interval '1 second' WHERE id = $1", [batch.id]);
+        expect(await expireDueBatches(pool)).toContain(batch.id);
+      } else {
+        expect(await cancelBatch(pool, "t1", batch.id)).toBe("cancelling");
+      }
+      const { rows: results } = await getResults(pool, batch.id, 0n, 100);
+      const code = close === "expire" ? "batch_expired" : "batch_cancelled";
+      const waited = results.find((r) => r.idx === 0)!;
+      expect(waited).toMatchObject({ errorCode: code, attempts: 1 });
+      expect(waited.errorMessage).toContain("(last error: server_error: HTTP 503 from the backend)");
+      if (close === "expire") {
+        // The running ones are closed too: c1 with the error of its first attempt, c2 with none to tell.
+        const byIdx = new Map(results.map((r) => [r.idx, r.errorMessage]));
+        expect(byIdx.get(1)).toContain("(last error: server_error: HTTP 503 from the backend)");
+        expect(byIdx.get(2)).toBe("This request could not be executed before the completion window expired.");
+      }
+    }
+  });
+
   it("completes, not expires, a batch past its window that already has every result", async () => {
     await pool.query("UPDATE lote.items SET status = 'cancelled' WHERE status IN ('pending', 'running')");
     const { batch } = await createBatch(pool, newBatch(2));
