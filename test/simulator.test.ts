@@ -139,18 +139,19 @@ describe("simulator", () => {
     expect(performance.now() - started).toBeGreaterThanOrEqual(59);
   });
 
-  // The body is sent 400 ms after the headers. Counted from the body's end, the answer would come 900 ms after the
-  // headers; counted from their arrival, at 500 ms. 850 leaves a loaded machine 350 ms of slack either way.
+  // A latency of 1.5 s and a body sent 1.4 s after the headers. Counted from the body's end, the answer comes 2.9 s
+  // after the headers at the earliest (two timers, which never fire early); counted from their arrival, at ~1.5 s.
+  // The bound of 2.8 s leaves a loaded machine 1.3 s of slack, where 500 ms, 400 ms and 850 ms left it 350 ms.
   describe.each(["h2c", "HTTP/1.1"] as const)("over %s", (protocol) => {
     it("counts the latency from the request's arrival, so a slow body does not add to it", async () => {
-      const sim = await simulator({ latency: { kind: "fixed", ms: 500 } });
+      const sim = await simulator({ latency: { kind: "fixed", ms: 1_500 } });
       const body = JSON.stringify({ model: "m", messages: [{ role: "user", content: "hi" }] });
       const started = performance.now();
-      const status = protocol === "h2c" ? await slowBodyH2(h2session(sim), body, 400) : await slowBodyHttp1(sim.port, body, 400);
+      const status = protocol === "h2c" ? await slowBodyH2(h2session(sim), body, 1_400) : await slowBodyHttp1(sim.port, body, 1_400);
       const elapsed = performance.now() - started;
       expect(status).toBe(200);
-      expect(elapsed).toBeGreaterThanOrEqual(499);
-      expect(elapsed).toBeLessThan(850);
+      expect(elapsed).toBeGreaterThanOrEqual(1_499);
+      expect(elapsed).toBeLessThan(2_800);
     });
   });
 

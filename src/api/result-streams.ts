@@ -11,8 +11,6 @@ import { toBatch, toResult } from "./to-proto.ts";
 // Rows per read: large enough to amortise the round trip (~0.2 ms), small enough to keep a slow reader's memory flat
 // (and at most 4 MiB of answers per read, getResults).
 const pageSize = 500;
-// Without a notification, re-check this often; notifications normally wake streams within milliseconds.
-const pollMs = 1_000;
 
 export async function* streamResults(deps: BatchServiceDeps, req: StreamResultsRequest, ctx: HandlerContext): AsyncGenerator<StreamResultsResponse> {
   const tenant = await deps.auth.tenantOf(ctx);
@@ -46,7 +44,9 @@ export async function* streamResults(deps: BatchServiceDeps, req: StreamResultsR
       }
       if (rows.length === pageSize || cutByBytes) continue;
       if (!wakeups || !status || isTerminal(status)) return;
-      await wakeups.wait(pollMs, ctx.signal);
+      // Notifications normally wake a stream within milliseconds; without one (lost while the listener reconnected),
+      // look again after the node's poll interval (worker.poll_interval_ms, 1 s by default), as its claims do.
+      await wakeups.wait(deps.config.worker.pollIntervalMs, ctx.signal);
     }
   } finally {
     wakeups?.close();
@@ -72,7 +72,7 @@ export async function* watchBatch(deps: BatchServiceDeps, req: WatchBatchRequest
         last = fp;
       }
       if (isTerminal(batch.status)) return;
-      await wakeups.wait(pollMs, ctx.signal);
+      await wakeups.wait(deps.config.worker.pollIntervalMs, ctx.signal);
     }
   } finally {
     wakeups.close();

@@ -82,7 +82,7 @@ export async function runBatch(deps: BatchServiceDeps, req: RunBatchRequest, ctx
         if (isTerminal(now.status)) break;
         const left = stopWaitingAt - Date.now();
         if (left <= 0 || ctx.signal.aborted) break;
-        await wakeups.wait(Math.min(left, 1_000), ctx.signal);
+        await wakeups.wait(Math.min(left, deps.config.worker.pollIntervalMs), ctx.signal);
       }
     } catch (err) {
       // The call ends with this error (UNAVAILABLE for a read that timed out) and nobody reads the batch: cancel it

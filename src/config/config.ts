@@ -74,7 +74,7 @@ export interface WorkerConfig {
   readonly concurrency: number;
   /** Lease on a claimed item; a heartbeat renews it every lease/3. Default 30,000 ms. */
   readonly leaseMs: number;
-  /** Polling interval when no notification arrives; polling is the source of truth. Default 1,000 ms. */
+  /** Polling interval when no notification arrives, for claims and for the API's following streams; polling is the source of truth. Default 1,000 ms. */
   readonly pollIntervalMs: number;
   /** Completions are written in one statement per this many items or per flush interval. Default 500 / 5 ms. */
   readonly completionBatchSize: number;

@@ -9,6 +9,8 @@ import { startSimulator } from "../../src/simulator/index.ts";
 import { cancelBatch, claimItems, completeItems, createBatch, getBatch, Notifier, type NewBatch } from "../../src/store/index.ts";
 import { useMigratedDatabase } from "../support/database.ts";
 import { startLoteProcess } from "../support/lote-process.ts";
+import { metricOf } from "../support/metrics.ts";
+import { freePort } from "../support/ports.ts";
 import { until } from "../support/until.ts";
 
 const sentences = ["Eu amo estudar IA!", "Estou muito cansado hoje", "Esse filme foi terrível"];
@@ -114,14 +116,18 @@ describe("dispatcher wake-ups", () => {
     const second = newBatchId();
     await createBatch(fixture.pool, sentimentBatch(second, 6));
     // A worker that polls once a minute: the slots are all taken, so its claims come back empty.
+    const metricsPort = await freePort();
     const worker = await startLoteProcess({
-      databaseUrl: fixture.db.url, role: "worker", config: { models: [model], worker: { poll_interval_ms: 60_000 } },
+      databaseUrl: fixture.db.url, role: "worker",
+      config: { models: [model], worker: { poll_interval_ms: 60_000 }, metrics: { port: metricsPort } },
     });
     cleanups.push(async () => void (await worker.stop()));
-    await until("the worker's first claims", async () => {
-      const { rows } = await fixture.pool.query("SELECT count(*)::int AS n FROM lote.items WHERE batch_id = $1 AND status = 'pending'", [second]);
-      return rows[0].n === 6 && worker.logs().includes("dispatcher started") ? true : undefined;
-    });
+    // Its first claim ran (and, every slot taken, came back empty). "dispatcher started" is logged before it: a
+    // completion written before that claim let the claim take the freed slots, and the test passed with the bug.
+    await until("the worker's first claims", async () =>
+      ((await metricOf(metricsPort, 'lote_claims_total{model="lote-sentiment"}')) ?? 0) >= 1 ? true : undefined);
+    const { rows: pending } = await fixture.pool.query("SELECT count(*)::int AS n FROM lote.items WHERE batch_id = $1 AND status = 'pending'", [second]);
+    expect(pending[0].n).toBe(6);
     // The other node's calls end and it writes them, as its completer does: a lote_batch notification, no lote_work.
     await completeItems(fixture.pool, other.map((c) => ({
       outcome: "succeeded" as const, batchId: c.batchId, idx: c.idx, attempt: c.attempt, statusCode: 200, requestId: "r",
