@@ -363,7 +363,8 @@ export type RunBatchResponse = Message<"lote.v1.RunBatchResponse"> & {
   batch?: Batch | undefined;
 
   /**
-   * One result per request, in input order. Requests unfinished at the deadline have error code "deadline_exceeded".
+   * One result per request, in input order. Requests unfinished at the deadline have error code "deadline_exceeded"
+   * (those left when the caller went away, "cancelled"); requests a CancelBatch cancelled keep "batch_cancelled".
    *
    * @generated from field: repeated lote.v1.Result results = 2;
    */
