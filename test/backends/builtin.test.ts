@@ -157,6 +157,13 @@ describe("lote-sentiment on /classify", () => {
     expect(b!.label).toBe("positive");
   });
 
+  it("reads short English with 'so' and contractions as English, while 'só' stays Portuguese", async () => {
+    const data = await classify(["I'm so happy", "So bad", "It's so boring", "That's so sweet", "Só coisa boa", "Estou só cansado"]);
+    expect(data.map((d) => [d.language, d.label])).toEqual([
+      ["en", "positive"], ["en", "negative"], ["en", "negative"], ["en", "positive"], ["pt", "positive"], ["pt", "negative"],
+    ]);
+  });
+
   it("takes the language hint over detection", async () => {
     const [detected] = await classify("Eu amo estudar IA!");
     const [hinted] = await classify("Eu amo estudar IA!", { language: "en-US" });
