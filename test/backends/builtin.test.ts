@@ -88,6 +88,32 @@ const english: Array<[string, string]> = [
   ["It was not fun at all", "negative"], ["The food was delicious but the service was slow", "negative"],
 ];
 
+// Written in audit 9 from what users type to a review classifier, before any of its fixes: everyday negation
+// with function words between the negator and the adjective, "ninguém", "so" in short English, contractions,
+// slang and emoji. Some are still missed (counterfactuals such as "Could have been better", verbs the lexicon
+// lacks such as "Não funciona"): the threshold below is what the model gets, not 100 percent.
+const everyday: Array<[string, "pt" | "en", string]> = [
+  ["Não foi um filme bom", "pt", "negative"], ["Não achei o filme bom", "pt", "negative"],
+  ["Não é um produto muito bom", "pt", "negative"], ["Não gostei do filme", "pt", "negative"],
+  ["Ninguém gostou do show", "pt", "negative"], ["Nunca vi nada tão ruim", "pt", "negative"],
+  ["Não recomendo a ninguém", "pt", "negative"], ["Não fiquei satisfeito", "pt", "negative"],
+  ["O atendimento foi pessimo", "pt", "negative"], ["Odiaram a comida", "pt", "negative"],
+  ["Produto de péssima qualidade", "pt", "negative"], ["Não funciona", "pt", "negative"],
+  ["Poderia ser melhor", "pt", "negative"], ["Ele não é feio", "pt", "positive"],
+  ["Nada mal", "pt", "positive"], ["Lindo demais", "pt", "positive"], ["Amei demais 😍", "pt", "positive"],
+  ["Muito satisfeito com a compra", "pt", "positive"], ["Chegou antes do prazo, recomendo!", "pt", "positive"],
+  ["Top demais", "pt", "positive"], ["Estou tão feliz", "pt", "positive"], ["Só coisa boa", "pt", "positive"],
+  ["A loja abre às nove", "pt", "neutral"], ["Não sei", "pt", "neutral"],
+  ["I'm so happy", "en", "positive"], ["So good!", "en", "positive"], ["It's so boring", "en", "negative"],
+  ["I'm so angry", "en", "negative"], ["That's so sweet", "en", "positive"], ["He's so rude", "en", "negative"],
+  ["I don't love it", "en", "negative"], ["not bad at all", "en", "positive"], ["It isn't bad", "en", "positive"],
+  ["It is not a good idea", "en", "negative"], ["Nobody liked it", "en", "negative"], ["I didn't like it very much", "en", "negative"],
+  ["Never seen anything so bad", "en", "negative"], ["Worst purchase ever", "en", "negative"],
+  ["Great product, highly recommend", "en", "positive"], ["I wouldn't recommend it", "en", "negative"],
+  ["This is awesome 😍", "en", "positive"], ["Ugh, terrible 😡", "en", "negative"], ["It doesn't work", "en", "negative"],
+  ["Could have been better", "en", "negative"], ["The sky is blue", "en", "neutral"], ["I don't know", "en", "neutral"],
+];
+
 describe("lote-sentiment on /classify", () => {
   it("labels the three canonical Portuguese sentences, each with a confidence", async () => {
     const data = await classify(["Eu amo estudar IA!", "Estou muito cansado hoje", "Esse filme foi terrível"]);
@@ -112,6 +138,14 @@ describe("lote-sentiment on /classify", () => {
     expect(accuracy, wrong.join("; ")).toBeGreaterThanOrEqual(0.9);
   });
 
+  // Measured when written: 30 of 46 (65 percent) before audit 9's fixes, 41 of 46 (89 percent) after.
+  it("gets at least 85 percent of an everyday set of negations, short English and slang right, language included", async () => {
+    const data = await classify(everyday.map(([text]) => text));
+    const wrong = everyday.filter(([, language, want], i) => data[i]!.label !== want || data[i]!.language !== language)
+      .map(([text, , want]) => `${text} (want ${want})`);
+    expect((everyday.length - wrong.length) / everyday.length, wrong.join("; ")).toBeGreaterThanOrEqual(0.85);
+  });
+
   it("answers in vLLM's classify shape with three probabilities summing to one", async () => {
     const reply = await call("/classify", { model: "lote-sentiment", input: ["Adorei!", "O trem sai às dez."] });
     const body = JSON.parse(reply.body);
@@ -132,6 +166,17 @@ describe("lote-sentiment on /classify", () => {
   it("flips negated words in both languages and keeps double negation in Portuguese negative", async () => {
     const data = await classify(["Gostei do filme", "Não gostei do filme", "Não gostei de nada", "I liked it", "I didn't like it", "not good"]);
     expect(data.map((d) => d.label)).toEqual(["positive", "negative", "negative", "positive", "negative", "negative"]);
+  });
+
+  it("negates an adjective that comes after its noun, past articles and 'é'/'foi', and after 'ninguém'", async () => {
+    const data = await classify(["Não foi um filme bom", "Não achei o filme bom", "Não é um produto muito bom", "It is not a good idea", "Ninguém gostou do show"]);
+    expect(data.map((d) => d.label)).toEqual(["negative", "negative", "negative", "negative", "negative"]);
+  });
+
+  it("keeps 'nunca' emphatic through a second negator: 'nunca vi nada tão ruim' is very bad", async () => {
+    const [pt, en] = await classify(["Nunca vi nada tão ruim", "Never seen anything so bad"]);
+    expect(pt!.label).toBe("negative");
+    expect(en!.label).toBe("negative");
   });
 
   it("reads 'never so' as emphasis, not negation", async () => {
@@ -155,6 +200,13 @@ describe("lote-sentiment on /classify", () => {
     const [a, b] = await classify(["A comida é boa, mas o lugar é sujo", "The place is dirty but the food is good"]);
     expect(a!.label).toBe("negative");
     expect(b!.label).toBe("positive");
+  });
+
+  it("reads short English with 'so' and contractions as English, while 'só' stays Portuguese", async () => {
+    const data = await classify(["I'm so happy", "So bad", "It's so boring", "That's so sweet", "Só coisa boa", "Estou só cansado"]);
+    expect(data.map((d) => [d.language, d.label])).toEqual([
+      ["en", "positive"], ["en", "negative"], ["en", "negative"], ["en", "positive"], ["pt", "positive"], ["pt", "negative"],
+    ]);
   });
 
   it("takes the language hint over detection", async () => {

@@ -85,7 +85,8 @@ async function startInferenceServer(serverOptions: grpc.ServerOptions = {}): Pro
           return callback(null, answer(request, [{ name: "probs", datatype: "FP32", shape: [texts.length, 3], contents: { fp32_contents: probs } }]));
         }
         case "tensors":
-          return callback(null, { ...answer(request, request.inputs.map((input) => ({ ...input, name: `${input.name}_out` }))), parameters: request.parameters });
+          // Raw inputs come back as raw outputs, as Triton answers.
+          return callback(null, { ...answer(request, request.inputs.map((input) => ({ ...input, name: `${input.name}_out` })), request.raw_input_contents), parameters: request.parameters });
         case "busy": {
           const metadata = new grpc.Metadata();
           metadata.set("grpc-retry-pushback-ms", "1500");
@@ -212,6 +213,35 @@ describe("KServe v2 gRPC backend", () => {
         { name: "words_out", datatype: "BYTES", shape: [1], data: ["héllo"] },
       ],
     });
+  });
+
+  it("sends FP16 and BF16 inputs as raw_input_contents, rounded to nearest, with every other input of the request raw too", async () => {
+    // Before, any FP16 or BF16 input was answered 400 "FP16 inputs are not supported": a half-precision model,
+    // common on Triton, could not be called at all. The proto has no typed field for them and forbids mixing.
+    const reply = await infer(backendFor("tensors"), "/v1/completions", {
+      inputs: [
+        { name: "half", shape: [2, 3], datatype: "FP16", data: [[1, 0.1, -2.5], [65504, 70000, 1e-7]] },
+        { name: "brain", shape: [2], datatype: "BF16", data: [1, 0.1] },
+        { name: "ids", shape: [1], datatype: "INT64", data: [7] },
+        { name: "words", shape: [1], datatype: "BYTES", data: ["héllo"] },
+      ],
+    });
+    expect(reply.status, reply.body).toBe(200);
+    const sent = server.requests.at(-1)!;
+    expect(sent.inputs.map((input) => input.contents ?? null)).toEqual([null, null, null, null]);
+    expect(sent.raw_input_contents!.map((b) => b.toString("hex"))).toEqual([
+      // 1, 0.1, -2.5, 65504 (the largest half), 70000 (beyond it: infinity), 1e-7 (subnormal: 2 × 2^-24)
+      "003c662e00c1ff7b007c0200",
+      "803fcd3d",
+      "0700000000000000",
+      "06000000" + Buffer.from("héllo").toString("hex"),
+    ]);
+    expect(JSON.parse(reply.body).outputs).toEqual([
+      { name: "half_out", datatype: "FP16", shape: [2, 3], data: [1, 0.0999755859375, -2.5, 65504, null, 2 * 2 ** -24] },
+      { name: "brain_out", datatype: "BF16", shape: [2], data: [1, 0.10009765625] },
+      { name: "ids_out", datatype: "INT64", shape: [1], data: [7] },
+      { name: "words_out", datatype: "BYTES", shape: [1], data: ["héllo"] },
+    ]);
   });
 
   it("decodes raw_output_contents: length-prefixed BYTES, little-endian INT64 and FP32", async () => {

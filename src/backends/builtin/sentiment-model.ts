@@ -3,12 +3,14 @@
  * Portuguese and English. Sum the polarity of each matched word or phrase, after
  *  - negation: a negator flips the first sentiment word in the next 3 tokens, damped by 0.74 (VADER's
  *    N_SCALAR), so "not bad" is mildly positive rather than as positive as "good"; "never so happy" is
- *    emphasis, not negation;
+ *    emphasis, not negation. Function words (articles, pronouns, "é", "foi") do not use up those 3 tokens:
+ *    Portuguese puts the adjective after its noun, and "não foi um filme bom" was read as positive;
  *  - intensifiers: "muito cansado" counts cansado × 1.5;
  *  - contrast: before "mas"/"but" counts half, after it 1.5 × (VADER's "but" rule);
  *  - exclamation marks: up to three add 10% each.
  * The score then goes through a softmax (see `probabilities`).
  */
+import { eng, por } from "stopword";
 import { detectLanguage, type SentimentLanguage } from "./detect-language.ts";
 import { buildSentimentLexicon, type SentimentLexicon } from "./sentiment-lexicon.ts";
 import { foldAccents, tokenize, type Token } from "./text-tokens.ts";
@@ -74,8 +76,8 @@ function createSentimentModel(): SentimentModel {
     en: buildSentimentLexicon("en"),
   };
   const modifiers = {
-    pt: modifierTable(lexicons.pt),
-    en: modifierTable(lexicons.en),
+    pt: modifierTable(lexicons.pt, por),
+    en: modifierTable(lexicons.en, eng),
   };
   return {
     classify(text, language) {
@@ -102,11 +104,14 @@ interface Modifiers {
   readonly intensifiers: ReadonlyMap<string, number>;
   readonly postIntensifiers: ReadonlySet<string>;
   readonly contrasts: ReadonlySet<string>;
+  /** Function words (the language's stopwords): a negation's scope passes over them without counting them. */
+  readonly fillers: ReadonlySet<string>;
 }
 
-function modifierTable(lexicon: SentimentLexicon): Modifiers {
+function modifierTable(lexicon: SentimentLexicon, stopwords: readonly string[]): Modifiers {
   const { extras } = lexicon;
   return {
+    fillers: new Set(stopwords.map(foldAccents)),
     negators: new Set(extras.negators.map(foldAccents)),
     emphaticNegators: new Set(extras.emphaticNegators.map(foldAccents)),
     intensifiers: new Map(Object.entries(extras.intensifiers).map(([word, factor]) => [foldAccents(word), factor])),
@@ -136,8 +141,10 @@ function scoreTokens(tokens: readonly Token[], lexicon: SentimentLexicon, modifi
     const { folded } = token;
     if (token.kind === "word") {
       if (modifiers.negators.has(folded)) {
-        negationLeft = negationScope; // a second negator renews the scope: "não gostei de nada" is one negation
-        emphatic = modifiers.emphaticNegators.has(folded);
+        // A second negator within the scope renews it: "não gostei de nada" is one negation (negative concord),
+        // and it keeps an emphatic "nunca": "nunca vi nada tão ruim" is very bad, not good.
+        emphatic = modifiers.emphaticNegators.has(folded) || (negationLeft > 0 && emphatic);
+        negationLeft = negationScope;
         continue;
       }
       if (modifiers.contrasts.has(folded)) {
@@ -173,7 +180,7 @@ function scoreTokens(tokens: readonly Token[], lexicon: SentimentLexicon, modifi
     value ??= lexicon.polarity(token.text, folded);
 
     if (value === undefined || value === 0) {
-      if (negationLeft > 0) negationLeft -= 1;
+      if (negationLeft > 0 && !modifiers.fillers.has(folded)) negationLeft -= 1;
       if (boostLeft > 0) boostLeft -= 1;
       continue;
     }

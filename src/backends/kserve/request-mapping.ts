@@ -6,7 +6,7 @@
 import type { EndpointPath } from "../backend.ts";
 import type { InferParameters, InferTensor, ModelInferRequest } from "./inference-service.ts";
 import { expected, InvalidRequestError } from "./invalid-request-error.ts";
-import { encodeContents, flattenData, toInferParameter, toInferParameters } from "./tensor-codec.ts";
+import { encodeContents, encodeRaw, flattenData, rawOnlyDatatypes, toInferParameter, toInferParameters } from "./tensor-codec.ts";
 
 export type AnswerPlan =
   | { readonly kind: "tensors" }
@@ -73,8 +73,14 @@ function parseBody(bodyText: string): Body {
   return body as Body;
 }
 
-/** v2 JSON (`{"inputs":[{name, shape, datatype, data, parameters?}], "outputs"?, "parameters"?, "id"?}`). */
+/**
+ * v2 JSON (`{"inputs":[{name, shape, datatype, data, parameters?}], "outputs"?, "parameters"?, "id"?}`). FP16 and
+ * BF16 have no typed contents field, and a request may not mix typed and raw inputs (grpc_predict_v2.proto,
+ * raw_input_contents), so one FP16 or BF16 input sends every input as raw_input_contents.
+ */
 function tensorRequest(body: Body): Omit<ModelInferRequest, "model_name"> {
+  const raw = (body.inputs as unknown[]).some((input) => rawOnlyDatatypes.has((input as Body | null)?.datatype as string));
+  const rawContents: Buffer[] = [];
   const inputs = (body.inputs as unknown[]).map((input, i): InferTensor => {
     const where = `\`inputs[${i}]\``;
     if (typeof input !== "object" || input === null) throw expected(`${where} to be an object`, input);
@@ -83,13 +89,15 @@ function tensorRequest(body: Body): Omit<ModelInferRequest, "model_name"> {
     if (typeof datatype !== "string") throw expected(`${where}.datatype to be a string such as "FP32"`, datatype);
     if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) throw expected(`${where}.shape to be an array of sizes`, shape);
     const flat = flattenData(data, shape as number[], `${where}.data`);
-    return {
+    const tensor: InferTensor = {
       name,
       datatype,
       shape: shape as number[],
       parameters: parameters === undefined ? {} : toInferParameters(objectAt(parameters, `${where}.parameters`), `${where}.parameters`),
-      contents: encodeContents(datatype, flat, `${where}.data`),
     };
+    if (raw) rawContents.push(encodeRaw(datatype, flat, `${where}.data`));
+    else tensor.contents = encodeContents(datatype, flat, `${where}.data`);
+    return tensor;
   });
   const outputs = body.outputs === undefined ? [] : arrayAt(body.outputs, "`outputs`").map((output, i) => {
     const { name, parameters } = objectAt(output, `\`outputs[${i}]\``);
@@ -97,7 +105,13 @@ function tensorRequest(body: Body): Omit<ModelInferRequest, "model_name"> {
     return { name, parameters: parameters === undefined ? {} : toInferParameters(objectAt(parameters, "`parameters`"), `\`outputs[${i}]\`.parameters`) };
   });
   const parameters = body.parameters === undefined ? {} : toInferParameters(objectAt(body.parameters, "`parameters`"), "`parameters`");
-  return { ...(typeof body.id === "string" && body.id !== "" ? { id: body.id } : {}), inputs, outputs, parameters };
+  return {
+    ...(typeof body.id === "string" && body.id !== "" ? { id: body.id } : {}),
+    inputs,
+    outputs,
+    parameters,
+    ...(raw ? { raw_input_contents: rawContents } : {}),
+  };
 }
 
 /**

@@ -61,21 +61,71 @@ export function flattenData(data: unknown, shape: number[], where: string): unkn
 
 /**
  * Typed contents for one input tensor (`values` flattened row-major); an element the datatype cannot hold is an
- * InvalidRequestError naming it. FP16/BF16 have no typed field (proto comment on raw_input_contents).
+ * InvalidRequestError naming it. FP16/BF16 have no typed field (proto comment on raw_input_contents): a request
+ * with one goes whole as raw bytes (`encodeRaw`).
  */
 export function encodeContents(datatype: string, values: unknown[], where: string): InferTensorContents {
   const field = contentsFieldOf[datatype];
-  if (!field) throw new InvalidRequestError(`${datatype} inputs are not supported: ${where} must be one of ${Object.keys(contentsFieldOf).join(", ")}`);
-  if (field === "bytes_contents") {
-    return { bytes_contents: values.map((value, i) => {
-      if (typeof value !== "string") throw expected(`${where} element ${i} to be a string for BYTES`, value);
-      return Buffer.from(value, "utf8");
-    }) };
+  if (!field) throw unsupported(datatype, where);
+  checkValues(datatype, values, where);
+  if (field === "bytes_contents") return { bytes_contents: (values as string[]).map((value) => Buffer.from(value, "utf8")) };
+  return { [field]: values };
+}
+
+/** Datatypes that only travel as raw bytes: the proto has no 16-bit float field. */
+export const rawOnlyDatatypes: ReadonlySet<string> = new Set(["FP16", "BF16"]);
+
+/**
+ * One input tensor as raw_input_contents bytes: flattened row-major little-endian elements, a BYTES element as a
+ * 4-byte little-endian length and its UTF-8 bytes (the same encoding decodeRaw reads). FP16 and BF16 are rounded
+ * to the nearest value, ties to even, as IEEE 754 casts do.
+ */
+export function encodeRaw(datatype: string, values: unknown[], where: string): Buffer {
+  if (datatype !== "BYTES" && !elementSize[datatype]) throw unsupported(datatype, where);
+  checkValues(datatype, values, where);
+  if (datatype === "BYTES") {
+    return Buffer.concat((values as string[]).flatMap((value) => {
+      const bytes = Buffer.from(value, "utf8");
+      const length = Buffer.allocUnsafe(4);
+      length.writeUInt32LE(bytes.length);
+      return [length, bytes];
+    }));
   }
+  const size = elementSize[datatype]!;
+  const bytes = Buffer.alloc(values.length * size);
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const write: (at: number, value: number | boolean) => void = {
+    BOOL: (at: number, v: number | boolean) => view.setUint8(at, v ? 1 : 0),
+    INT8: (at: number, v: number | boolean) => view.setInt8(at, v as number),
+    UINT8: (at: number, v: number | boolean) => view.setUint8(at, v as number),
+    INT16: (at: number, v: number | boolean) => view.setInt16(at, v as number, true),
+    UINT16: (at: number, v: number | boolean) => view.setUint16(at, v as number, true),
+    INT32: (at: number, v: number | boolean) => view.setInt32(at, v as number, true),
+    UINT32: (at: number, v: number | boolean) => view.setUint32(at, v as number, true),
+    INT64: (at: number, v: number | boolean) => view.setBigInt64(at, BigInt(v as number), true),
+    UINT64: (at: number, v: number | boolean) => view.setBigUint64(at, BigInt(v as number), true),
+    FP16: (at: number, v: number | boolean) => view.setUint16(at, toMinifloat(v as number, 5, 10), true),
+    BF16: (at: number, v: number | boolean) => view.setUint16(at, toMinifloat(v as number, 8, 7), true),
+    FP32: (at: number, v: number | boolean) => view.setFloat32(at, v as number, true),
+    FP64: (at: number, v: number | boolean) => view.setFloat64(at, v as number, true),
+  }[datatype]!;
+  values.forEach((value, i) => write(i * size, value as number | boolean));
+  return bytes;
+}
+
+function unsupported(datatype: string, where: string): InvalidRequestError {
+  const known = [...Object.keys(contentsFieldOf), ...rawOnlyDatatypes].join(", ");
+  return new InvalidRequestError(`${datatype} inputs are not supported: ${where} must be one of ${known}`);
+}
+
+/** Throws an InvalidRequestError naming the first element `datatype` cannot hold. */
+function checkValues(datatype: string, values: unknown[], where: string): void {
   const range = integerRange[datatype];
   for (let i = 0; i < values.length; i++) {
     const value = values[i];
-    if (field === "bool_contents") {
+    if (datatype === "BYTES") {
+      if (typeof value !== "string") throw expected(`${where} element ${i} to be a string for BYTES`, value);
+    } else if (datatype === "BOOL") {
       if (typeof value !== "boolean") throw expected(`${where} element ${i} to be a boolean for BOOL`, value);
     } else if (range) {
       if (typeof value !== "number" || !Number.isInteger(value) || value < range[0] || value > range[1]) {
@@ -85,7 +135,41 @@ export function encodeContents(datatype: string, values: unknown[], where: strin
       throw expected(`${where} element ${i} to be a number for ${datatype}`, value);
     }
   }
-  return { [field]: values };
+}
+
+/**
+ * The bits of a binary float with `exponentBits` and `fractionBits` (FP16: 5 and 10, BF16: 8 and 7) nearest to
+ * `value`, ties to even; beyond the largest finite value it is infinity. Computed from the double directly, not
+ * through float32, which would round twice.
+ */
+export function toMinifloat(value: number, exponentBits: number, fractionBits: number): number {
+  const signBit = 2 ** (exponentBits + fractionBits);
+  const infinity = (2 ** exponentBits - 1) * 2 ** fractionBits;
+  if (Number.isNaN(value)) return infinity + 2 ** (fractionBits - 1);
+  const sign = value < 0 || Object.is(value, -0) ? signBit : 0;
+  const magnitude = Math.abs(value);
+  if (magnitude === Infinity) return sign + infinity;
+  const bias = 2 ** (exponentBits - 1) - 1;
+  const minNormalExponent = 1 - bias;
+  if (magnitude < 2 ** minNormalExponent) {
+    // Subnormal: a multiple of the smallest step; rounding up to 2^fractionBits gives the smallest normal's bits.
+    return sign + roundHalfEven(magnitude / 2 ** (minNormalExponent - fractionBits));
+  }
+  let exponent = Math.floor(Math.log2(magnitude));
+  if (2 ** exponent > magnitude) exponent -= 1;
+  else if (2 ** (exponent + 1) <= magnitude) exponent += 1;
+  let fraction = roundHalfEven((magnitude / 2 ** exponent - 1) * 2 ** fractionBits);
+  if (fraction === 2 ** fractionBits) {
+    exponent += 1;
+    fraction = 0;
+  }
+  if (exponent > bias) return sign + infinity;
+  return sign + (exponent + bias) * 2 ** fractionBits + fraction;
+}
+
+function roundHalfEven(x: number): number {
+  const rounded = Math.round(x);
+  return rounded - x === 0.5 && rounded % 2 !== 0 ? rounded - 1 : rounded;
 }
 
 /** One output tensor, from its raw bytes when the server used `raw_output_contents`, else its typed field. */
