@@ -145,8 +145,11 @@ const connectFailures = new Set([...unreachableCodes, "28P01", "28000", "3D000",
 function unreachable(err: unknown, url: string): DatabaseUnavailableError | undefined {
   const code = (err as { code?: unknown } | undefined)?.code;
   if (typeof code !== "string" || !connectFailures.has(code)) return undefined;
-  const u = new URL(url);
-  const where = `${u.hostname}:${u.port || 5432}${u.pathname}${u.username ? ` as ${decodeURIComponent(u.username)}` : ""}`;
+  // Where pg connected, as pg itself read the URL: `new URL(url)` threw for the forms pg takes that WHATWG does not
+  // (`postgres://user:pw@/db?host=/var/run/postgresql`, the socket form), and the TypeError, printed whole, carried the
+  // URL and its password in `input`; it also missed a host or port given as a query parameter.
+  const { host, port, database, user } = new pg.Client({ connectionString: url });
+  const where = `${host}:${port}/${database ?? ""}${user ? ` as ${user}` : ""}`;
   return new DatabaseUnavailableError(`cannot connect to PostgreSQL at ${where}: ${(err as Error).message}`, { cause: err });
 }
 

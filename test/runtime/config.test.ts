@@ -142,6 +142,16 @@ describe("a server whose PostgreSQL cannot be reached (real process)", () => {
     expect(err?.code).toBe(69);
     expect(err?.stderr).toBe(`lote: cannot connect to PostgreSQL at 127.0.0.1:${port}/lotedb as lote: connect ECONNREFUSED 127.0.0.1:${port}\n`);
   });
+
+  it("names the host and port given as query parameters (pg's socket form), never the password, in the same one line", async () => {
+    const port = await freePort();
+    const env = { ...process.env, DATABASE_URL: `postgres://lote:s3cret-pw@/lotedb?host=127.0.0.1&port=${port}`, LOTE_PORT: String(await freePort()) };
+    const err = await run(process.execPath, ["--import", "tsx", "src/cli/main.ts", "serve"], { cwd: root, env })
+      .then(() => undefined, (e: { code: number; stderr: string }) => e);
+    expect(err?.stderr).not.toContain("s3cret-pw");
+    expect(err?.code).toBe(69);
+    expect(err?.stderr).toBe(`lote: cannot connect to PostgreSQL at 127.0.0.1:${port}/lotedb as lote: connect ECONNREFUSED 127.0.0.1:${port}\n`);
+  });
 });
 
 describe("a server whose port is taken (real processes)", () => {
