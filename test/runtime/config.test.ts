@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { buildConfig, ConfigError } from "../../src/config/config.ts";
+import { buildConfig, ConfigError, loadConfig } from "../../src/config/config.ts";
 import { createTestDatabase, type TestDatabase } from "../support/database.ts";
 import { writeConfig } from "../support/lote-process.ts";
 import { freePort } from "../support/ports.ts";
@@ -65,10 +65,26 @@ describe("the configuration", () => {
     const kserve = (extra: Record<string, unknown>) => ({ models: [{ name: "k", backend: { kind: "kserve", urls: ["grpc://127.0.0.1:8001"], ...extra } }] });
     expect(refusal(kserve({ api_key_env: "K" }))).toMatch(/^config: models\[0\]\.backend \(kind kserve\): unknown key `api_key_env`/);
     expect(refusal(kserve({ protocol: "h2" }))).toMatch(/^config: models\[0\]\.backend \(kind kserve\): unknown key `protocol`/);
-    expect(refusal({ database_url: 5432 })).toBe("config: `database_url`: expected a non-empty string, got 5432");
+    expect(refusal({ database_url: 5432 })).toBe("config: `database_url`: expected a non-empty string (a postgres:// URL), got a number (not shown: it may hold a password)");
     const twice = { models: [openai({}).models[0], { name: "m", backend: { kind: "openai", urls: ["http://127.0.0.1:8001"] } }] };
     expect(refusal(twice)).toMatch(/^config: models\[1\]: `name`: expected a name no other model has, got "m", the name of models\[0\] too$/);
     expect(refusal({ metrics: { host: "0.0.0.0" } })).toMatch(/^config: metrics: `host` \(metrics\.host\) is set but `port` is not/);
+  });
+
+  it("refuses a database_url that is not a string, or a config file that is not YAML, without showing the password", () => {
+    const listed = refusal({ database_url: ["postgres://lote:s3cret-pw@db.internal/lote"] });
+    expect(listed).toBe("config: `database_url`: expected a non-empty string (a postgres:// URL), got a list (not shown: it may hold a password)");
+    const path = join(dir, "broken.yaml");
+    writeFileSync(path, "port: 50051\ndatabase_url: postgres://lote:s3cret-pw@db.internal/lote: x\n");
+    let message = "";
+    try {
+      loadConfig({ configPath: path, env: {} });
+    } catch (err) {
+      expect(err).toBeInstanceOf(ConfigError);
+      message = (err as Error).message;
+    }
+    expect(message).toBe(`config file ${path}: not valid YAML/JSON (Nested mappings are not allowed in compact mappings at line 2, column 15)`);
+    expect(message).not.toContain("s3cret-pw");
   });
 
   it("refuses a backend URL of the wrong scheme or with a credential in it, naming its index and never showing it", () => {
@@ -139,6 +155,16 @@ describe("a server whose PostgreSQL cannot be reached (real process)", () => {
     const env = { ...process.env, DATABASE_URL: `postgres://lote:s3cret-pw@127.0.0.1:${port}/lotedb`, LOTE_PORT: String(await freePort()) };
     const err = await run(process.execPath, ["--import", "tsx", "src/cli/main.ts", "serve"], { cwd: root, env })
       .then(() => undefined, (e: { code: number; stderr: string }) => e);
+    expect(err?.code).toBe(69);
+    expect(err?.stderr).toBe(`lote: cannot connect to PostgreSQL at 127.0.0.1:${port}/lotedb as lote: connect ECONNREFUSED 127.0.0.1:${port}\n`);
+  });
+
+  it("names the host and port given as query parameters (pg's socket form), never the password, in the same one line", async () => {
+    const port = await freePort();
+    const env = { ...process.env, DATABASE_URL: `postgres://lote:s3cret-pw@/lotedb?host=127.0.0.1&port=${port}`, LOTE_PORT: String(await freePort()) };
+    const err = await run(process.execPath, ["--import", "tsx", "src/cli/main.ts", "serve"], { cwd: root, env })
+      .then(() => undefined, (e: { code: number; stderr: string }) => e);
+    expect(err?.stderr).not.toContain("s3cret-pw");
     expect(err?.code).toBe(69);
     expect(err?.stderr).toBe(`lote: cannot connect to PostgreSQL at 127.0.0.1:${port}/lotedb as lote: connect ECONNREFUSED 127.0.0.1:${port}\n`);
   });

@@ -1,5 +1,5 @@
 import { execFile, spawn } from "node:child_process";
-import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -89,7 +89,7 @@ describe("the embedded PostgreSQL's life cycle", () => {
       expect(answered).toBeGreaterThanOrEqual(40);
       const reader = await startLoteProcess({ databaseUrl: "", role: "api", env });
       processes.push(reader);
-      const db = new pg.Client({ connectionString: `postgres://lote:lote@127.0.0.1:${env.LOTE_EMBEDDED_PG_PORT}/postgres` });
+      const db = embeddedClient(env.LOTE_DATA_DIR, env.LOTE_EMBEDDED_PG_PORT);
       await db.connect();
       try {
         const { rows } = await db.query("SELECT count(*)::int AS n FROM lote.results WHERE batch_id = $1", [batch.id]);
@@ -140,6 +140,38 @@ describe("the embedded PostgreSQL's life cycle", () => {
     expect(await second.stop()).toBe(0);
   });
 
+  it("keeps other local users out of the embedded PostgreSQL: a random password per data directory, also for one made with the old \"lote\"", async () => {
+    const env = await embeddedEnv();
+    const refusal = (password: string) => connectError(new pg.Client({ host: "127.0.0.1", port: Number(env.LOTE_EMBEDDED_PG_PORT), user: "lote", password, database: "postgres" }));
+    const first = await startLoteProcess({ databaseUrl: "", env });
+    processes.push(first);
+    expect(await refusal("lote")).toBe("28P01");
+    const file = join(env.LOTE_DATA_DIR, "lote-password");
+    expect(statSync(file).mode & 0o777).toBe(0o600);
+    expect(first.logs()).not.toContain(readFileSync(file, "utf8").trim());
+
+    // A data directory initialised before, with the password "lote" and no file: the next start replaces it.
+    const old = embeddedClient(env.LOTE_DATA_DIR, env.LOTE_EMBEDDED_PG_PORT);
+    await old.connect();
+    await old.query("ALTER ROLE lote PASSWORD 'lote'");
+    await old.end();
+    rmSync(file);
+    expect(await first.stop()).toBe(0);
+    await stopPostgres(env.LOTE_DATA_DIR);
+    const second = await startLoteProcess({ databaseUrl: "", env });
+    processes.push(second);
+    expect(await refusal("lote")).toBe("28P01");
+    const client = batchServiceClient(`127.0.0.1:${second.port}`);
+    const batch = await call(client, "createBatch", {
+      endpoint: "ENDPOINT_CLASSIFY", requests: [{ customId: "a", bodyJson: Buffer.from('{"model":"lote-sentiment","input":"Eu amo estudar IA!"}') }],
+    });
+    await until("the batch completed", async () => (await call(client, "getBatch", { id: batch.id })).status === "BATCH_STATUS_COMPLETED");
+    client.close();
+    expect(second.logs()).toContain("the embedded PostgreSQL had the well-known password");
+    expect(second.logs()).not.toContain(readFileSync(file, "utf8").trim());
+    expect(await second.stop()).toBe(0);
+  });
+
   it("says which data directory and what postgres last logged when the embedded PostgreSQL cannot start", async () => {
     const env = await embeddedEnv();
     // The port is taken by another listener: postgres cannot bind it and exits.
@@ -156,6 +188,23 @@ describe("the embedded PostgreSQL's life cycle", () => {
     }
   });
 });
+
+/** A client of the embedded PostgreSQL on `dataDir`, with the password lote keeps there. */
+function embeddedClient(dataDir: string, port: string): pg.Client {
+  const password = readFileSync(join(dataDir, "lote-password"), "utf8").trim();
+  return new pg.Client({ host: "127.0.0.1", port: Number(port), user: "lote", password, database: "postgres" });
+}
+
+/** The SQLSTATE a connection attempt failed with, or "connected". */
+async function connectError(client: pg.Client): Promise<string> {
+  try {
+    await client.connect();
+  } catch (err) {
+    return String((err as { code?: string }).code);
+  }
+  await client.end();
+  return "connected";
+}
 
 function withoutDatabaseUrl(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
   const { DATABASE_URL: _, ...rest } = env;
