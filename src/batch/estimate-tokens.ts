@@ -25,8 +25,19 @@ export function estimateTokens(body: Record<string, unknown>, endpoint: string |
   const declared = key && body[key];
   // Embeddings and classification produce no output tokens.
   const producesText = endpoint !== "/v1/embeddings" && endpoint !== "/classify";
-  const output = typeof declared === "number" && declared >= 0 ? Math.min(Math.floor(declared), maxOutputEstimate) : producesText ? defaultMaxOutput : 0;
+  const perChoice = typeof declared === "number" && declared >= 0 ? Math.min(Math.floor(declared), maxOutputEstimate) : producesText ? defaultMaxOutput : 0;
+  // max_tokens bounds each choice: `n: 5` may produce five times as many tokens, and is billed so (and /v1/completions
+  // generates `best_of` choices server-side, at least n, billing them all). Counted once, EstimateBatch showed a fifth
+  // of the cost and tokens_per_minute let five times the limit through.
+  const output = perChoice === 0 ? 0 : Math.min(perChoice * choices(body, endpoint), maxOutputEstimate);
   return { input, output };
+}
+
+/** How many completions one request asks for: n (chat, completions), or best_of when larger (completions). */
+function choices(body: Record<string, unknown>, endpoint: string | undefined): number {
+  if (endpoint !== "/v1/chat/completions" && endpoint !== "/v1/completions") return 1;
+  const count = (v: unknown) => (typeof v === "number" && Number.isFinite(v) && v > 1 ? Math.floor(v) : 1);
+  return endpoint === "/v1/completions" ? Math.max(count(body.n), count(body.best_of)) : count(body.n);
 }
 
 /**

@@ -461,3 +461,37 @@ describe("RetryBatch of a big failed batch (an API node alone)", () => {
     }
   });
 });
+
+describe("EstimateBatch of a priced model (an API node alone)", () => {
+  // Nothing is called: an API node only validates, estimates and queues.
+  const server = useLoteServer({
+    role: "api",
+    config: { models: [{ name: "priced", backend: { kind: "openai", urls: ["http://127.0.0.1:9"] }, price: { input_per_million_tokens: 1, output_per_million_tokens: 2 } }] },
+  });
+
+  it("counts the output of every choice a request asks for (n, best_of), and stores the same estimate CreateBatch's tokens_per_minute uses", async () => {
+    const client = batchServiceClient(`127.0.0.1:${server.lote.port}`);
+    const pool = testPool(server.db.url);
+    try {
+      // "hello there" is 11 characters: 3 tokens of input.
+      const chat = [chatRequest("one", "priced", "hello there", { max_tokens: 100 }), chatRequest("five", "priced", "hello there", { max_tokens: 100, n: 5 })];
+      const estimate = await call(client, "estimateBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: chat });
+      expect(estimate.requests.map((r: any) => [r.customId, r.inputTokens, r.outputTokens])).toEqual([["one", "3", "100"], ["five", "3", "500"]]);
+      expect(estimate.totalOutputTokens).toBe("600");
+      expect(estimate.estimatedCostUsd).toBeCloseTo((6 * 1 + 600 * 2) / 1e6, 12);
+      const created = await call(client, "createBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: chat });
+      const { rows } = await pool.query("SELECT custom_id, est_tokens FROM lote.items WHERE batch_id = $1 ORDER BY idx", [created.id]);
+      expect(rows).toEqual([{ custom_id: "one", est_tokens: 103 }, { custom_id: "five", est_tokens: 503 }]);
+      const prompt = (extra: Record<string, unknown>) => Buffer.from(JSON.stringify({ model: "priced", prompt: "hello there", max_tokens: 10, ...extra }));
+      const completions = await call(client, "estimateBatch", {
+        endpoint: "ENDPOINT_COMPLETIONS",
+        requests: [{ customId: "n2", bodyJson: prompt({ n: 2 }) }, { customId: "best4", bodyJson: prompt({ n: 2, best_of: 4 }) }],
+      });
+      expect(completions.requests.map((r: any) => r.outputTokens)).toEqual(["20", "40"]);
+    } finally {
+      client.close();
+      await pool.end();
+    }
+  });
+
+});
