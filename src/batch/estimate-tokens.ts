@@ -41,12 +41,16 @@ function choices(body: Record<string, unknown>, endpoint: string | undefined): n
 }
 
 /**
- * Characters of text in a value: strings, arrays of them, message objects' `content` and content parts' `text`.
+ * Characters of text in a value: strings, arrays of them, message objects' `content` and content parts' `text`;
+ * a number (a token id) counts as one token's worth.
  * A plain recursive function, not a closure made per call: ~5x faster over 50,000 chat bodies (18-24 -> 4-5 ms),
  * which matters because CreateBatch runs this for every request (bench/ingest.ts).
  */
 function textLength(v: unknown): number {
   if (typeof v === "string") return v.length;
+  // A token id: /v1/completions' prompt and /v1/embeddings' input may be arrays of token ids (or arrays of them),
+  // one token each. Counted as nothing, 8,000 tokens were estimated at 1.
+  if (typeof v === "number") return charsPerToken;
   if (typeof v !== "object" || v === null) return 0;
   if (Array.isArray(v)) {
     let n = 0;

@@ -494,4 +494,24 @@ describe("EstimateBatch of a priced model (an API node alone)", () => {
     }
   });
 
+  it("counts each token id of a token-array prompt or input as one input token", async () => {
+    const client = batchServiceClient(`127.0.0.1:${server.lote.port}`);
+    try {
+      const ids = Array.from({ length: 5000 }, (_, i) => i);
+      const embeddings = await call(client, "estimateBatch", {
+        endpoint: "ENDPOINT_EMBEDDINGS",
+        requests: [
+          { customId: "flat", bodyJson: Buffer.from(JSON.stringify({ model: "priced", input: ids })) },
+          { customId: "nested", bodyJson: Buffer.from(JSON.stringify({ model: "priced", input: [ids, ids.slice(0, 100)] })) },
+        ],
+      });
+      expect(embeddings.requests.map((r: any) => r.inputTokens)).toEqual(["5000", "5100"]);
+      const completions = await call(client, "estimateBatch", {
+        endpoint: "ENDPOINT_COMPLETIONS", requests: [{ customId: "p", bodyJson: Buffer.from(JSON.stringify({ model: "priced", prompt: ids.slice(0, 300), max_tokens: 1 })) }],
+      });
+      expect(completions.requests[0].inputTokens).toBe("300");
+    } finally {
+      client.close();
+    }
+  });
 });
