@@ -189,6 +189,45 @@ describe("BatchService over gRPC (grpc-js client, server as a child process)", (
     expect(rows[0].n).toBe(1);
   });
 
+  it("refuses a repeated request_id whose requests or options differ with ALREADY_EXISTS naming request_id, in small and COPY-sized batches", async () => {
+    const reused = (err: grpc.ServiceError) => {
+      expect(err.code).toBe(grpc.status.ALREADY_EXISTS);
+      expect(fieldViolations(err)).toContainEqual(expect.objectContaining({ field: "request_id", reason: "REQUEST_ID_REUSED" }));
+    };
+    const small = { endpoint: "ENDPOINT_CLASSIFY", requests: [sentiment("a", "bom")], requestId: "nightly-small" };
+    const first = await call(client, "createBatch", small);
+    expect((await call(client, "createBatch", small)).id).toBe(first.id);
+    reused(await refusal(call(client, "createBatch", { ...small, requests: [sentiment("a", "mau")] })));
+    reused(await refusal(call(client, "createBatch", { ...small, metadata: { run: "2" } })));
+    // A Struct body is a protobuf map: a sender (Go's proto.Marshal) may put its keys in another order on a retry.
+    const struct = (fields: [string, string][]) => ({
+      endpoint: "ENDPOINT_CLASSIFY", requestId: "nightly-struct",
+      requests: [{ customId: "s", body: { fields: Object.fromEntries(fields.map(([k, v]) => [k, { stringValue: v }])) } }],
+    });
+    const structBatch = await call(client, "createBatch", struct([["model", "lote-sentiment"], ["input", "bom"]]));
+    expect((await call(client, "createBatch", struct([["input", "bom"], ["model", "lote-sentiment"]]))).id).toBe(structBatch.id);
+    // Two different calls at the same moment: one makes the batch, the other is refused.
+    const race = { endpoint: "ENDPOINT_CLASSIFY", requestId: "nightly-race" };
+    const raced = await Promise.allSettled([
+      call(client, "createBatch", { ...race, requests: [sentiment("a", "bom")] }),
+      call(client, "createBatch", { ...race, requests: [sentiment("a", "bom"), sentiment("b", "mau")] }),
+    ]);
+    expect(raced.filter((r) => r.status === "fulfilled")).toHaveLength(1);
+    reused((raced.find((r) => r.status === "rejected") as PromiseRejectedResult).reason);
+    // Over 1,000 requests the batch goes in by COPY, and its digest is stored at the end of it.
+    const big = { endpoint: "ENDPOINT_CLASSIFY", requestId: "nightly-big", requests: Array.from({ length: 1_500 }, (_, i) => sentiment(`n${i}`, "bom")) };
+    const made = await call(client, "createBatch", big);
+    expect((await call(client, "createBatch", big)).id).toBe(made.id);
+    const changed = big.requests.slice();
+    changed[1_400] = sentiment("n1400", "mau");
+    reused(await refusal(call(client, "createBatch", { ...big, requests: changed })));
+    const { rows } = await pool.query("SELECT request_id, count(*)::int AS n FROM lote.batches WHERE request_id LIKE 'nightly-%' GROUP BY 1 ORDER BY 1");
+    expect(rows).toEqual([{ request_id: "nightly-big", n: 1 }, { request_id: "nightly-race", n: 1 }, { request_id: "nightly-small", n: 1 }, { request_id: "nightly-struct", n: 1 }]);
+    // The later tests count stored rows, which running batches change.
+    const raceBatch = (raced.find((r) => r.status === "fulfilled") as PromiseFulfilledResult<any>).value;
+    for (const id of [first.id, structBatch.id, raceBatch.id, made.id]) await finished(id);
+  });
+
   it("answers NOT_FOUND for an unknown batch on every call that takes an id", async () => {
     for (const [method, req] of [["getBatch", { id: "batch_nope" }], ["cancelBatch", { id: "batch_nope" }], ["retryBatch", { id: "batch_nope" }]] as const) {
       await expect(call(client, method, req)).rejects.toMatchObject({ code: grpc.status.NOT_FOUND });
