@@ -10,13 +10,14 @@ import { BatchStatus, type Request as ProtoRequest } from "../../gen/lote/v1/bat
 import { isTerminal } from "../batch/batch-status.ts";
 import type { BatchEvents } from "../batch/batch-events.ts";
 import { newBatchId } from "../batch/ids.ts";
+import { RequestDigest } from "../batch/request-digest.ts";
 import {
   defaultCompletionWindowSeconds, expectedNoNul, InvalidRequests, maxPriority, minPriority, RequestChecker,
   validateBatchId, validateBatchOptions, type FieldViolation, type RequestInput, type ValidRequest,
 } from "../batch/validate-requests.ts";
 import type { Config } from "../config/config.ts";
 import {
-  cancelBatch, createBatch, createRetryBatch, getBatch, isBoundedBatch, listBatches, type BatchRecord,
+  cancelBatch, createBatch, createRetryBatch, getBatch, isBoundedBatch, listBatches, type BatchRecord, type CreatedBatch,
 } from "../store/index.ts";
 import type { Authenticator } from "./auth.ts";
 import { decodePageToken, encodePageToken } from "./cursor.ts";
@@ -92,6 +93,21 @@ function requestIdInUse(batch: BatchRecord, ownRetryOf: string | null): Error | 
   });
 }
 
+/**
+ * The answer when a CreateBatch's request_id names a batch made by a call with other requests or options: refused,
+ * where answering with that batch would hand back another call's batch and results as this call's (a nightly job
+ * reusing its request_id got yesterday's). A batch stored with no digest (made before migration 007) is taken as a
+ * repeat, as it was.
+ */
+function requestIdReused(batch: BatchRecord, stored: string | null, digest: RequestDigest): Error | undefined {
+  if (stored === null || stored === digest.hex()) return undefined;
+  return alreadyExists({
+    field: "request_id",
+    description: `expected the same requests and options as the call that first sent request_id ${JSON.stringify(batch.requestId)} (batch ${batch.id}), got others; use a new request_id for a new batch`,
+    reason: "REQUEST_ID_REUSED",
+  });
+}
+
 export function batchServiceImpl(deps: BatchServiceDeps): ServiceImpl<typeof BatchService> {
   const { pool, bulkPool, config, auth } = deps;
   const limits = { maxRequests: config.maxBatchRequests, maxBodyBytes: config.maxBodyBytes, models: config.models };
@@ -107,14 +123,18 @@ export function batchServiceImpl(deps: BatchServiceDeps): ServiceImpl<typeof Bat
       // The first requests are checked before the database is touched, so small and plainly broken batches never
       // reach it; the rest are checked as the COPY pulls them, on this core while Postgres inserts on another
       // (see src/store/create-batch.ts). A problem found late rolls the whole batch back: nothing is stored.
-      const checker = new RequestChecker(endpoint, toRequestInputs(req.requests), limits);
+      const windowSeconds = Math.round(window ?? defaultCompletionWindowSeconds);
+      const digest = req.requestId
+        ? new RequestDigest({ endpoint, priority: req.priority, completionWindowSeconds: windowSeconds, metadata: req.metadata })
+        : undefined;
+      const checker = new RequestChecker(endpoint, toRequestInputs(req.requests), limits, digest);
       const head: ValidRequest[] = [];
       while (!checker.done && checker.checked < checkedUpFront) {
         const row = checker.checkNext();
         if (row) head.push(row);
       }
       if (violations.length > 0 || checker.violations.length > 0) throw invalidArgument([...violations, ...checker.finish()]);
-      let result: Awaited<ReturnType<typeof createBatch>>;
+      let result: CreatedBatch;
       try {
         result = await createBatch(checker.done && isBoundedBatch(head) ? pool : bulkPool, {
           id: newBatchId(),
@@ -123,19 +143,21 @@ export function batchServiceImpl(deps: BatchServiceDeps): ServiceImpl<typeof Bat
           endpoint: endpoint!,
           model: checker.model!,
           priority: req.priority,
-          completionWindowSeconds: Math.round(window ?? defaultCompletionWindowSeconds),
+          completionWindowSeconds: windowSeconds,
           metadata: req.metadata,
           items: concat(head, checker.rows()),
           total: req.requests.length,
+          requestDigest: digest && (() => digest.hex()),
         });
       } catch (err) {
         if (err instanceof InvalidRequests) throw invalidArgument(err.violations);
         throw err;
       }
       const { batch, created } = result;
-      // A repeated request_id returns before the COPY pulled any row; the requests must still be valid.
-      if (!created && checker.finish().length > 0) throw invalidArgument(checker.violations);
-      const inUse = created ? undefined : requestIdInUse(batch, null);
+      // A repeated request_id returns before the COPY pulled any row; the requests must still be valid, and the
+      // digest needs them all.
+      if (!result.created && checker.finish().length > 0) throw invalidArgument(checker.violations);
+      const inUse = result.created ? undefined : requestIdInUse(batch, null) ?? requestIdReused(batch, result.requestDigest, digest!);
       if (inUse) throw inUse;
       deps.logger.info({ batchId: batch.id, requests: batch.total, model: batch.model, created }, created ? "batch created" : "batch returned for a repeated request_id");
       return toBatch(batch);

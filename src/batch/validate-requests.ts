@@ -6,6 +6,7 @@
 import type { EndpointPath } from "../backends/backend.ts";
 import type { ModelConfig } from "../config/config.ts";
 import { estimateTokens, outputLimitKey } from "./estimate-tokens.ts";
+import type { RequestDigest } from "./request-digest.ts";
 
 export interface FieldViolation {
   readonly field: string;
@@ -94,6 +95,8 @@ export class RequestChecker {
     private readonly endpoint: EndpointPath | undefined,
     private readonly requests: readonly RequestInput[],
     private readonly limits: RequestLimits,
+    /** Fed every valid request, in order, when the call has a request_id. */
+    private readonly digest?: RequestDigest,
   ) {
     if (!endpoint) this.#add("endpoint", "expected one of ENDPOINT_CHAT_COMPLETIONS, ENDPOINT_COMPLETIONS, ENDPOINT_EMBEDDINGS, ENDPOINT_RESPONSES, ENDPOINT_CLASSIFY", "ENDPOINT_UNSPECIFIED");
     if (requests.length === 0) this.#add("requests", "expected at least one request, got an empty batch", "EMPTY_BATCH");
@@ -193,6 +196,7 @@ export class RequestChecker {
     }
     const config = limits.models.get(m);
     const est = estimateTokens(parsed as Record<string, unknown>, endpoint, config?.defaultMaxOutputTokens ?? 1024);
+    this.digest?.addRequest(r.customId, hasJson ? r.bodyJson : (parsed as Record<string, unknown>));
     return {
       customId: r.customId, body: text, bodyUtf8: hasJson ? r.bodyJson : undefined,
       estTokens: est.input + est.output, inputTokens: est.input, outputTokens: est.output,

@@ -45,7 +45,7 @@ export function registerBatchCommands(program: Command): void {
   clientCommand(program, "submit <file>", "submit an OpenAI batch input file (.jsonl); prints the batch id")
     .option("--window <duration>", "completion window, 1m to 7d, e.g. 24h (default 24h)", parseDuration)
     .option("--metadata <key=value>", "metadata pair (repeatable)", collectPair)
-    .option("--request-id <id>", "idempotency key: resubmitting with the same id returns the first batch")
+    .option("--request-id <id>", "idempotency key: resubmitting the same file with the same id returns the first batch (another file is refused)")
     .option("--priority <n>", "-100 to 100; higher runs first (default 0)", integerIn(-100, 100))
     .option("--wait", "watch the batch until it ends; exit 3 unless it COMPLETED")
     .option("--json", "print the whole batch as JSON instead of its id")

@@ -40,7 +40,9 @@ export async function readBatchFile(path: string): Promise<BatchFile> {
   let url: string | undefined;
   let urlLine = 0;
   let line = 0;
-  const input = createReadStream(path, { encoding: "utf8" });
+  // Bytes, not "utf8" text: decoding the stream replaced every byte that is not UTF-8 (a file saved as Latin-1 or
+  // Windows-1252: "terr\xedvel") with U+FFFD, and the request went to the model changed, with no word to the user.
+  const input = createReadStream(path);
   const opened = new Promise<void>((resolve, reject) => {
     input.once("open", () => resolve());
     input.once("error", reject);
@@ -51,11 +53,18 @@ export async function readBatchFile(path: string): Promise<BatchFile> {
     throw new CliError(`cannot read ${path}: ${(err as Error).message}`, ExitCode.NoInput);
   }
   try {
-    for await (const raw of jsonLines(input)) {
+    for await (const bytes of jsonLines(input)) {
       line++;
+      const bad = (message: string) => problems.push({ line, message });
+      let raw: string;
+      try {
+        raw = utf8.decode(bytes);
+      } catch {
+        bad(`not UTF-8 text at byte ${invalidUtf8At(bytes) + 1} of the line: an OpenAI batch file is UTF-8 (save it as UTF-8)`);
+        continue;
+      }
       const text = line === 1 ? raw.replace(/^\uFEFF/, "") : raw;
       if (text.trim() === "") continue; // a trailing or stray blank line carries no request
-      const bad = (message: string) => problems.push({ line, message });
       let parsed: unknown;
       try {
         parsed = JSON.parse(text);
@@ -100,27 +109,47 @@ export async function readBatchFile(path: string): Promise<BatchFile> {
 }
 
 /**
- * The file's lines, split on "\n" only (a "\r" before it dropped). Not node:readline, which also ends a line at a
- * lone "\r" and at U+2028 / U+2029: JSON allows those two raw inside a string, so readline cut such a request in two.
- * A long line is gathered in pieces and joined once.
+ * The file's lines as bytes, split on "\n" only (a "\r" before it dropped); 0x0A is never part of a multi-byte
+ * UTF-8 character, so each line can be decoded alone. Not node:readline, which also ends a line at a lone "\r" and at
+ * U+2028 / U+2029: JSON allows those two raw inside a string, so readline cut such a request in two. A long line is
+ * gathered in pieces and joined once.
  */
-async function* jsonLines(input: AsyncIterable<string>): AsyncGenerator<string> {
-  let pieces: string[] = [];
+async function* jsonLines(input: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+  let pieces: Buffer[] = [];
   const line = () => {
-    const text = pieces.join("");
+    const bytes = pieces.length === 1 ? pieces[0]! : Buffer.concat(pieces);
     pieces = [];
-    return text.endsWith("\r") ? text.slice(0, -1) : text;
+    return bytes.at(-1) === 0x0d ? bytes.subarray(0, -1) : bytes;
   };
   for await (const chunk of input) {
     let start = 0;
-    for (let nl = chunk.indexOf("\n"); nl !== -1; nl = chunk.indexOf("\n", start)) {
-      pieces.push(chunk.slice(start, nl));
+    for (let nl = chunk.indexOf(0x0a); nl !== -1; nl = chunk.indexOf(0x0a, start)) {
+      pieces.push(chunk.subarray(start, nl));
       yield line();
       start = nl + 1;
     }
-    if (start < chunk.length) pieces.push(chunk.slice(start));
+    if (start < chunk.length) pieces.push(chunk.subarray(start));
   }
   if (pieces.length > 0) yield line();
+}
+
+// ignoreBOM: the first line's byte-order mark stays in the text, to be dropped above as before.
+const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+
+/** The offset of the first byte that does not begin a valid UTF-8 sequence (RFC 3629 §4). */
+function invalidUtf8At(bytes: Uint8Array): number {
+  for (let i = 0; i < bytes.length;) {
+    const b = bytes[i]!;
+    const n = b < 0x80 ? 1 : b >= 0xc2 && b <= 0xdf ? 2 : b >= 0xe0 && b <= 0xef ? 3 : b >= 0xf0 && b <= 0xf4 ? 4 : 0;
+    if (n === 0 || i + n > bytes.length) return i;
+    try {
+      if (n > 1) utf8.decode(bytes.subarray(i, i + n));
+    } catch {
+      return i;
+    }
+    i += n;
+  }
+  return 0;
 }
 
 function describe(v: unknown): string {

@@ -35,14 +35,25 @@ export interface NewBatch {
   readonly items: Iterable<NewItem>;
   /** How many items `items` yields (batches.total). Default: items.length of an array. */
   readonly total?: number;
+  /**
+   * With a request_id: the call's fingerprint (src/batch/request-digest.ts), stored with the batch. Read once every
+   * item was pulled, since a lazy `items` may feed it as it goes.
+   */
+  readonly requestDigest?: () => string;
 }
+
+/**
+ * What createBatch made: the new batch, or (`created` false) the batch the tenant's request_id already names, with
+ * the request_digest stored for it (null when it has none).
+ */
+export type CreatedBatch = { batch: BatchRecord; created: true } | { batch: BatchRecord; created: false; requestDigest: string | null };
 
 /**
  * Inserts a batch and all its items in one transaction: the batch row, then every item through one binary COPY
  * (no round trip per row, no text escaping of JSON bodies), then VALIDATING -> IN_PROGRESS. With a request_id
  * already used by the tenant, nothing is written and the existing batch comes back (`created: false`).
  */
-export async function createBatch(pool: pg.Pool, batch: NewBatch): Promise<{ batch: BatchRecord; created: boolean }> {
+export async function createBatch(pool: pg.Pool, batch: NewBatch): Promise<CreatedBatch> {
   const total = batch.total ?? (Array.isArray(batch.items) ? batch.items.length : undefined);
   if (total === undefined) throw new TypeError("Expected `total` to be set when `items` is not an array, got undefined");
   if (total <= smallBatchItems) return createSmallBatch(pool, batch, total);
@@ -60,9 +71,12 @@ export async function createBatch(pool: pg.Pool, batch: NewBatch): Promise<{ bat
     );
     if (inserted.rowCount === 0) {
       await client.query("ROLLBACK");
-      return { batch: await existingBatch(client, batch), created: false };
+      return await existingBatch(client, batch);
     }
     checkItemCount(batch, total, await copyItems(client, batch));
+    if (batch.requestDigest) {
+      await client.query("UPDATE lote.batches SET request_digest = $2 WHERE id = $1", [batch.id, batch.requestDigest()]);
+    }
     await transitionBatch(client, batch.id, "start");
     // One notification per batch insert; delivered at COMMIT to every node's listener.
     await client.query("SELECT pg_notify('lote_work', $1)", [batch.model]);
@@ -106,7 +120,7 @@ export function isBoundedBatch(items: readonly { readonly body: string; readonly
  * request_id inserts nothing (the items join the batch row that was not inserted) and reads the existing batch.
  * The items are all pulled (and so checked) before anything is sent.
  */
-async function createSmallBatch(pool: pg.Pool, batch: NewBatch, total: number): Promise<{ batch: BatchRecord; created: boolean }> {
+async function createSmallBatch(pool: pg.Pool, batch: NewBatch, total: number): Promise<CreatedBatch> {
   const items: { idx: number; custom_id: string; est_tokens: number; body: string }[] = [];
   for (const item of batch.items) {
     items.push({ idx: items.length, custom_id: item.customId, est_tokens: Math.min(item.estTokens, 2 ** 31 - 1), body: item.body });
@@ -119,8 +133,8 @@ async function createSmallBatch(pool: pg.Pool, batch: NewBatch, total: number): 
     name: "lote.create_small_batch",
     text: `WITH b AS (
        INSERT INTO lote.batches AS b (id, tenant_id, request_id, endpoint, model, status, ${start.stamp}, priority,
-         completion_window_seconds, metadata, total, expires_at, retried_from)
-       VALUES ($1, $2, $3, $4, $5, $11, now(), $6, $7::bigint, $8, $9, now() + $7::bigint * interval '1 second', $10)
+         completion_window_seconds, metadata, total, expires_at, retried_from, request_digest)
+       VALUES ($1, $2, $3, $4, $5, $11, now(), $6, $7::bigint, $8, $9, now() + $7::bigint * interval '1 second', $10, $13)
        ON CONFLICT (tenant_id, request_id) WHERE request_id IS NOT NULL DO NOTHING
        RETURNING b.*
      ), inserted AS (
@@ -133,17 +147,18 @@ async function createSmallBatch(pool: pg.Pool, batch: NewBatch, total: number): 
      )
      SELECT ${batchColumns}, (SELECT count(*) FROM inserted) AS inserted, (SELECT count(*) FROM notified) AS notified FROM b`,
     values: [batch.id, batch.tenantId, batch.requestId ?? null, batch.endpoint, batch.model, batch.priority,
-      batch.completionWindowSeconds, batch.metadata, total, batch.retriedFrom ?? null, start.to, JSON.stringify(items)],
+      batch.completionWindowSeconds, batch.metadata, total, batch.retriedFrom ?? null, start.to, JSON.stringify(items),
+      batch.requestDigest?.() ?? null],
   });
-  if (rows.length === 0) return { batch: await existingBatch(pool, batch), created: false };
+  if (rows.length === 0) return existingBatch(pool, batch);
   return { batch: toBatchRecord(rows[0]), created: true };
 }
 
 /** The batch a repeated request_id names: the tenant's earlier one. */
-async function existingBatch(db: Queryable, batch: NewBatch): Promise<BatchRecord> {
-  const { rows } = await db.query(`SELECT ${batchColumns} FROM lote.batches b WHERE b.tenant_id = $1 AND b.request_id = $2`,
+async function existingBatch(db: Queryable, batch: NewBatch): Promise<CreatedBatch> {
+  const { rows } = await db.query(`SELECT ${batchColumns}, b.request_digest FROM lote.batches b WHERE b.tenant_id = $1 AND b.request_id = $2`,
     [batch.tenantId, batch.requestId]);
-  return toBatchRecord(rows[0]);
+  return { batch: toBatchRecord(rows[0]), created: false, requestDigest: rows[0].request_digest };
 }
 
 /** MUST hold: batches.total is what finalisation counts results against. */

@@ -3,7 +3,7 @@ export { migrate } from "./migrate.ts";
 export { DatabaseUnavailableError, openDatabase, unreachableCodes, type Database } from "./open-database.ts";
 export { EmbeddedPostgresError } from "./embedded-server.ts";
 export type { BatchRecord } from "./batch-row.ts";
-export { createBatch, isBoundedBatch, type NewBatch, type NewItem } from "./create-batch.ts";
+export { createBatch, isBoundedBatch, type CreatedBatch, type NewBatch, type NewItem } from "./create-batch.ts";
 export { createRetryBatch, type NewRetryBatch } from "./create-retry-batch.ts";
 export { batchStatuses, getBatch, listBatches, type ListBatchesQuery } from "./get-batches.ts";
 export { getResults, getResultsByIdx, type ResultRecord, type ResultFilter } from "./get-results.ts";

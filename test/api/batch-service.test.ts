@@ -189,6 +189,45 @@ describe("BatchService over gRPC (grpc-js client, server as a child process)", (
     expect(rows[0].n).toBe(1);
   });
 
+  it("refuses a repeated request_id whose requests or options differ with ALREADY_EXISTS naming request_id, in small and COPY-sized batches", async () => {
+    const reused = (err: grpc.ServiceError) => {
+      expect(err.code).toBe(grpc.status.ALREADY_EXISTS);
+      expect(fieldViolations(err)).toContainEqual(expect.objectContaining({ field: "request_id", reason: "REQUEST_ID_REUSED" }));
+    };
+    const small = { endpoint: "ENDPOINT_CLASSIFY", requests: [sentiment("a", "bom")], requestId: "nightly-small" };
+    const first = await call(client, "createBatch", small);
+    expect((await call(client, "createBatch", small)).id).toBe(first.id);
+    reused(await refusal(call(client, "createBatch", { ...small, requests: [sentiment("a", "mau")] })));
+    reused(await refusal(call(client, "createBatch", { ...small, metadata: { run: "2" } })));
+    // A Struct body is a protobuf map: a sender (Go's proto.Marshal) may put its keys in another order on a retry.
+    const struct = (fields: [string, string][]) => ({
+      endpoint: "ENDPOINT_CLASSIFY", requestId: "nightly-struct",
+      requests: [{ customId: "s", body: { fields: Object.fromEntries(fields.map(([k, v]) => [k, { stringValue: v }])) } }],
+    });
+    const structBatch = await call(client, "createBatch", struct([["model", "lote-sentiment"], ["input", "bom"]]));
+    expect((await call(client, "createBatch", struct([["input", "bom"], ["model", "lote-sentiment"]]))).id).toBe(structBatch.id);
+    // Two different calls at the same moment: one makes the batch, the other is refused.
+    const race = { endpoint: "ENDPOINT_CLASSIFY", requestId: "nightly-race" };
+    const raced = await Promise.allSettled([
+      call(client, "createBatch", { ...race, requests: [sentiment("a", "bom")] }),
+      call(client, "createBatch", { ...race, requests: [sentiment("a", "bom"), sentiment("b", "mau")] }),
+    ]);
+    expect(raced.filter((r) => r.status === "fulfilled")).toHaveLength(1);
+    reused((raced.find((r) => r.status === "rejected") as PromiseRejectedResult).reason);
+    // Over 1,000 requests the batch goes in by COPY, and its digest is stored at the end of it.
+    const big = { endpoint: "ENDPOINT_CLASSIFY", requestId: "nightly-big", requests: Array.from({ length: 1_500 }, (_, i) => sentiment(`n${i}`, "bom")) };
+    const made = await call(client, "createBatch", big);
+    expect((await call(client, "createBatch", big)).id).toBe(made.id);
+    const changed = big.requests.slice();
+    changed[1_400] = sentiment("n1400", "mau");
+    reused(await refusal(call(client, "createBatch", { ...big, requests: changed })));
+    const { rows } = await pool.query("SELECT request_id, count(*)::int AS n FROM lote.batches WHERE request_id LIKE 'nightly-%' GROUP BY 1 ORDER BY 1");
+    expect(rows).toEqual([{ request_id: "nightly-big", n: 1 }, { request_id: "nightly-race", n: 1 }, { request_id: "nightly-small", n: 1 }, { request_id: "nightly-struct", n: 1 }]);
+    // The later tests count stored rows, which running batches change.
+    const raceBatch = (raced.find((r) => r.status === "fulfilled") as PromiseFulfilledResult<any>).value;
+    for (const id of [first.id, structBatch.id, raceBatch.id, made.id]) await finished(id);
+  });
+
   it("answers NOT_FOUND for an unknown batch on every call that takes an id", async () => {
     for (const [method, req] of [["getBatch", { id: "batch_nope" }], ["cancelBatch", { id: "batch_nope" }], ["retryBatch", { id: "batch_nope" }]] as const) {
       await expect(call(client, method, req)).rejects.toMatchObject({ code: grpc.status.NOT_FOUND });
@@ -458,6 +497,60 @@ describe("RetryBatch of a big failed batch (an API node alone)", () => {
       })));
     } finally {
       await pool.end();
+    }
+  });
+});
+
+describe("EstimateBatch of a priced model (an API node alone)", () => {
+  // Nothing is called: an API node only validates, estimates and queues.
+  const server = useLoteServer({
+    role: "api",
+    config: { models: [{ name: "priced", backend: { kind: "openai", urls: ["http://127.0.0.1:9"] }, price: { input_per_million_tokens: 1, output_per_million_tokens: 2 } }] },
+  });
+
+  it("counts the output of every choice a request asks for (n, best_of), and stores the same estimate CreateBatch's tokens_per_minute uses", async () => {
+    const client = batchServiceClient(`127.0.0.1:${server.lote.port}`);
+    const pool = testPool(server.db.url);
+    try {
+      // "hello there" is 11 characters: 3 tokens of input.
+      const chat = [chatRequest("one", "priced", "hello there", { max_tokens: 100 }), chatRequest("five", "priced", "hello there", { max_tokens: 100, n: 5 })];
+      const estimate = await call(client, "estimateBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: chat });
+      expect(estimate.requests.map((r: any) => [r.customId, r.inputTokens, r.outputTokens])).toEqual([["one", "3", "100"], ["five", "3", "500"]]);
+      expect(estimate.totalOutputTokens).toBe("600");
+      expect(estimate.estimatedCostUsd).toBeCloseTo((6 * 1 + 600 * 2) / 1e6, 12);
+      const created = await call(client, "createBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: chat });
+      const { rows } = await pool.query("SELECT custom_id, est_tokens FROM lote.items WHERE batch_id = $1 ORDER BY idx", [created.id]);
+      expect(rows).toEqual([{ custom_id: "one", est_tokens: 103 }, { custom_id: "five", est_tokens: 503 }]);
+      const prompt = (extra: Record<string, unknown>) => Buffer.from(JSON.stringify({ model: "priced", prompt: "hello there", max_tokens: 10, ...extra }));
+      const completions = await call(client, "estimateBatch", {
+        endpoint: "ENDPOINT_COMPLETIONS",
+        requests: [{ customId: "n2", bodyJson: prompt({ n: 2 }) }, { customId: "best4", bodyJson: prompt({ n: 2, best_of: 4 }) }],
+      });
+      expect(completions.requests.map((r: any) => r.outputTokens)).toEqual(["20", "40"]);
+    } finally {
+      client.close();
+      await pool.end();
+    }
+  });
+
+  it("counts each token id of a token-array prompt or input as one input token", async () => {
+    const client = batchServiceClient(`127.0.0.1:${server.lote.port}`);
+    try {
+      const ids = Array.from({ length: 5000 }, (_, i) => i);
+      const embeddings = await call(client, "estimateBatch", {
+        endpoint: "ENDPOINT_EMBEDDINGS",
+        requests: [
+          { customId: "flat", bodyJson: Buffer.from(JSON.stringify({ model: "priced", input: ids })) },
+          { customId: "nested", bodyJson: Buffer.from(JSON.stringify({ model: "priced", input: [ids, ids.slice(0, 100)] })) },
+        ],
+      });
+      expect(embeddings.requests.map((r: any) => r.inputTokens)).toEqual(["5000", "5100"]);
+      const completions = await call(client, "estimateBatch", {
+        endpoint: "ENDPOINT_COMPLETIONS", requests: [{ customId: "p", bodyJson: Buffer.from(JSON.stringify({ model: "priced", prompt: ids.slice(0, 300), max_tokens: 1 })) }],
+      });
+      expect(completions.requests[0].inputTokens).toBe("300");
+    } finally {
+      client.close();
     }
   });
 });

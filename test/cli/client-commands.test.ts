@@ -116,6 +116,18 @@ describe("lote client commands (real server and CLI as child processes)", () => 
     expect(rows).toEqual([{ body, status: "failed" }]);
   });
 
+  it("reports a line that is not UTF-8 (a file saved as Latin-1) with its line number, creates nothing and exits 65", async () => {
+    const before = await batchCount();
+    const latin1 = Buffer.from(`${JSON.stringify(classify("l1", "Esse filme foi terrível"))}\n`, "latin1");
+    const path = join(dir, "latin1.jsonl");
+    writeFileSync(path, Buffer.concat([Buffer.from(`${JSON.stringify(classify("l0", "bom"))}\n`), latin1]));
+    const run = await lote(["submit", path]);
+    expect(run.code).toBe(65);
+    expect(run.stdout).toBe("");
+    expect(run.stderr).toContain(`${path}:2: not UTF-8 text at byte ${latin1.indexOf(0xed) + 1} of the line`);
+    expect(await batchCount()).toBe(before);
+  });
+
   it("reads a line whose JSON string holds a raw U+2028 or U+2029 as one request, in a file with CRLF line ends", async () => {
     // Raw U+2028/U+2029 are legal inside a JSON string; `input` a number keeps the stored bodies readable (see above).
     const bodies = ['{"model": "lote-sentiment", "input": 1, "note": "a\u2028b"}', '{"model": "lote-sentiment", "input": 2, "note": "c\u2029d"}'];

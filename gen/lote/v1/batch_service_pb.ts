@@ -53,7 +53,8 @@ export type CreateBatchRequest = Message<"lote.v1.CreateBatchRequest"> & {
 
   /**
    * Idempotency key (AIP-155), up to 128 characters: the same tenant sending the same request_id gets the
-   * batch created the first time back, never a second copy.
+   * batch created the first time back, never a second copy. Reused with other requests or options, it is
+   * refused with ALREADY_EXISTS (reason REQUEST_ID_REUSED).
    *
    * @generated from field: string request_id = 5;
    */
