@@ -1,5 +1,5 @@
-import { execFile, spawn } from "node:child_process";
-import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { execFile, execFileSync, spawn } from "node:child_process";
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -140,6 +140,36 @@ describe("the embedded PostgreSQL's life cycle", () => {
     expect(await second.stop()).toBe(0);
   });
 
+  it("starts after a crash left a postmaster.pid whose pid is now another program's, or another data directory's postgres", async () => {
+    const env = await embeddedEnv();
+    const first = await startLoteProcess({ databaseUrl: "", env });
+    const lockFile = readFileSync(join(env.LOTE_DATA_DIR, "postmaster.pid"), "utf8");
+    expect(await first.stop()).toBe(0);
+    // After a power cut or a container's restart postmaster.pid is still there, and its pid may since have gone to
+    // another process of the user postgres runs as (lote's own, or `postgres` when lote runs as root). Before, postgres
+    // refused to start beside any such process ("lock file already exists") until someone deleted the file, and lote
+    // took one that looked like a postgres for the server of the data directory and connected to a dead port.
+    const squatters = [["sleep", "600"], ["bash", "-c", "exec -a postgres sleep 600"]];
+    for (const [command, ...args] of squatters) {
+      const squatter = spawn(command!, args, { ...postgresUserIds(), cwd: "/", stdio: "ignore" });
+      try {
+        await until("the squatter running", () => readFileSync(`/proc/${squatter.pid}/cmdline`, "utf8").startsWith(command === "bash" ? "postgres" : "sleep"));
+        writeFileSync(join(env.LOTE_DATA_DIR, "postmaster.pid"), lockFile.replace(/^\d+/, String(squatter.pid)));
+        const second = await startLoteProcess({ databaseUrl: "", env });
+        const client = batchServiceClient(`127.0.0.1:${second.port}`);
+        const batch = await call(client, "createBatch", {
+          endpoint: "ENDPOINT_CLASSIFY", requests: [{ customId: "a", bodyJson: Buffer.from('{"model":"lote-sentiment","input":"Eu amo estudar IA!"}') }],
+        });
+        await until("the batch completed", async () => (await call(client, "getBatch", { id: batch.id })).status === "BATCH_STATUS_COMPLETED");
+        client.close();
+        expect(await second.stop()).toBe(0);
+        expect(squatter.exitCode).toBeNull();
+      } finally {
+        squatter.kill();
+      }
+    }
+  });
+
   it("says which data directory and what postgres last logged when the embedded PostgreSQL cannot start", async () => {
     const env = await embeddedEnv();
     // The port is taken by another listener: postgres cannot bind it and exits.
@@ -156,6 +186,13 @@ describe("the embedded PostgreSQL's life cycle", () => {
     }
   });
 });
+
+/** As root, postgres runs as the `postgres` user (see embedded-server.ts); otherwise as this process's user. */
+function postgresUserIds(): { uid?: number; gid?: number } {
+  if (process.getuid?.() !== 0) return {};
+  const id = (flag: string) => Number(execFileSync("id", [flag, "postgres"], { encoding: "utf8" }).trim());
+  return { uid: id("-u"), gid: id("-g") };
+}
 
 function withoutDatabaseUrl(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
   const { DATABASE_URL: _, ...rest } = env;
