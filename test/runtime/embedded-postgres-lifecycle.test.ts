@@ -170,6 +170,21 @@ describe("the embedded PostgreSQL's life cycle", () => {
     }
   });
 
+  it("lets three servers started at once on a new data directory all start on it", async () => {
+    const env = await embeddedEnv();
+    // A fleet started together on one machine, or `npm start` and `lote keys create` on a fresh checkout: before, both
+    // ran initdb on the directory, and the second failed with "directory exists but is not empty".
+    const started = await Promise.allSettled([0, 1, 2].map(() => startLoteProcess({ databaseUrl: "", env })));
+    for (const s of started) if (s.status === "fulfilled") processes.push(s.value);
+    expect(started.filter((s) => s.status === "rejected").map((s) => String((s as PromiseRejectedResult).reason).slice(0, 600))).toEqual([]);
+    // Stopped in reverse, so the one that started postgres goes last: the others use it until then.
+    const running = processes.splice(0);
+    const owner = running.findIndex((p) => p.logs().includes("embedded PostgreSQL started"));
+    expect(owner).toBeGreaterThanOrEqual(0);
+    for (const p of running.filter((_, i) => i !== owner)) expect(await p.stop()).toBe(0);
+    expect(await running[owner]!.stop()).toBe(0);
+  });
+
   it("says which data directory and what postgres last logged when the embedded PostgreSQL cannot start", async () => {
     const env = await embeddedEnv();
     // The port is taken by another listener: postgres cannot bind it and exits.
