@@ -185,6 +185,29 @@ describe("the embedded PostgreSQL's life cycle", () => {
     expect(await running[owner]!.stop()).toBe(0);
   });
 
+  it("stops cleanly, and stops the embedded PostgreSQL it started, on a SIGTERM that arrives while it is still starting", async () => {
+    const env = await embeddedEnv();
+    const child = spawn(process.execPath, ["--import", "tsx", join(root, "src/cli/main.ts"), "serve"], {
+      cwd: root, stdio: ["ignore", "pipe", "pipe"],
+      env: { ...withoutDatabaseUrl(process.env), ...env, LOTE_PORT: String(await freePort()), LOTE_LOG_LEVEL: "info" },
+    });
+    let stderr = "";
+    const exited = new Promise<number | string>((resolve) => child.on("exit", (code, signal) => resolve(code ?? signal ?? -1)));
+    // Sent as soon as postgres is up: migrations, the dispatcher's start and binding the ports are still to come.
+    child.stderr.on("data", (d) => {
+      const before = stderr;
+      stderr += d;
+      if (!before.includes("embedded PostgreSQL started") && stderr.includes("embedded PostgreSQL started")) child.kill("SIGTERM");
+    });
+    try {
+      expect(await exited).toBe(0);
+      // Before, Node's default ended the process at once and postgres ran on, owned by no one.
+      expect(livePostgresPid(env.LOTE_DATA_DIR)).toBeUndefined();
+    } finally {
+      if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+    }
+  });
+
   it("says which data directory and what postgres last logged when the embedded PostgreSQL cannot start", async () => {
     const env = await embeddedEnv();
     // The port is taken by another listener: postgres cannot bind it and exits.
