@@ -63,12 +63,35 @@ async function withDatabase(configPath: string | undefined, work: (db: Database)
 async function runRole(role: Role, opts: { config?: string }): Promise<void> {
   const config = loadConfig({ configPath: opts.config });
   const logger = createLogger({ level: config.logLevel });
-  const node = await startLote(config, role, logger);
-  // node.close drains the API and the workers together, within one shutdown_grace_ms.
-  installShutdown({ close: () => node.close() }, () => {}, { graceMs: config.shutdownGraceMs, logger });
+  // A stop signal while the node starts (initdb, migrations, binding ports: a second or more) is held until it has
+  // started, then stops it like any other. Left to Node's default, it ended the process at once: an embedded
+  // PostgreSQL just started kept running with no owner (nothing stops one a later node finds running), and claims
+  // the new dispatcher had made waited out their lease.
+  const held: NodeJS.Signals[] = [];
+  const hold = (signal: NodeJS.Signals) => {
+    if (held.length > 0) process.exit(1); // a second one: at once, as while stopping (the exit hook stops postgres)
+    logger.info({ signal }, "stopping once started");
+    held.push(signal);
+  };
+  for (const signal of stopSignals) process.on(signal, hold);
+  let node;
+  try {
+    node = await startLote(config, role, logger);
+    // node.close drains the API and the workers together, within one shutdown_grace_ms.
+    installShutdown({ close: () => node!.close() }, () => {}, { graceMs: config.shutdownGraceMs, logger });
+  } finally {
+    for (const signal of stopSignals) process.off(signal, hold);
+  }
+  if (held.length > 0) {
+    process.kill(process.pid, held[0]);
+    return;
+  }
   // One machine-readable line on stdout so scripts and tests know where the API (and the metrics) are.
   process.stdout.write(`${JSON.stringify({ listening: node.api?.url ?? null, role, metrics: node.metrics?.url ?? null })}\n`);
 }
+
+/** The signals installShutdown stops a node on. */
+const stopSignals = ["SIGTERM", "SIGINT", "SIGHUP"] as const;
 
 export function registerServerCommands(program: Command): void {
   const roles: [Role, string][] = [

@@ -11,7 +11,7 @@
  *   failure names the data directory and postgres's last log lines.
  */
 import { execFileSync, spawn } from "node:child_process";
-import { existsSync, readFileSync, realpathSync } from "node:fs";
+import { existsSync, readFileSync, readlinkSync, realpathSync, rmSync } from "node:fs";
 import { arch, platform } from "node:os";
 import { join } from "node:path";
 import type { Logger } from "pino";
@@ -44,6 +44,7 @@ export async function startEmbeddedServer(options: StartEmbeddedServerOptions): 
   const { dataDir, logger } = options;
   const running = await runningServer(dataDir);
   if (running) return adopt(running, dataDir, logger);
+  removeStaleLockFile(dataDir, logger);
   const recent: string[] = [];
   try {
     return await spawnServer(options, recent);
@@ -119,7 +120,7 @@ async function runningServer(dataDir: string): Promise<{ pid: number; port: numb
   const deadline = Date.now() + 60_000;
   for (;;) {
     const found = readPostmasterPid(dataDir);
-    if (!found || !isPostgres(found.pid) || !sameDir(found.dataDir, dataDir)) return undefined;
+    if (!found || holder(found.pid, dataDir) !== "postgres" || !sameDir(found.dataDir, dataDir)) return undefined;
     if (found.status === "ready" || found.status === "standby") return { pid: found.pid, port: found.port };
     if (Date.now() > deadline) {
       throw new EmbeddedPostgresError(`the embedded PostgreSQL in ${dataDir} (pid ${found.pid}) has been "${found.status}" for a minute; stop it or wait for it`);
@@ -142,20 +143,49 @@ function readPostmasterPid(dataDir: string): { pid: number; dataDir: string; por
   return { pid, dataDir: lines[1] ?? "", port, status: (lines[7] ?? "").trim() };
 }
 
-/** Alive, and (where /proc tells) a postgres: after a reboot a stale postmaster.pid may name a reused pid. */
-function isPostgres(pid: number): boolean {
+/**
+ * What the process a postmaster.pid names is: "none" (gone), "another" (alive, but /proc shows it is not a postgres
+ * serving `dataDir`), or "postgres" (a postgres serving it, or alive where /proc cannot tell). A postmaster.pid
+ * outlives a crash (a power cut, a container's restart), and its pid may since have gone to another process: after a
+ * reboot, or in a container whose pids start again from 1, a pid of the same user is likely.
+ */
+function holder(pid: number, dataDir: string): "none" | "another" | "postgres" {
   try {
     process.kill(pid, 0);
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== "EPERM") return false;
+    if ((err as NodeJS.ErrnoException).code !== "EPERM") return "none";
   }
-  const cmdline = `/proc/${pid}/cmdline`;
-  if (!existsSync("/proc/self")) return true;
+  if (!existsSync("/proc/self")) return "postgres";
+  let cmdline: string;
   try {
-    return readFileSync(cmdline, "utf8").includes("postgres");
+    cmdline = readFileSync(`/proc/${pid}/cmdline`, "utf8");
   } catch {
-    return false;
+    return "none";
   }
+  if (!cmdline.includes("postgres")) return "another";
+  // A postmaster enters its data directory before it writes postmaster.pid, and so do the processes it forks: a
+  // postgres elsewhere is another cluster's (the system's own, another lote's). Unreadable (another user's): unknown.
+  let cwd: string;
+  try {
+    cwd = readlinkSync(`/proc/${pid}/cwd`);
+  } catch {
+    return "postgres";
+  }
+  return sameDir(cwd, dataDir) ? "postgres" : "another";
+}
+
+/**
+ * A postmaster.pid whose pid another process now has, removed. Postgres would refuse to start while that process
+ * lives ("lock file already exists", when it runs as the same user), so lote would not start until someone deleted
+ * the file by hand; a pid that is gone postgres ignores itself. Removed only on /proc's word: a live postgres of
+ * this data directory always keeps its file. (Two postmasters on one directory are still refused by postgres's
+ * other interlock, a shared memory block keyed by the directory's inode.)
+ */
+function removeStaleLockFile(dataDir: string, logger: Logger): void {
+  const found = readPostmasterPid(dataDir);
+  if (!found || holder(found.pid, dataDir) !== "another") return;
+  logger.warn({ dataDir, pid: found.pid }, "removing a stale postmaster.pid: its pid now belongs to another process");
+  rmSync(join(dataDir, "postmaster.pid"), { force: true });
 }
 
 function sameDir(a: string, b: string): boolean {

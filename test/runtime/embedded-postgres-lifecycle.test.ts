@@ -1,5 +1,5 @@
-import { execFile, spawn } from "node:child_process";
-import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
+import { execFile, execFileSync, spawn } from "node:child_process";
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -172,6 +172,74 @@ describe("the embedded PostgreSQL's life cycle", () => {
     expect(await second.stop()).toBe(0);
   });
 
+  it("starts after a crash left a postmaster.pid whose pid is now another program's, or another data directory's postgres", async () => {
+    const env = await embeddedEnv();
+    const first = await startLoteProcess({ databaseUrl: "", env });
+    const lockFile = readFileSync(join(env.LOTE_DATA_DIR, "postmaster.pid"), "utf8");
+    expect(await first.stop()).toBe(0);
+    // After a power cut or a container's restart postmaster.pid is still there, and its pid may since have gone to
+    // another process of the user postgres runs as (lote's own, or `postgres` when lote runs as root). Before, postgres
+    // refused to start beside any such process ("lock file already exists") until someone deleted the file, and lote
+    // took one that looked like a postgres for the server of the data directory and connected to a dead port.
+    const squatters = [["sleep", "600"], ["bash", "-c", "exec -a postgres sleep 600"]];
+    for (const [command, ...args] of squatters) {
+      const squatter = spawn(command!, args, { ...postgresUserIds(), cwd: "/", stdio: "ignore" });
+      try {
+        await until("the squatter running", () => readFileSync(`/proc/${squatter.pid}/cmdline`, "utf8").startsWith(command === "bash" ? "postgres" : "sleep"));
+        writeFileSync(join(env.LOTE_DATA_DIR, "postmaster.pid"), lockFile.replace(/^\d+/, String(squatter.pid)));
+        const second = await startLoteProcess({ databaseUrl: "", env });
+        const client = batchServiceClient(`127.0.0.1:${second.port}`);
+        const batch = await call(client, "createBatch", {
+          endpoint: "ENDPOINT_CLASSIFY", requests: [{ customId: "a", bodyJson: Buffer.from('{"model":"lote-sentiment","input":"Eu amo estudar IA!"}') }],
+        });
+        await until("the batch completed", async () => (await call(client, "getBatch", { id: batch.id })).status === "BATCH_STATUS_COMPLETED");
+        client.close();
+        expect(await second.stop()).toBe(0);
+        expect(squatter.exitCode).toBeNull();
+      } finally {
+        squatter.kill();
+      }
+    }
+  });
+
+  it("lets three servers started at once on a new data directory all start on it", async () => {
+    const env = await embeddedEnv();
+    // A fleet started together on one machine, or `npm start` and `lote keys create` on a fresh checkout: before, both
+    // ran initdb on the directory, and the second failed with "directory exists but is not empty".
+    const started = await Promise.allSettled([0, 1, 2].map(() => startLoteProcess({ databaseUrl: "", env })));
+    for (const s of started) if (s.status === "fulfilled") processes.push(s.value);
+    expect(started.filter((s) => s.status === "rejected").map((s) => String((s as PromiseRejectedResult).reason).slice(0, 600))).toEqual([]);
+    // Stopped in reverse, so the one that started postgres goes last: the others use it until then.
+    const running = processes.splice(0);
+    const owner = running.findIndex((p) => p.logs().includes("embedded PostgreSQL started"));
+    expect(owner).toBeGreaterThanOrEqual(0);
+    for (const p of running.filter((_, i) => i !== owner)) expect(await p.stop()).toBe(0);
+    expect(await running[owner]!.stop()).toBe(0);
+  });
+
+  it("stops cleanly, and stops the embedded PostgreSQL it started, on a SIGTERM that arrives while it is still starting", async () => {
+    const env = await embeddedEnv();
+    const child = spawn(process.execPath, ["--import", "tsx", join(root, "src/cli/main.ts"), "serve"], {
+      cwd: root, stdio: ["ignore", "pipe", "pipe"],
+      env: { ...withoutDatabaseUrl(process.env), ...env, LOTE_PORT: String(await freePort()), LOTE_LOG_LEVEL: "info" },
+    });
+    let stderr = "";
+    const exited = new Promise<number | string>((resolve) => child.on("exit", (code, signal) => resolve(code ?? signal ?? -1)));
+    // Sent as soon as postgres is up: migrations, the dispatcher's start and binding the ports are still to come.
+    child.stderr.on("data", (d) => {
+      const before = stderr;
+      stderr += d;
+      if (!before.includes("embedded PostgreSQL started") && stderr.includes("embedded PostgreSQL started")) child.kill("SIGTERM");
+    });
+    try {
+      expect(await exited).toBe(0);
+      // Before, Node's default ended the process at once and postgres ran on, owned by no one.
+      expect(livePostgresPid(env.LOTE_DATA_DIR)).toBeUndefined();
+    } finally {
+      if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+    }
+  });
+
   it("says which data directory and what postgres last logged when the embedded PostgreSQL cannot start", async () => {
     const env = await embeddedEnv();
     // The port is taken by another listener: postgres cannot bind it and exits.
@@ -204,6 +272,13 @@ async function connectError(client: pg.Client): Promise<string> {
   }
   await client.end();
   return "connected";
+}
+
+/** As root, postgres runs as the `postgres` user (see embedded-server.ts); otherwise as this process's user. */
+function postgresUserIds(): { uid?: number; gid?: number } {
+  if (process.getuid?.() !== 0) return {};
+  const id = (flag: string) => Number(execFileSync("id", [flag, "postgres"], { encoding: "utf8" }).trim());
+  return { uid: id("-u"), gid: id("-g") };
 }
 
 function withoutDatabaseUrl(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
