@@ -134,7 +134,11 @@ export function registerServerCommands(program: Command): void {
         throw new CliError(`expected --id to be 4 to 64 hex digits (a key's id from \`lote keys list\`), got ${JSON.stringify(opts.id)}`, ExitCode.Usage);
       }
       return withDatabase(opts.config, async (db) => {
-        const revoked = await revokeApiKeys(db.pool, { tenantId: opts.tenant, id: opts.id, label: opts.label });
+        const { revoked, ambiguous } = await revokeApiKeys(db.pool, { tenantId: opts.tenant, id: opts.id, label: opts.label });
+        if (ambiguous) {
+          throw new CliError(`--id ${opts.id} matches ${ambiguous.length} valid keys of tenant ${JSON.stringify(opts.tenant)} (${ambiguous.join(", ")}); ` +
+            "none was revoked: give more of the id's digits", ExitCode.Failure);
+        }
         if (revoked.length === 0) throw new CliError(`no valid key of tenant ${JSON.stringify(opts.tenant)} matched`, ExitCode.Failure);
         process.stdout.write(`revoked ${revoked.join(" ")}\n`);
       });

@@ -39,20 +39,35 @@ export async function listApiKeys(pool: pg.Pool, tenantId?: string): Promise<Api
   return rows.map((r) => ({ id: r.id, tenantId: r.tenant_id, label: r.label, createdAt: r.created_at, revokedAt: r.revoked_at }));
 }
 
+/** What a revoke did: the ids it revoked, or, when an `id` prefix matched several keys, those keys and none revoked. */
+export interface RevokeOutcome {
+  readonly revoked: string[];
+  /** Set when `id` matched more than one valid key: a prefix too short to say which one was meant. */
+  readonly ambiguous?: string[];
+}
+
 /**
  * Revokes a tenant's keys that are still valid: the one whose id (`listApiKeys`) starts with `id`, those with
- * `label`, or all of them when neither is given. Returns the ids revoked. Every node forgets the keys it has cached
- * at commit (the `lote_keys` notification; see Authenticator), so a revoked key stops working at once.
+ * `label`, or all of them when neither is given. An `id` prefix that matches several keys revokes none of them (a
+ * 4-digit prefix meant for one key revoked every key sharing it). Every node forgets the keys it has cached at commit
+ * (the `lote_keys` notification; see Authenticator), so a revoked key stops working at once.
  */
-export async function revokeApiKeys(pool: pg.Pool, r: { tenantId: string; id?: string; label?: string }): Promise<string[]> {
+export async function revokeApiKeys(pool: pg.Pool, r: { tenantId: string; id?: string; label?: string }): Promise<RevokeOutcome> {
   const { rows } = await pool.query(
-    `WITH revoked AS (
-       UPDATE lote.api_keys SET revoked_at = now()
+    `WITH matched AS (
+       SELECT key_sha256 FROM lote.api_keys
         WHERE tenant_id = $1 AND revoked_at IS NULL
           AND ($2::text IS NULL OR encode(key_sha256, 'hex') LIKE $2 || '%') AND ($3::text IS NULL OR label = $3)
-       RETURNING left(encode(key_sha256, 'hex'), 12) AS id
+          FOR UPDATE
+     ), revoked AS (
+       UPDATE lote.api_keys k SET revoked_at = now() FROM matched m
+        WHERE k.key_sha256 = m.key_sha256 AND ($2::text IS NULL OR (SELECT count(*) FROM matched) = 1)
+       RETURNING left(encode(k.key_sha256, 'hex'), 12) AS id
      )
-     SELECT id, pg_notify('lote_keys', '') FROM revoked`,
+     SELECT (SELECT coalesce(array_agg(id ORDER BY id), '{}') FROM revoked) AS revoked,
+            (SELECT coalesce(array_agg(left(encode(key_sha256, 'hex'), 12) ORDER BY 1), '{}') FROM matched) AS matched,
+            (SELECT pg_notify('lote_keys', '') FROM revoked LIMIT 1) AS notified`,
     [r.tenantId, r.id?.toLowerCase() ?? null, r.label ?? null]);
-  return rows.map((row) => row.id as string);
+  const { revoked, matched } = rows[0] as { revoked: string[]; matched: string[] };
+  return revoked.length === 0 && matched.length > 1 ? { revoked, ambiguous: matched } : { revoked };
 }

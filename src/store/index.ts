@@ -14,4 +14,4 @@ export { completeItems, type Completion, type Rescue } from "./complete-items.ts
 export { transitionBatch } from "./transition-batch.ts";
 export { Notifier, type Channel } from "./notifier.ts";
 export { listWorkers, markWorkerAlive, retireWorker, type WorkerPresence, type WorkerRecord } from "./workers.ts";
-export { createApiKey, findTenantByKey, listApiKeys, revokeApiKeys, type ApiKeyRecord } from "./api-keys.ts";
+export { createApiKey, findTenantByKey, listApiKeys, revokeApiKeys, type ApiKeyRecord, type RevokeOutcome } from "./api-keys.ts";

@@ -1,6 +1,7 @@
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
 import * as grpc from "@grpc/grpc-js";
+import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestDatabase, type TestDatabase } from "../support/database.ts";
 import { batchServiceClient, call, collect } from "../support/grpc-client.ts";
@@ -102,6 +103,29 @@ describe("API keys and tenants", () => {
     } finally {
       client2.close();
       await lote2.stop();
+    }
+  });
+  it("revokes no key when an --id prefix matches several of the tenant's keys, and names the ones it matched", async () => {
+    const pool = new pg.Pool({ connectionString: db.url });
+    const cli = (...args: string[]) => run(process.execPath, ["--import", "tsx", "src/cli/main.ts", "keys", ...args], {
+      cwd: root, env: { ...process.env, DATABASE_URL: db.url },
+    });
+    const valid = async () => (await pool.query("SELECT count(*)::int AS n FROM lote.api_keys WHERE tenant_id = 'hooli' AND revoked_at IS NULL")).rows[0].n;
+    try {
+      // Two keys whose ids share their first four digits (set by hand: random ones would take ~300 keys to collide).
+      await pool.query("INSERT INTO lote.tenants (id) VALUES ('hooli') ON CONFLICT DO NOTHING");
+      for (const hex of ["abcd11", "abcd22"]) {
+        await pool.query("INSERT INTO lote.api_keys (key_sha256, tenant_id) VALUES (decode($1, 'hex'), 'hooli')", [hex.padEnd(64, "0")]);
+      }
+      const ambiguous = await cli("revoke", "--tenant", "hooli", "--id", "abcd").then(() => undefined, (e: { code: number; stderr: string }) => e);
+      expect(ambiguous).toMatchObject({
+        code: 1, stderr: `lote: --id abcd matches 2 valid keys of tenant "hooli" (abcd11000000, abcd22000000); none was revoked: give more of the id's digits\n`,
+      });
+      expect(await valid()).toBe(2);
+      expect((await cli("revoke", "--tenant", "hooli", "--id", "ABCD1")).stdout).toBe("revoked abcd11000000\n");
+      expect(await valid()).toBe(1);
+    } finally {
+      await pool.end();
     }
   });
 });
