@@ -4,6 +4,7 @@
  * message naming the key, what was expected and what was found. Nothing else in lote reads process.env.
  * README.md ("Configuration") lists every key with its default.
  */
+import pg from "pg";
 import { readFileSync } from "node:fs";
 import { LineCounter, parse as parseYaml, YAMLError } from "yaml";
 import { endpointPaths, type EndpointPath } from "../backends/backend.ts";
@@ -228,6 +229,19 @@ function databaseUrl(source: string, value: unknown): string | undefined {
   if (value === undefined || value === null) return undefined;
   if (typeof value !== "string" || value === "") {
     throw new ConfigError(`${source}: \`database_url\`: expected a non-empty string (a postgres:// URL), got ${value === "" ? "an empty string" : `${kindOf(value)} (not shown: it may hold a password)`}`);
+  }
+  // Read here as pg will read it, so a URL pg cannot parse is a configuration error at start, not a TypeError's stack
+  // trace once the first connection is tried: a password with an unencoded "#", "/" or "@" is the usual cause.
+  let parses = /^postgres(ql)?:\/\//i.test(value) || /^socket:/i.test(value);
+  if (parses) {
+    try {
+      new pg.Client({ connectionString: value });
+    } catch {
+      parses = false;
+    }
+  }
+  if (!parses) {
+    throw new ConfigError(`${source}: \`database_url\`: expected a postgres:// or postgresql:// URL that parses, with any "#", "/", "@", ":" or "%" in the user or password percent-encoded (%23, %2F, %40, %3A, %25); got one that does not (not shown: it may hold a password)`);
   }
   return value;
 }

@@ -147,8 +147,9 @@ export class DatabaseUnavailableError extends Error {
 export const unreachableCodes: ReadonlySet<string> = new Set(["ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EPIPE", "EHOSTUNREACH",
   "ENETUNREACH", "ENOTFOUND", "EAI_AGAIN"]);
 
-/** At start, those and PostgreSQL's own refusals of a connection: bad password or role, no such database, starting up. */
-const connectFailures = new Set([...unreachableCodes, "28P01", "28000", "3D000", "57P03"]);
+/** At start, those and PostgreSQL's own refusals of a connection: bad password or role, no such database, starting up;
+ * and ENOENT, a Unix socket path (`?host=/var/run/postgresql`) where no server listens. */
+const connectFailures = new Set([...unreachableCodes, "ENOENT", "28P01", "28000", "3D000", "57P03"]);
 
 function unreachable(err: unknown, url: string): DatabaseUnavailableError | undefined {
   const code = (err as { code?: unknown } | undefined)?.code;

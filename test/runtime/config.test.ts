@@ -168,6 +168,22 @@ describe("a server whose PostgreSQL cannot be reached (real process)", () => {
     expect(err?.code).toBe(69);
     expect(err?.stderr).toBe(`lote: cannot connect to PostgreSQL at 127.0.0.1:${port}/lotedb as lote: connect ECONNREFUSED 127.0.0.1:${port}\n`);
   });
+
+  it("refuses a database URL pg cannot parse as a configuration error (78), and names a socket directory with no server in one line (69), never the password", async () => {
+    const serve = async (databaseUrl: string) => run(process.execPath, ["--import", "tsx", "src/cli/main.ts", "serve"], {
+      cwd: root, env: { ...process.env, DATABASE_URL: databaseUrl, LOTE_PORT: String(await freePort()) },
+    }).then(() => undefined, (e: { code: number; stderr: string }) => e);
+    // A password with an unencoded "#": WHATWG's URL parser, which pg uses, fails on it.
+    const unparsed = await serve("postgres://lote:s3cret#pw@127.0.0.1:5432/lotedb");
+    expect(unparsed?.code).toBe(78);
+    expect(unparsed?.stderr).toMatch(/^lote: invalid configuration: .*`database_url`: expected a postgres:\/\/ or postgresql:\/\/ URL that parses, .*\(not shown: it may hold a password\)\n$/);
+    expect(unparsed?.stderr).not.toContain("s3cret");
+    const noSocket = mkdtempSync(join(tmpdir(), "lote-no-socket-"));
+    const socketless = await serve(`postgres://lote:s3cret-pw@/lotedb?host=${noSocket}`);
+    expect(socketless?.code).toBe(69);
+    expect(socketless?.stderr).toMatch(new RegExp(`^lote: cannot connect to PostgreSQL at ${noSocket}:5432/lotedb as lote: connect ENOENT .*\\n$`));
+    expect(socketless?.stderr).not.toContain("s3cret");
+  });
 });
 
 describe("a server whose port is taken (real processes)", () => {
