@@ -1,3 +1,4 @@
+import { constants as osConstants } from "node:os";
 import { InvalidArgumentError, type Command } from "commander";
 import { installShutdown } from "../api/shutdown.ts";
 import { ConfigError, loadConfig } from "../config/config.ts";
@@ -52,12 +53,27 @@ function serverAction<A extends unknown[]>(body: (...args: A) => Promise<void>) 
 async function withDatabase(configPath: string | undefined, work: (db: Database) => Promise<void>): Promise<void> {
   const config = loadConfig({ configPath });
   const logger = createLogger({ level: "warn" });
-  const db = await openDatabase({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, embeddedPort: config.embeddedPostgresPort, logger });
+  // A stop signal (a terminal's Ctrl-C) while the command runs, often while it starts the embedded PostgreSQL (initdb
+  // takes seconds), is held until the database is closed, then ends the command as the signal would: ended at once
+  // by Node's default, the command left the PostgreSQL it had started running with no owner. A second one: at once.
+  let stoppedBy: NodeJS.Signals | undefined;
+  const hold = (signal: NodeJS.Signals) => {
+    if (stoppedBy) process.exit(1);
+    stoppedBy = signal;
+  };
+  for (const signal of stopSignals) process.on(signal, hold);
   try {
-    await work(db);
+    const db = await openDatabase({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, embeddedPort: config.embeddedPostgresPort, logger });
+    try {
+      if (!stoppedBy) await work(db);
+    } finally {
+      await db.close();
+    }
   } finally {
-    await db.close();
+    for (const signal of stopSignals) process.off(signal, hold);
   }
+  // 128 + the signal's number, the shell's convention for a command a signal ended (130 for Ctrl-C).
+  if (stoppedBy) process.exit(128 + osConstants.signals[stoppedBy]);
 }
 
 async function runRole(role: Role, opts: { config?: string }): Promise<void> {

@@ -240,6 +240,25 @@ describe("the embedded PostgreSQL's life cycle", () => {
     }
   });
 
+  it("stops the embedded PostgreSQL it started when `lote keys list` gets a Ctrl-C while starting it, and exits 130", async () => {
+    const env = await embeddedEnv();
+    const child = spawn(process.execPath, ["--import", "tsx", join(root, "src/cli/main.ts"), "keys", "list"], {
+      cwd: root, stdio: ["ignore", "ignore", "ignore"], env: { ...withoutDatabaseUrl(process.env), ...env },
+    });
+    const exited = new Promise<number | string>((resolve) => child.on("exit", (code, signal) => resolve(code ?? signal ?? -1)));
+    try {
+      // As soon as postgres has written its lock file: waiting for it to be ready, the password and the migrations are
+      // still to come. Before, Node's default ended the command at once and postgres ran on, owned by no one.
+      await until("postgres started", () => livePostgresPid(env.LOTE_DATA_DIR) !== undefined, 60_000, 5);
+      child.kill("SIGINT");
+      expect(await exited).toBe(130);
+      expect(livePostgresPid(env.LOTE_DATA_DIR)).toBeUndefined();
+    } finally {
+      if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+      await stopPostgres(env.LOTE_DATA_DIR);
+    }
+  });
+
   it("says which data directory and what postgres last logged when the embedded PostgreSQL cannot start", async () => {
     const env = await embeddedEnv();
     // The port is taken by another listener: postgres cannot bind it and exits.
