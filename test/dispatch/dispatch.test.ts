@@ -531,6 +531,38 @@ describe("dispatch against the simulated backend (real processes, sockets and Po
     expect(rows[0]!.n).toBeLessThanOrEqual(60);
   });
 
+  it("alternates a model with one slot between tenants, not batches: one tenant's four batches take half the calls", async () => {
+    sim = await startSimulator({ port: 0, latency: { kind: "fixed", ms: 2 } });
+    // One slot: every claim comes when no call is in flight, so calls in flight never tell the tenants apart.
+    const config = { models: [modelConfig(sim, { max_concurrency: 1 })] };
+    const api = await startLoteProcess({ databaseUrl: db.url, role: "api", config, env: { LOTE_AUTH_REQUIRED: "true" } });
+    processes.push(api);
+    const keys = { many: await createApiKey(pool, "tenant-many-1"), one: await createApiKey(pool, "tenant-one-1") };
+    const client = clientOf(api);
+    const as = (key: string) => {
+      const m = new grpc.Metadata();
+      m.set("authorization", `Bearer ${key}`);
+      return m;
+    };
+    const many = [];
+    for (let b = 0; b < 4; b++) {
+      many.push(await call(client, "createBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: requests(20, `m${b}-`) }, as(keys.many)));
+    }
+    const one = await call(client, "createBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: requests(20, "o-") }, as(keys.one));
+    await start("worker", config);
+    await until(`batch ${one.id} completed`, async () => {
+      const b = await call(client, "getBatch", { id: one.id }, as(keys.one));
+      return b.status === "BATCH_STATUS_COMPLETED" ? b : undefined;
+    }, 60_000);
+    const { rows } = await pool.query<{ n: number }>(
+      "SELECT count(*)::int AS n FROM lote.results WHERE batch_id = ANY($1::text[]) AND created_at <= (SELECT max(created_at) FROM lote.results WHERE batch_id = $2)",
+      [many.map((b) => b.id), one.id]);
+    // One call each in turn: tenant-many had about 20 of its 80 done when tenant-one's 20 were. Ties given to the
+    // lowest position made each of the five batches advance alike, and tenant-many finished about 80, all of them.
+    expect(rows[0]!.n).toBeGreaterThanOrEqual(15);
+    expect(rows[0]!.n).toBeLessThanOrEqual(30);
+  });
+
   it("classifies the three Portuguese sentences with the built-in model", async () => {
     sim = await startSimulator({ port: 0 });
     const lote = await start("serve", {});
