@@ -9,6 +9,7 @@ import { fleetShare } from "./fleet-share.ts";
 import { executeCall } from "./execute-call.ts";
 import { HeldItems } from "./held-items.ts";
 import { InFlight } from "./in-flight.ts";
+import { TenantTurns } from "./tenant-turns.ts";
 import { Maintenance } from "./maintenance.ts";
 
 export interface DispatcherOptions {
@@ -61,8 +62,11 @@ interface ModelLoop {
   share: number;
   /** The worker nodes alive for the model, this one included, as last read. */
   workers: number;
-  /** inFlight by tenant: whose turn the next free slot is (the claim gives it to the tenant holding the fewest). */
-  readonly tenantCalls: Map<string, number>;
+  /**
+   * inFlight by tenant, least recently served first: whose turn the next free slot is (the claim gives it to the
+   * tenant holding the fewest, and among those to the one served longest ago).
+   */
+  readonly tenantTurns: TenantTurns;
   /** Ends the loop's current wait; set only while it waits. */
   wake: (() => void) | undefined;
   /**
@@ -150,7 +154,7 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
     });
     for (const [name, config] of o.models) {
       const backend = o.backends.get(name);
-      if (backend) this.loops.set(name, { config, backend, inFlight: 0, share: config.maxConcurrency, workers: 1, tenantCalls: new Map(), wake: undefined, woken: false, recheckMs: firstRecheckMs, running: undefined });
+      if (backend) this.loops.set(name, { config, backend, inFlight: 0, share: config.maxConcurrency, workers: 1, tenantTurns: new TenantTurns(), wake: undefined, woken: false, recheckMs: firstRecheckMs, running: undefined });
     }
   }
 
@@ -288,7 +292,7 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
           // Exact: claims of a model are serial on this node, and every item claimed before is in loop.inFlight
           // until its call ends. Rows whose call ended but whose completion is not yet written do not count.
           ownCalls: loop.inFlight,
-          tenantCalls: loop.tenantCalls,
+          tenantCalls: loop.tenantTurns.inFlight,
         });
         // What it claimed is counted in inFlight below, with no await in between.
         this.reserved -= free;
@@ -330,7 +334,7 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
     this.held.hold(item);
     this.inFlight.add(item.batchId, controller);
     loop.inFlight++;
-    loop.tenantCalls.set(item.tenantId, (loop.tenantCalls.get(item.tenantId) ?? 0) + 1);
+    loop.tenantTurns.started(item.tenantId);
     const started = performance.now();
     executeCall(loop.backend, loop.config, item, controller, this.random)
       .then((completion) => {
@@ -351,9 +355,7 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
       .finally(() => {
         this.inFlight.remove(item.batchId, controller);
         loop.inFlight--;
-        const held = loop.tenantCalls.get(item.tenantId)! - 1;
-        if (held === 0) loop.tenantCalls.delete(item.tenantId);
-        else loop.tenantCalls.set(item.tenantId, held);
+        loop.tenantTurns.ended(item.tenantId);
         this.passNodeSlot();
         this.wake(loop);
       });

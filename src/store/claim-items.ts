@@ -31,14 +31,16 @@ export interface ClaimRequest {
    */
   readonly ownCalls?: number;
   /**
-   * This node's calls in flight for the model, per tenant (absent: none). A free slot goes to the tenant with
-   * pending work that holds the fewest (migration 004); other nodes share their own slots the same way.
+   * This node's calls in flight for the model, per tenant (absent: none), in the order the node served them, least
+   * recently first. A free slot goes to the tenant with pending work that holds the fewest (migration 004), and
+   * among those to the first in this order, a tenant not in it before all (migration 008); other nodes share their
+   * own slots the same way.
    */
   readonly tenantCalls?: ReadonlyMap<string, number>;
 }
 
 /**
- * Claims up to `limit` pending items of a model in one call of lote.claim_items (migrations 002-004): a per-model
+ * Claims up to `limit` pending items of a model in one call of lote.claim_items (migrations 002-008): a per-model
  * advisory lock, the fleet-wide running count, the pick (highest priority first, slots shared between tenants, a
  * tenant's batches interleaved), locked `FOR UPDATE SKIP LOCKED` as it is read, then one statement that marks the
  * rows running with attempt + 1 and a lease and returns what the backend call needs.

@@ -531,6 +531,100 @@ describe("dispatch against the simulated backend (real processes, sockets and Po
     expect(rows[0]!.n).toBeLessThanOrEqual(60);
   });
 
+  it("alternates a model with one slot between tenants, not batches: one tenant's four batches take half the calls", async () => {
+    sim = await startSimulator({ port: 0, latency: { kind: "fixed", ms: 2 } });
+    // One slot: every claim comes when no call is in flight, so calls in flight never tell the tenants apart.
+    const config = { models: [modelConfig(sim, { max_concurrency: 1 })] };
+    const api = await startLoteProcess({ databaseUrl: db.url, role: "api", config, env: { LOTE_AUTH_REQUIRED: "true" } });
+    processes.push(api);
+    const keys = { many: await createApiKey(pool, "tenant-many-1"), one: await createApiKey(pool, "tenant-one-1") };
+    const client = clientOf(api);
+    const as = (key: string) => {
+      const m = new grpc.Metadata();
+      m.set("authorization", `Bearer ${key}`);
+      return m;
+    };
+    const many = [];
+    for (let b = 0; b < 4; b++) {
+      many.push(await call(client, "createBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: requests(20, `m${b}-`) }, as(keys.many)));
+    }
+    const one = await call(client, "createBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: requests(20, "o-") }, as(keys.one));
+    await start("worker", config);
+    await until(`batch ${one.id} completed`, async () => {
+      const b = await call(client, "getBatch", { id: one.id }, as(keys.one));
+      return b.status === "BATCH_STATUS_COMPLETED" ? b : undefined;
+    }, 60_000);
+    const { rows } = await pool.query<{ n: number }>(
+      "SELECT count(*)::int AS n FROM lote.results WHERE batch_id = ANY($1::text[]) AND created_at <= (SELECT max(created_at) FROM lote.results WHERE batch_id = $2)",
+      [many.map((b) => b.id), one.id]);
+    // One call each in turn: tenant-many had about 20 of its 80 done when tenant-one's 20 were. Ties given to the
+    // lowest position made each of the five batches advance alike, and tenant-many finished about 80, all of them.
+    expect(rows[0]!.n).toBeGreaterThanOrEqual(15);
+    expect(rows[0]!.n).toBeLessThanOrEqual(30);
+  });
+
+  it("gives two tenants half each of two workers' slots, three on each, though one tenant's batch came much later", async () => {
+    sim = await startSimulator({ port: 0, latency: { kind: "fixed", ms: 20 } });
+    const config = { models: [modelConfig(sim, { max_concurrency: 6 })] };
+    const api = await startLoteProcess({ databaseUrl: db.url, role: "api", config, env: { LOTE_AUTH_REQUIRED: "true" } });
+    processes.push(api);
+    const keys = { early: await createApiKey(pool, "tenant-early"), late: await createApiKey(pool, "tenant-late") };
+    const client = clientOf(api);
+    const as = (key: string) => {
+      const m = new grpc.Metadata();
+      m.set("authorization", `Bearer ${key}`);
+      return m;
+    };
+    const completed = async (id: string, key: string) => Number((await call(client, "getBatch", { id }, as(key))).requestCounts.completed);
+    await start("worker", config);
+    await start("worker", config);
+    const early = await call(client, "createBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: requests(5_000, "e") }, as(keys.early));
+    await until("the early batch well under way", async () => (await completed(early.id, keys.early)) >= 400 || undefined);
+    const late = await call(client, "createBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: requests(5_000, "l") }, as(keys.late));
+    await until("the late batch under way", async () => (await completed(late.id, keys.late)) >= 400 || undefined, 30_000);
+    // Results of each tenant between the late batch's 100th and 400th: both had work all along.
+    const { rows } = await pool.query<{ n: number }>(
+      `WITH w AS (SELECT min(created_at) FILTER (WHERE idx >= 100) AS a, max(created_at) AS b FROM lote.results WHERE batch_id = $2 AND idx < 400)
+       SELECT (SELECT count(*)::int FROM lote.results r, w WHERE r.batch_id = $1 AND r.created_at BETWEEN w.a AND w.b) AS n`,
+      [early.id, late.id]);
+    // ~300 each. A tie between the two tenants (on 3 slots, one holding 1 and the other 2, whenever a call of the one
+    // holding 2 ended) went to the lower position, the late batch's: the late tenant held 2 slots of each worker's 3,
+    // and the early one had finished ~150.
+    expect(rows[0]!.n).toBeGreaterThanOrEqual(220);
+    expect(rows[0]!.n).toBeLessThanOrEqual(400);
+    await call(client, "cancelBatch", { id: early.id }, as(keys.early));
+    await call(client, "cancelBatch", { id: late.id }, as(keys.late));
+  });
+
+  it("runs a higher-priority batch submitted later first, and the lower one while the higher one waits for its retries", async () => {
+    sim = await startSimulator({ port: 0, latency: { kind: "fixed", ms: 5 } });
+    const lote = await start("serve", { models: [modelConfig(sim, { max_concurrency: 4 })] });
+    const client = clientOf(lote);
+    const completed = async (id: string) => Number((await call(client, "getBatch", { id })).requestCounts.completed);
+    const low = await call(client, "createBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: requests(5_000, "low"), priority: 0 });
+    await until("the low-priority batch running", async () => (await completed(low.id)) >= 50 || undefined);
+    // 40 requests of 5 ms on 4 slots: ~50 ms of calls, if they take every slot that frees.
+    const high = await call(client, "createBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: requests(40, "high"), priority: 5 });
+    const lowBefore = await completed(low.id);
+    await waitForStatus(client, high.id, "BATCH_STATUS_COMPLETED", 10_000);
+    // The low batch's 4 calls in flight end, and a few more whose claims were on their way; not a share of the slots.
+    expect((await completed(low.id)) - lowBefore).toBeLessThan(40);
+
+    // Every request of this one is answered 429 with Retry-After: 2 once: for those 2 s the low batch has the slots.
+    const waiting = await call(client, "createBatch", {
+      endpoint: "ENDPOINT_CHAT_COMPLETIONS", priority: 5,
+      requests: requests(8, "wait", { sim: { fail_first: 1, status: 429, retry_after: "2" } }),
+    });
+    await until("the high-priority requests waiting for their retry", async () => {
+      const { rows } = await pool.query("SELECT count(*)::int AS n FROM lote.items WHERE batch_id = $1 AND status = 'pending' AND attempt = 1", [waiting.id]);
+      return rows[0].n === 8 || undefined;
+    });
+    const lowWhileWaiting = await completed(low.id);
+    await until("the low-priority batch running while the high one waits", async () => (await completed(low.id)) >= lowWhileWaiting + 100 || undefined, 1_500);
+    await waitForStatus(client, waiting.id, "BATCH_STATUS_COMPLETED", 10_000);
+    await call(client, "cancelBatch", { id: low.id });
+  });
+
   it("classifies the three Portuguese sentences with the built-in model", async () => {
     sim = await startSimulator({ port: 0 });
     const lote = await start("serve", {});

@@ -29,7 +29,7 @@ describe("upgrading a database that holds live work", () => {
         [batches["tenant-a"]],
       );
 
-      expect((await migrate(pool)).applied).toEqual(["004_tenant_fair_claims.sql", "005_worker_registry.sql", "006_fences_and_rate_window.sql", "007_request_digest.sql"]);
+      expect((await migrate(pool)).applied).toEqual(["004_tenant_fair_claims.sql", "005_worker_registry.sql", "006_fences_and_rate_window.sql", "007_request_digest.sql", "008_tenant_turns.sql"]);
 
       const { rows } = await pool.query<{ batch_id: string; tenant_id: string; status: string; n: number }>(
         "SELECT batch_id, tenant_id, status, count(*)::int AS n FROM lote.items GROUP BY 1, 2, 3 ORDER BY 2, 3",

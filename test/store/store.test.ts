@@ -301,10 +301,38 @@ describe("store", () => {
     });
     expect((await claimWith(1, { "tenant-a": 3, "tenant-b": 2 })).map((c) => c.batchId)).toEqual([b.batch.id]);
     expect((await claimWith(1, { "tenant-b": 3 })).map((c) => [c.batchId, c.tenantId])).toEqual([[a.batch.id, "tenant-a"]]);
-    // 5 free slots, a holding 4 and b none: b is lifted to 4 first, then one more each would tie at 5: b gets 4, a 1.
+    // 5 free slots, a holding 4 and b none: b is lifted to 4 first, then one more each would tie at 5, and the tie
+    // goes to b, which the node has not served lately (not in its list): b gets all 5, a none.
     const claimed = await claimWith(5, { "tenant-a": 4 });
-    expect(claimed.filter((c) => c.batchId === b.batch.id)).toHaveLength(4);
-    expect(claimed.filter((c) => c.batchId === a.batch.id)).toHaveLength(1);
+    expect(claimed.filter((c) => c.batchId === b.batch.id)).toHaveLength(5);
+    expect(claimed.filter((c) => c.batchId === a.batch.id)).toHaveLength(0);
+  });
+
+  it("gives a slot two tenants tie for to the one the node served longest ago, so one slot alternates between tenants, not batches", async () => {
+    await pool.query("UPDATE lote.items SET status = 'cancelled' WHERE status IN ('pending', 'running')");
+    const many = await Promise.all(Array.from({ length: 4 }, () => createBatch(pool, newBatch(10, { tenantId: "tenant-many" }))));
+    await createBatch(pool, newBatch(10, { tenantId: "tenant-one" }));
+    // A model with one slot (max_concurrency 1): every claim comes when no call is in flight, so the calls in flight
+    // never tell the tenants apart. The node passes its tenants least recently served first, as the dispatcher does.
+    const turns = new Map<string, number>();
+    const served: string[] = [];
+    for (let i = 0; i < 10; i++) {
+      const [item] = await claimItems(pool, {
+        model: "m1", limit: 1, workerId: "w1", leaseMs: 30_000, maxConcurrency: 1, requestsPerMinute: 0, tokensPerMinute: 0,
+        ownCalls: 0, tenantCalls: turns,
+      });
+      served.push(item!.tenantId);
+      turns.delete(item!.tenantId);
+      turns.set(item!.tenantId, 0);
+      await completeItems(pool, [{ outcome: "succeeded", batchId: item!.batchId, idx: item!.idx, attempt: item!.attempt, statusCode: 200, requestId: "", body: "{}", inputTokens: 0, outputTokens: 0, totalTokens: 0 }]);
+    }
+    // Tied, the slot went to the item with the lowest position: every batch advanced alike, and tenant-many's four
+    // batches took 8 of the 10 calls.
+    expect(served.filter((t) => t === "tenant-one")).toHaveLength(5);
+    expect(served.slice(1).every((t, i) => t !== served[i])).toBe(true);
+    // Within tenant-many, its batches still take turns.
+    const { rows } = await pool.query("SELECT count(DISTINCT batch_id)::int AS n FROM lote.results WHERE batch_id = ANY($1::text[])", [many.map((b) => b.batch.id)]);
+    expect(rows[0].n).toBe(4);
   });
 
   it("gives a tenant's share to the others while its items wait for a retry, and a higher priority first across tenants", async () => {
