@@ -39,6 +39,24 @@ export function sniffProtocol(head: Uint8Array): "h2" | "http1" | undefined {
 
 export type Handler = (req: IncomingMessage | Http2ServerRequest, res: ServerResponse | Http2ServerResponse) => void;
 
+/** How long an HTTP/1.1 request may take to arrive (ListenOptions.http1HeadersTimeoutMs, http1RequestTimeoutMs). */
+export interface Http1Timeouts {
+  readonly headersMs: number;
+  readonly requestMs: number;
+}
+
+/**
+ * Node's HTTP/1.1 options for those deadlines. Node checks them every `connectionsCheckingInterval` (30 s by default),
+ * so an expired request is answered 408 and its connection closed up to that long after its deadline; a shorter
+ * deadline gets a check as often as half of it.
+ */
+function http1TimeoutOptions(t: Http1Timeouts) {
+  return {
+    headersTimeout: t.headersMs, requestTimeout: t.requestMs,
+    connectionsCheckingInterval: Math.max(10, Math.min(30_000, Math.floor(t.headersMs / 2))),
+  };
+}
+
 function trackSession(tracker: ConnectionTracker) {
   return (session: Http2Session) => {
     tracker.addSession(session);
@@ -47,10 +65,11 @@ function trackSession(tracker: ConnectionTracker) {
 }
 
 /** HTTPS: h2 and http/1.1 chosen by ALPN, so curl and fetch work on the gRPC port too. */
-export function secureServer(tls: TlsOptions, handle: Handler, tracker: ConnectionTracker, log: Logger): Server {
+export function secureServer(tls: TlsOptions, handle: Handler, tracker: ConnectionTracker, log: Logger, timeouts: Http1Timeouts): Server {
   const { cert, key, ca, requireClientCert = false } = tls;
   const server = createSecureServer(
     {
+      ...http1TimeoutOptions(timeouts),
       cert, key, ca,
       requestCert: requireClientCert,
       rejectUnauthorized: requireClientCert,
@@ -74,8 +93,13 @@ export function secureServer(tls: TlsOptions, handle: Handler, tracker: Connecti
  * Cleartext: Node's HTTP/2 server has no HTTP/1.1 fallback, so a plain TCP server reads each connection's first
  * bytes, puts them back, and hands the socket to the HTTP/2 or the HTTP/1.1 server with the same handler.
  */
-export function cleartextServer(handle: Handler, tracker: ConnectionTracker): Server {
-  const http1 = createHttp1Server(handle);
+export function cleartextServer(handle: Handler, tracker: ConnectionTracker, timeouts: Http1Timeouts): Server {
+  const http1 = createHttp1Server(http1TimeoutOptions(timeouts), handle);
+  // Node enforces headersTimeout and requestTimeout from a check it starts when the server emits 'listening', which
+  // this one, handed its sockets, never did: an HTTP/1.1 client that stopped sending mid-request (a half-open
+  // connection, a stalled upload, a slowloris) kept its socket on the cleartext port for good, where over TLS (Node's
+  // own listening server) it got 408 after 60 s. Stopped by http1.close() below.
+  http1.emit("listening");
   const http2 = createHttp2Server({ settings: HTTP2_SETTINGS, maxSessionMemory: HTTP2_MAX_SESSION_MEMORY }, handle);
   http2.on("session", trackSession(tracker));
   const server = createNetServer((socket) => {
