@@ -17,7 +17,7 @@ import type { Logger } from "pino";
 import { Health } from "../../gen/grpc/health/v1/health_pb.ts";
 import { HealthMonitor, type HealthReporter, healthService } from "./health.ts";
 import { loadDescriptorSet, registerReflection } from "./reflection.ts";
-import { cleartextServer, secureServer, type Http1Timeouts } from "./protocol-servers.ts";
+import { cleartextServer, secureServer, type ConnectionDeadlines } from "./protocol-servers.ts";
 import { errorCodeInterceptor } from "./errors.ts";
 import { ConnectionTracker, shutdownInterceptor } from "./shutdown.ts";
 
@@ -61,6 +61,14 @@ export interface ListenOptions {
    * after). Default 300,000 ms, Node's `requestTimeout`: a 256 MiB CreateBatch over HTTP/1.1 needs ~0.9 MB/s.
    */
   http1RequestTimeoutMs?: number;
+  /**
+   * HTTP/2 only: a connection that carried nothing either way for this long is sent a PING, and closed when no ACK
+   * comes within `http2PingTimeoutMs`, ending its calls as a dropped connection would. Default 60,000 ms.
+   * (gRPC-core: GRPC_ARG_KEEPALIVE_TIME_MS, default 2 hours on servers; lote's streams poll Postgres while open.)
+   */
+  http2PingIdleMs?: number;
+  /** See `http2PingIdleMs`. Default 20,000 ms (gRPC-core: GRPC_ARG_KEEPALIVE_TIMEOUT_MS, default 20 s). */
+  http2PingTimeoutMs?: number;
   /** Serve HTTPS (h2 and HTTP/1.1 by ALPN) instead of cleartext. */
   tls?: TlsOptions;
   /** Run around every handler (inside the shutdown handling, which must stay outermost). */
@@ -104,7 +112,7 @@ const callKey = createContextKey<Call | undefined>(undefined, { description: "lo
 
 /** Serves the routes, health and reflection on one port, over gRPC, gRPC-Web and Connect, HTTP/2 and HTTP/1.1. */
 export async function listen(options: ListenOptions): Promise<ApiServer> {
-  const { host, port, readMaxBytes, http1Timeouts } = validateListenOptions(options);
+  const { host, port, readMaxBytes, deadlines } = validateListenOptions(options);
   const log = options.logger.child({ component: "api" });
   const tracker = new ConnectionTracker();
   const monitor = new HealthMonitor({ reporter: options.health, pollMs: options.healthPollMs });
@@ -161,7 +169,7 @@ export async function listen(options: ListenOptions): Promise<ApiServer> {
     adapter(req, res);
   }
 
-  const server = options.tls ? secureServer(options.tls, handle, tracker, log, http1Timeouts) : cleartextServer(handle, tracker, http1Timeouts);
+  const server = options.tls ? secureServer(options.tls, handle, tracker, log, deadlines) : cleartextServer(handle, tracker, deadlines);
   await new Promise<void>((resolve, reject) => {
     const fail = (err: Error) => {
       server.close(); // runs the cleanup of the inner HTTP servers
@@ -198,8 +206,11 @@ export async function listen(options: ListenOptions): Promise<ApiServer> {
 }
 
 /** Loud validation at startup, in the form "Expected `x` to be …, got …". */
-function validateListenOptions(options: ListenOptions): { host: string; port: number; readMaxBytes: number; http1Timeouts: Http1Timeouts } {
-  const { host = "127.0.0.1", port = 50051, readMaxBytes = 256 * 1024 * 1024, http1HeadersTimeoutMs = 60_000, http1RequestTimeoutMs = 300_000 } = options;
+function validateListenOptions(options: ListenOptions): { host: string; port: number; readMaxBytes: number; deadlines: ConnectionDeadlines } {
+  const {
+    host = "127.0.0.1", port = 50051, readMaxBytes = 256 * 1024 * 1024, http1HeadersTimeoutMs = 60_000, http1RequestTimeoutMs = 300_000,
+    http2PingIdleMs = 60_000, http2PingTimeoutMs = 20_000,
+  } = options;
   const expect = (ok: boolean, name: string, wanted: string, got: unknown) => {
     if (!ok) throw new TypeError(`Expected \`${name}\` to be ${wanted}, got ${JSON.stringify(got) ?? String(got)}`);
   };
@@ -213,6 +224,10 @@ function validateListenOptions(options: ListenOptions): { host: string; port: nu
   // Node refuses a headers deadline later than the whole request's.
   const requestOk = Number.isInteger(http1RequestTimeoutMs) && http1RequestTimeoutMs >= http1HeadersTimeoutMs;
   expect(requestOk, "http1RequestTimeoutMs", `an integer no smaller than http1HeadersTimeoutMs (${http1HeadersTimeoutMs})`, http1RequestTimeoutMs);
+  // 2^31 - 1: the longest timer Node sets.
+  for (const [name, ms] of [["http2PingIdleMs", http2PingIdleMs], ["http2PingTimeoutMs", http2PingTimeoutMs]] as const) {
+    expect(Number.isInteger(ms) && ms > 0 && ms < 2 ** 31, name, "a positive integer under 2^31", ms);
+  }
   expect(typeof options.routes === "function", "routes", "a function", typeof options.routes);
   expect(typeof options.health?.check === "function", "health", "an object with a check() function", typeof options.health);
   if (options.tls) {
@@ -221,7 +236,8 @@ function validateListenOptions(options: ListenOptions): { host: string; port: nu
     expect(typeof key === "string" && key.includes("-----BEGIN"), "tls.key", "a PEM string", typeof key);
     expect(!requireClientCert || typeof ca === "string", "tls.ca", "a PEM string when tls.requireClientCert is true", typeof ca);
   }
-  return { host, port, readMaxBytes, http1Timeouts: { headersMs: http1HeadersTimeoutMs, requestMs: http1RequestTimeoutMs } };
+  const deadlines = { headersMs: http1HeadersTimeoutMs, requestMs: http1RequestTimeoutMs, pingIdleMs: http2PingIdleMs, pingTimeoutMs: http2PingTimeoutMs };
+  return { host, port, readMaxBytes, deadlines };
 }
 
 /** The client's id when it is short and plain (it goes into logs), else a fresh UUID. */

@@ -16,6 +16,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BatchSchema, BatchStatus } from "../../gen/lote/v1/batch_pb.ts";
 import { BatchService } from "../../gen/lote/v1/batch_service_pb.ts";
 import { listen, type ListenOptions, requestIdKey, sniffProtocol } from "../../src/api/listen.ts";
+import { TcpProxy } from "../support/tcp-proxy.ts";
 
 const run = promisify(execFile);
 const protoDir = new URL("../../proto", import.meta.url).pathname;
@@ -333,6 +334,42 @@ describe("HTTP/1.1 requests that never complete", () => {
     const base = { routes: () => {}, health: { check: async () => true }, logger: pino({ level: "silent" }) };
     await expect(listen({ ...base, port: 0, http1HeadersTimeoutMs: 1000, http1RequestTimeoutMs: 500 }))
       .rejects.toThrow("Expected `http1RequestTimeoutMs` to be an integer no smaller than http1HeadersTimeoutMs (1000), got 500");
+  });
+});
+
+describe("HTTP/2 clients that vanish", () => {
+  it("closes a session whose client stopped answering PINGs, ending its stream, and keeps an idle one that answers", async () => {
+    const stub = await startStub({ http2PingIdleMs: 200, http2PingTimeoutMs: 300 });
+    // The vanishing client reaches the server through a proxy that goes silent: no data, no FIN, no RST.
+    const proxy = new TcpProxy({ host: "127.0.0.1", port: stub.server.port });
+    const proxyPort = await proxy.start();
+    const gone = grpcClient(`127.0.0.1:${proxyPort}`);
+    const present = grpcClient(`127.0.0.1:${stub.server.port}`);
+    try {
+      const firstMessage = (client: GrpcClient, requestId: string) => new Promise<grpc.ClientReadableStream<unknown>>((resolve) => {
+        const metadata = new grpc.Metadata();
+        metadata.set("x-request-id", requestId);
+        const stream = (client as any).watchBatch({ id: "batch_w" }, metadata) as grpc.ClientReadableStream<unknown>;
+        stream.on("error", () => {});
+        stream.once("data", () => resolve(stream));
+      });
+      const kept = await firstMessage(present, "present");
+      await firstMessage(gone, "gone");
+      expect(proxy.freeze()).toBe(1);
+      // The server logs a call's line when its response closes. Without PINGs it never learned the client was gone:
+      // nothing is written on a stream that waits for its batch to change.
+      const line = (requestId: string) => stub.lines.find((l) => l.msg === "rpc" && l.requestId === requestId);
+      expect(await waitFor(() => line("gone"), "the vanished client's stream to end", 10_000)).toMatchObject({ code: "canceled", http: "2.0" });
+      // The other session was idle as long, and was asked too: it answered, and its stream is still open.
+      expect(line("present")).toBeUndefined();
+      kept.cancel();
+      expect(await waitFor(() => line("present"), "the kept stream's line once its client cancels")).toMatchObject({ code: "canceled" });
+    } finally {
+      gone.close();
+      present.close();
+      await proxy.cut();
+      await stub.server.close(1000);
+    }
   });
 });
 
