@@ -17,7 +17,7 @@ import type { Logger } from "pino";
 import { Health } from "../../gen/grpc/health/v1/health_pb.ts";
 import { HealthMonitor, type HealthReporter, healthService } from "./health.ts";
 import { loadDescriptorSet, registerReflection } from "./reflection.ts";
-import { cleartextServer, secureServer } from "./protocol-servers.ts";
+import { cleartextServer, secureServer, type ConnectionDeadlines } from "./protocol-servers.ts";
 import { errorCodeInterceptor } from "./errors.ts";
 import { ConnectionTracker, shutdownInterceptor } from "./shutdown.ts";
 
@@ -50,6 +50,25 @@ export interface ListenOptions {
    * parsed. Default 256 MiB: a 50,000-request chat batch is 25-50 MB. (grpc-go: MaxRecvMsgSize, default 4 MiB.)
    */
   readMaxBytes?: number;
+  /**
+   * HTTP/1.1 only: a request whose headers have not all arrived this long after it began is answered 408 and its
+   * connection closed, so a client that went away mid-request (a half-open connection) or sends a byte a minute does
+   * not hold a socket for good. Default 60,000 ms, Node's `headersTimeout`. HTTP/2 connections are not limited.
+   */
+  http1HeadersTimeoutMs?: number;
+  /**
+   * HTTP/1.1 only: the same for the whole request, body included (a response may stream for as long as it likes
+   * after). Default 300,000 ms, Node's `requestTimeout`: a 256 MiB CreateBatch over HTTP/1.1 needs ~0.9 MB/s.
+   */
+  http1RequestTimeoutMs?: number;
+  /**
+   * HTTP/2 only: a connection that carried nothing either way for this long is sent a PING, and closed when no ACK
+   * comes within `http2PingTimeoutMs`, ending its calls as a dropped connection would. Default 60,000 ms.
+   * (gRPC-core: GRPC_ARG_KEEPALIVE_TIME_MS, default 2 hours on servers; lote's streams poll Postgres while open.)
+   */
+  http2PingIdleMs?: number;
+  /** See `http2PingIdleMs`. Default 20,000 ms (gRPC-core: GRPC_ARG_KEEPALIVE_TIMEOUT_MS, default 20 s). */
+  http2PingTimeoutMs?: number;
   /** Serve HTTPS (h2 and HTTP/1.1 by ALPN) instead of cleartext. */
   tls?: TlsOptions;
   /** Run around every handler (inside the shutdown handling, which must stay outermost). */
@@ -93,7 +112,7 @@ const callKey = createContextKey<Call | undefined>(undefined, { description: "lo
 
 /** Serves the routes, health and reflection on one port, over gRPC, gRPC-Web and Connect, HTTP/2 and HTTP/1.1. */
 export async function listen(options: ListenOptions): Promise<ApiServer> {
-  const { host, port, readMaxBytes } = validateListenOptions(options);
+  const { host, port, readMaxBytes, deadlines } = validateListenOptions(options);
   const log = options.logger.child({ component: "api" });
   const tracker = new ConnectionTracker();
   const monitor = new HealthMonitor({ reporter: options.health, pollMs: options.healthPollMs });
@@ -150,7 +169,7 @@ export async function listen(options: ListenOptions): Promise<ApiServer> {
     adapter(req, res);
   }
 
-  const server = options.tls ? secureServer(options.tls, handle, tracker, log) : cleartextServer(handle, tracker);
+  const server = options.tls ? secureServer(options.tls, handle, tracker, log, deadlines) : cleartextServer(handle, tracker, deadlines);
   await new Promise<void>((resolve, reject) => {
     const fail = (err: Error) => {
       server.close(); // runs the cleanup of the inner HTTP servers
@@ -187,8 +206,11 @@ export async function listen(options: ListenOptions): Promise<ApiServer> {
 }
 
 /** Loud validation at startup, in the form "Expected `x` to be …, got …". */
-function validateListenOptions(options: ListenOptions): { host: string; port: number; readMaxBytes: number } {
-  const { host = "127.0.0.1", port = 50051, readMaxBytes = 256 * 1024 * 1024 } = options;
+function validateListenOptions(options: ListenOptions): { host: string; port: number; readMaxBytes: number; deadlines: ConnectionDeadlines } {
+  const {
+    host = "127.0.0.1", port = 50051, readMaxBytes = 256 * 1024 * 1024, http1HeadersTimeoutMs = 60_000, http1RequestTimeoutMs = 300_000,
+    http2PingIdleMs = 60_000, http2PingTimeoutMs = 20_000,
+  } = options;
   const expect = (ok: boolean, name: string, wanted: string, got: unknown) => {
     if (!ok) throw new TypeError(`Expected \`${name}\` to be ${wanted}, got ${JSON.stringify(got) ?? String(got)}`);
   };
@@ -198,6 +220,14 @@ function validateListenOptions(options: ListenOptions): { host: string; port: nu
   const most = 0xffffffff;
   const sane = Number.isInteger(readMaxBytes) && readMaxBytes > 0 && readMaxBytes <= most;
   expect(sane, "readMaxBytes", `an integer from 1 to ${most}`, readMaxBytes);
+  expect(Number.isInteger(http1HeadersTimeoutMs) && http1HeadersTimeoutMs > 0, "http1HeadersTimeoutMs", "a positive integer", http1HeadersTimeoutMs);
+  // Node refuses a headers deadline later than the whole request's.
+  const requestOk = Number.isInteger(http1RequestTimeoutMs) && http1RequestTimeoutMs >= http1HeadersTimeoutMs;
+  expect(requestOk, "http1RequestTimeoutMs", `an integer no smaller than http1HeadersTimeoutMs (${http1HeadersTimeoutMs})`, http1RequestTimeoutMs);
+  // 2^31 - 1: the longest timer Node sets.
+  for (const [name, ms] of [["http2PingIdleMs", http2PingIdleMs], ["http2PingTimeoutMs", http2PingTimeoutMs]] as const) {
+    expect(Number.isInteger(ms) && ms > 0 && ms < 2 ** 31, name, "a positive integer under 2^31", ms);
+  }
   expect(typeof options.routes === "function", "routes", "a function", typeof options.routes);
   expect(typeof options.health?.check === "function", "health", "an object with a check() function", typeof options.health);
   if (options.tls) {
@@ -206,7 +236,8 @@ function validateListenOptions(options: ListenOptions): { host: string; port: nu
     expect(typeof key === "string" && key.includes("-----BEGIN"), "tls.key", "a PEM string", typeof key);
     expect(!requireClientCert || typeof ca === "string", "tls.ca", "a PEM string when tls.requireClientCert is true", typeof ca);
   }
-  return { host, port, readMaxBytes };
+  const deadlines = { headersMs: http1HeadersTimeoutMs, requestMs: http1RequestTimeoutMs, pingIdleMs: http2PingIdleMs, pingTimeoutMs: http2PingTimeoutMs };
+  return { host, port, readMaxBytes, deadlines };
 }
 
 /** The client's id when it is short and plain (it goes into logs), else a fresh UUID. */

@@ -39,18 +39,67 @@ export function sniffProtocol(head: Uint8Array): "h2" | "http1" | undefined {
 
 export type Handler = (req: IncomingMessage | Http2ServerRequest, res: ServerResponse | Http2ServerResponse) => void;
 
-function trackSession(tracker: ConnectionTracker) {
-  return (session: Http2Session) => {
-    tracker.addSession(session);
-    session.setLocalWindowSize(HTTP2_CONNECTION_WINDOW);
+/**
+ * How long an HTTP/1.1 request may take to arrive (ListenOptions.http1HeadersTimeoutMs, http1RequestTimeoutMs), and
+ * when an HTTP/2 connection is asked whether its client is still there (ListenOptions.http2PingIdleMs, http2PingTimeoutMs).
+ */
+export interface ConnectionDeadlines {
+  readonly headersMs: number;
+  readonly requestMs: number;
+  readonly pingIdleMs: number;
+  readonly pingTimeoutMs: number;
+}
+
+/**
+ * Node's HTTP/1.1 options for those deadlines. Node checks them every `connectionsCheckingInterval` (30 s by default),
+ * so an expired request is answered 408 and its connection closed up to that long after its deadline; a shorter
+ * deadline gets a check as often as half of it.
+ */
+function http1TimeoutOptions(t: ConnectionDeadlines) {
+  return {
+    headersTimeout: t.headersMs, requestTimeout: t.requestMs,
+    connectionsCheckingInterval: Math.max(10, Math.min(30_000, Math.floor(t.headersMs / 2))),
   };
 }
 
+function trackSession(tracker: ConnectionTracker, deadlines: ConnectionDeadlines) {
+  return (session: Http2Session) => {
+    tracker.addSession(session);
+    session.setLocalWindowSize(HTTP2_CONNECTION_WINDOW);
+    pingWhenIdle(session, deadlines);
+  };
+}
+
+/**
+ * A session that has carried nothing either way for `pingIdleMs` is sent a PING, and destroyed if no ACK comes within
+ * `pingTimeoutMs` (gRPC's keepalive, server side). A client that vanished without closing its connection (a laptop
+ * shut, a NAT mapping dropped, a host gone) otherwise kept its session and socket for good, and a following
+ * StreamResults or a WatchBatch of it went on reading Postgres every poll interval until its batch ended, a day
+ * later by default. Only an idle session is asked: anything received (a long upload) shows the client is there.
+ */
+function pingWhenIdle(session: Http2Session, { pingIdleMs, pingTimeoutMs }: ConnectionDeadlines): void {
+  // Node emits 'timeout' after pingIdleMs without a frame read or written; the PING and its ACK start it again.
+  session.setTimeout(pingIdleMs, () => {
+    if (session.closed || session.destroyed) return;
+    // As a dropped connection: the streams' calls see their client gone (CANCELED).
+    const gone = setTimeout(() => session.destroy(), pingTimeoutMs);
+    gone.unref();
+    const answered = () => clearTimeout(gone);
+    try {
+      // The callback comes with the ACK, or with an error when the session closed first.
+      if (!session.ping(answered)) answered();
+    } catch {
+      answered(); // the session is closing
+    }
+  });
+}
+
 /** HTTPS: h2 and http/1.1 chosen by ALPN, so curl and fetch work on the gRPC port too. */
-export function secureServer(tls: TlsOptions, handle: Handler, tracker: ConnectionTracker, log: Logger): Server {
+export function secureServer(tls: TlsOptions, handle: Handler, tracker: ConnectionTracker, log: Logger, deadlines: ConnectionDeadlines): Server {
   const { cert, key, ca, requireClientCert = false } = tls;
   const server = createSecureServer(
     {
+      ...http1TimeoutOptions(deadlines),
       cert, key, ca,
       requestCert: requireClientCert,
       rejectUnauthorized: requireClientCert,
@@ -65,7 +114,7 @@ export function secureServer(tls: TlsOptions, handle: Handler, tracker: Connecti
     if (socket.alpnProtocol === "h2") tracker.markHttp2(socket);
     else tracker.markHttp1(socket);
   });
-  server.on("session", trackSession(tracker));
+  server.on("session", trackSession(tracker, deadlines));
   server.on("tlsClientError", (err) => log.debug({ err: err.message }, "TLS handshake failed"));
   return server;
 }
@@ -74,10 +123,15 @@ export function secureServer(tls: TlsOptions, handle: Handler, tracker: Connecti
  * Cleartext: Node's HTTP/2 server has no HTTP/1.1 fallback, so a plain TCP server reads each connection's first
  * bytes, puts them back, and hands the socket to the HTTP/2 or the HTTP/1.1 server with the same handler.
  */
-export function cleartextServer(handle: Handler, tracker: ConnectionTracker): Server {
-  const http1 = createHttp1Server(handle);
+export function cleartextServer(handle: Handler, tracker: ConnectionTracker, deadlines: ConnectionDeadlines): Server {
+  const http1 = createHttp1Server(http1TimeoutOptions(deadlines), handle);
+  // Node enforces headersTimeout and requestTimeout from a check it starts when the server emits 'listening', which
+  // this one, handed its sockets, never did: an HTTP/1.1 client that stopped sending mid-request (a half-open
+  // connection, a stalled upload, a slowloris) kept its socket on the cleartext port for good, where over TLS (Node's
+  // own listening server) it got 408 after 60 s. Stopped by http1.close() below.
+  http1.emit("listening");
   const http2 = createHttp2Server({ settings: HTTP2_SETTINGS, maxSessionMemory: HTTP2_MAX_SESSION_MEMORY }, handle);
-  http2.on("session", trackSession(tracker));
+  http2.on("session", trackSession(tracker, deadlines));
   const server = createNetServer((socket) => {
     tracker.addSocket(socket, true);
     socket.on("error", () => {}); // resets before the hand-over; the HTTP servers handle later ones

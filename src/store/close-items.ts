@@ -65,18 +65,34 @@ export async function completeIfEveryResult(client: pg.ClientBase, batchId: stri
   return transitionBatch(client, batchId, "complete");
 }
 
-/** Runs `work` in a transaction on a pooled client. */
+/**
+ * Runs `work` in a transaction on a pooled client. A client whose transaction failed goes back to the pool only
+ * after its ROLLBACK succeeded (see `releaseAfterRollback`).
+ */
 export async function inTransaction<T>(pool: pg.Pool, work: (client: pg.PoolClient) => Promise<T>): Promise<T> {
   const client = await pool.connect();
+  let out: T;
   try {
     await client.query("BEGIN");
-    const out = await work(client);
+    out = await work(client);
     await client.query("COMMIT");
-    return out;
   } catch (err) {
-    await client.query("ROLLBACK").catch(() => {});
+    await releaseAfterRollback(client);
     throw err;
-  } finally {
-    client.release();
   }
+  client.release();
+  return out;
+}
+
+/**
+ * Rolls back a failed transaction and returns its client to the pool, or discards the client when the ROLLBACK
+ * fails too. A statement that timed out on the client side (query_timeout) is still the connection's active one:
+ * node-postgres queues the next statement behind it. Released as usual, a connection whose server vanished (a
+ * failover) went back to the pool idle, and every call lent it waited its whole query_timeout_ms (10 s) and failed
+ * UNAVAILABLE, until TCP gave the connection up ~15 minutes later; a pool.query that times out drops it at once.
+ */
+export async function releaseAfterRollback(client: pg.PoolClient): Promise<void> {
+  let broken: Error | undefined;
+  await client.query("ROLLBACK").catch((err: Error) => (broken = err));
+  client.release(broken);
 }

@@ -5,6 +5,7 @@ import { from as copyFrom } from "pg-copy-streams";
 import type { EndpointPath } from "../backends/backend.ts";
 import { batchTransitions } from "../batch/batch-status.ts";
 import { batchColumns, toBatchRecord, type BatchRecord } from "./batch-row.ts";
+import { releaseAfterRollback } from "./close-items.ts";
 import { statusChangeNotifications, transitionBatch, type Queryable } from "./transition-batch.ts";
 
 export interface NewItem {
@@ -71,7 +72,9 @@ export async function createBatch(pool: pg.Pool, batch: NewBatch): Promise<Creat
     );
     if (inserted.rowCount === 0) {
       await client.query("ROLLBACK");
-      return await existingBatch(client, batch);
+      const existing = await existingBatch(client, batch);
+      client.release();
+      return existing;
     }
     checkItemCount(batch, total, await copyItems(client, batch));
     if (batch.requestDigest) {
@@ -82,12 +85,11 @@ export async function createBatch(pool: pg.Pool, batch: NewBatch): Promise<Creat
     await client.query("SELECT pg_notify('lote_work', $1)", [batch.model]);
     const row = await client.query(`SELECT ${batchColumns} FROM lote.batches b WHERE b.id = $1`, [batch.id]);
     await client.query("COMMIT");
+    client.release();
     return { batch: toBatchRecord(row.rows[0]), created: true };
   } catch (err) {
-    await client.query("ROLLBACK").catch(() => {});
+    await releaseAfterRollback(client);
     throw err;
-  } finally {
-    client.release();
   }
 }
 

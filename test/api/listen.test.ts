@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, type ConnectRouter, createClient } from "@connectrpc/connect";
-import { createGrpcWebTransport } from "@connectrpc/connect-node";
+import { createConnectTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import pino from "pino";
@@ -16,6 +16,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BatchSchema, BatchStatus } from "../../gen/lote/v1/batch_pb.ts";
 import { BatchService } from "../../gen/lote/v1/batch_service_pb.ts";
 import { listen, type ListenOptions, requestIdKey, sniffProtocol } from "../../src/api/listen.ts";
+import { TcpProxy } from "../support/tcp-proxy.ts";
 
 const run = promisify(execFile);
 const protoDir = new URL("../../proto", import.meta.url).pathname;
@@ -285,6 +286,88 @@ describe("message size limit", () => {
       expect(res.status).toBe(429);
       expect(await res.json()).toMatchObject({ code: "resource_exhausted" });
     } finally {
+      await stub.server.close(1000);
+    }
+  });
+});
+
+describe("HTTP/1.1 requests that never complete", () => {
+  /** A raw TCP client that sends `text` and then nothing more, as a client that went away mid-request would. */
+  function sendAndStall(port: number, text: string) {
+    const state = { received: "", closed: false };
+    const socket = netConnect(port, "127.0.0.1", () => socket.write(text));
+    socket.on("data", (d) => (state.received += d.toString("latin1")));
+    socket.on("error", () => {});
+    socket.on("close", () => (state.closed = true));
+    return state;
+  }
+
+  it("answers 408 and closes a cleartext connection whose headers or body stopped arriving, while a stream over HTTP/1.1 runs on", async () => {
+    const stub = await startStub({ http1HeadersTimeoutMs: 300, http1RequestTimeoutMs: 600 });
+    try {
+      // A server stream over HTTP/1.1 whose request completed at once: the deadlines are the request's, not the call's.
+      const client = createClient(BatchService, createConnectTransport({ baseUrl: stub.server.url, httpVersion: "1.1" }));
+      const abort = new AbortController();
+      const stream = client.watchBatch({ id: "batch_long" }, { signal: abort.signal })[Symbol.asyncIterator]();
+      expect((await stream.next()).value).toMatchObject({ batch: { id: "batch_long" } });
+      const path = "/lote.v1.BatchService/GetBatch";
+      const headers = sendAndStall(stub.server.port, `POST ${path} HTTP/1.1\r\nHost: lote\r\ncontent-type: application/json\r\n`);
+      const body = sendAndStall(stub.server.port,
+        `POST ${path} HTTP/1.1\r\nHost: lote\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{"id":`);
+      // Node's default deadlines are 60 s and 300 s, checked every 30 s: with these, well inside the wait.
+      await waitFor(() => (headers.closed && body.closed ? true : undefined), "both stalled connections to be closed", 10_000);
+      expect(headers.received).toMatch(/^HTTP\/1\.1 408 /);
+      expect(body.received).toMatch(/^HTTP\/1\.1 408 /);
+      // The stream began before both stalled requests, so it has run past their deadlines; the server logs a call's
+      // line when its response closes, and has logged none for it yet.
+      const watchLine = () => stub.lines.find((l) => l.procedure === "lote.v1.BatchService/WatchBatch");
+      expect(watchLine()).toBeUndefined();
+      abort.abort();
+      await stream.next().catch(() => {});
+      expect(await waitFor(watchLine, "the stream's log line once the client left")).toMatchObject({ http: "1.1", code: "canceled" });
+    } finally {
+      await stub.server.close(1000);
+    }
+  });
+
+  it("refuses a request deadline shorter than the headers one, saying what was expected", async () => {
+    const base = { routes: () => {}, health: { check: async () => true }, logger: pino({ level: "silent" }) };
+    await expect(listen({ ...base, port: 0, http1HeadersTimeoutMs: 1000, http1RequestTimeoutMs: 500 }))
+      .rejects.toThrow("Expected `http1RequestTimeoutMs` to be an integer no smaller than http1HeadersTimeoutMs (1000), got 500");
+  });
+});
+
+describe("HTTP/2 clients that vanish", () => {
+  it("closes a session whose client stopped answering PINGs, ending its stream, and keeps an idle one that answers", async () => {
+    const stub = await startStub({ http2PingIdleMs: 200, http2PingTimeoutMs: 300 });
+    // The vanishing client reaches the server through a proxy that goes silent: no data, no FIN, no RST.
+    const proxy = new TcpProxy({ host: "127.0.0.1", port: stub.server.port });
+    const proxyPort = await proxy.start();
+    const gone = grpcClient(`127.0.0.1:${proxyPort}`);
+    const present = grpcClient(`127.0.0.1:${stub.server.port}`);
+    try {
+      const firstMessage = (client: GrpcClient, requestId: string) => new Promise<grpc.ClientReadableStream<unknown>>((resolve) => {
+        const metadata = new grpc.Metadata();
+        metadata.set("x-request-id", requestId);
+        const stream = (client as any).watchBatch({ id: "batch_w" }, metadata) as grpc.ClientReadableStream<unknown>;
+        stream.on("error", () => {});
+        stream.once("data", () => resolve(stream));
+      });
+      const kept = await firstMessage(present, "present");
+      await firstMessage(gone, "gone");
+      expect(proxy.freeze()).toBe(1);
+      // The server logs a call's line when its response closes. Without PINGs it never learned the client was gone:
+      // nothing is written on a stream that waits for its batch to change.
+      const line = (requestId: string) => stub.lines.find((l) => l.msg === "rpc" && l.requestId === requestId);
+      expect(await waitFor(() => line("gone"), "the vanished client's stream to end", 10_000)).toMatchObject({ code: "canceled", http: "2.0" });
+      // The other session was idle as long, and was asked too: it answered, and its stream is still open.
+      expect(line("present")).toBeUndefined();
+      kept.cancel();
+      expect(await waitFor(() => line("present"), "the kept stream's line once its client cancels")).toMatchObject({ code: "canceled" });
+    } finally {
+      gone.close();
+      present.close();
+      await proxy.cut();
       await stub.server.close(1000);
     }
   });

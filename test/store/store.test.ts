@@ -6,6 +6,7 @@ import {
   listBatches, migrate,
 } from "../../src/store/index.ts";
 import { useMigratedDatabase } from "../support/database.ts";
+import { proxyTo } from "../support/tcp-proxy.ts";
 import { until } from "../support/until.ts";
 
 function newBatch(n: number, overrides: Partial<Parameters<typeof createBatch>[1]> = {}) {
@@ -416,5 +417,26 @@ describe("store", () => {
     // Another worker naming the same items renews nothing: the rows are not its.
     expect(await heartbeat(pool, "w-other", [a!, b!], 60_000)).toBe(0);
     expect(await heartbeat(pool, "w-beat", [], 60_000)).toBe(0);
+  });
+
+  it("discards a pooled connection whose transaction timed out on a silent server, so the next statement gets a live one", async () => {
+    // The API's pool (query_timeout_ms) reached through a proxy that can go silent as a vanished server does.
+    const { proxy, url } = await proxyTo(fixture.db.url);
+    const timed = new pg.Pool({ connectionString: url, max: 1, query_timeout: 300 });
+    timed.on("error", () => {});
+    try {
+      const { batch } = await createBatch(pool, newBatch(2, { model: "m-silent", tenantId: "t-silent" }));
+      await timed.query("SELECT 1");
+      expect(proxy.freeze()).toBe(1);
+      // RunBatch cancels over this pool: the transaction times out, and so does its ROLLBACK.
+      await expect(cancelBatch(timed, "t-silent", batch.id)).rejects.toThrow(/timeout/i);
+      // New connections reach the server (a failover done). The pool's one connection was the silent one, and lent
+      // out again each statement waited behind the one that never answered.
+      expect((await timed.query("SELECT 1 AS one")).rows).toEqual([{ one: 1 }]);
+      expect(await cancelBatch(timed, "t-silent", batch.id)).toBe("cancelled");
+    } finally {
+      await proxy.cut();
+      await timed.end();
+    }
   });
 });
