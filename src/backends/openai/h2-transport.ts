@@ -15,10 +15,11 @@ import { h2ErrorName, kindOf, toTransportError } from "./transport-errors.ts";
  * up to the server's SETTINGS_MAX_CONCURRENT_STREAMS, so `connections: 1` still runs every call on one session. A
  * session takes calls only after the server's SETTINGS arrived, and never more than that limit: streams opened
  * beyond it are refused by the server (REFUSED_STREAM), not queued. Calls wait here when every session is full and
- * no more may open. After GOAWAY a session takes no new calls and a fresh one is opened on demand. When a session
- * fails to connect while others are open (a server that takes only so many connections), no other session opens
- * for OPEN_PAUSE_MS and the open ones carry calls up to the server's limit: one failed connect per second, not one
- * per call. The open ones do the same while a new session is slow to connect (SLOW_CONNECT_MS).
+ * no more may open. After GOAWAY a session takes no new calls and a fresh one is opened on demand; a call the
+ * server refused unprocessed (left out by the GOAWAY, or REFUSED_STREAM) is sent once more (`wasRefused`). When a
+ * session fails to connect while others are open (a server that takes only so many connections), no other session
+ * opens for OPEN_PAUSE_MS and the open ones carry calls up to the server's limit: one failed connect per second, not
+ * one per call. The open ones do the same while a new session is slow to connect (SLOW_CONNECT_MS).
  */
 
 const OPEN_PAUSE_MS = 1_000;
@@ -40,6 +41,23 @@ const SLOW_CONNECT_MS = 100;
  * (src/api/protocol-servers.ts).
  */
 const MAX_SESSION_MEMORY_MB = 4_096;
+
+/**
+ * A stream the server refused unprocessed: RST_STREAM REFUSED_STREAM, which nghttp2 also reports for the streams a
+ * GOAWAY's last-stream-id left out (a server draining, or nginx at its keepalive_requests, 1,000 by default), and a
+ * stream id the session ran out of before anything was sent. RFC 9113 §8.7: such a request "has not failed" and
+ * may be retried automatically, even a POST. The transport retries it once, on a session that may take it (a
+ * fresh one after GOAWAY), as gRPC does ("transparent retry", proposal A6). Rejected "goaway", it went back to the
+ * dispatcher, which spent one of the item's attempts and a backoff of 0.5-1 s on it, and failed the item on its
+ * last attempt although the server never saw it. Once only: a server that refuses a stream twice is overloaded,
+ * and the dispatcher's backoff is then the right answer.
+ */
+function wasRefused(error: unknown, rstCode: number): boolean {
+  if (rstCode === constants.NGHTTP2_REFUSED_STREAM) return true;
+  const e = error as { code?: unknown; message?: unknown } | undefined;
+  if (e?.code === "ERR_HTTP2_OUT_OF_STREAMS") return true;
+  return e?.code === "ERR_HTTP2_STREAM_ERROR" && String(e.message).includes("REFUSED_STREAM");
+}
 
 /**
  * Client streams that closed before their answer's END_STREAM. node ends the readable side ('end' fires) and
@@ -72,6 +90,8 @@ interface Session {
 
 interface Waiter {
   readonly method: "GET" | "POST";
+  /** The call was refused unprocessed once and waits for its one retry (see `wasRefused`). */
+  readonly retried: boolean;
   readonly path: string;
   readonly body: string | undefined;
   readonly signal: AbortSignal;
@@ -97,19 +117,25 @@ export class H2Transport implements ReplicaTransport {
   }
 
   request(method: "GET" | "POST", path: string, body: string | undefined, signal: AbortSignal): Promise<InferenceReply> {
+    return this.#enqueue(method, path, body, signal, false);
+  }
+
+  /** On the least-loaded session with room, else in line (a retried call at the head: it was admitted already). */
+  #enqueue(method: "GET" | "POST", path: string, body: string | undefined, signal: AbortSignal, retried: boolean): Promise<InferenceReply> {
     if (signal.aborted || this.#closed) return Promise.reject(this.#aborted(method, path));
     const s = this.#pick();
-    if (s) return this.#send(s, method, path, body, signal);
+    if (s) return this.#send(s, method, path, body, signal, retried);
     return new Promise((resolve, reject) => {
       const w: Waiter = {
-        method, path, body, signal, resolve, reject,
+        method, path, body, retried, signal, resolve, reject,
         onAbort: () => {
           this.#waiters = this.#waiters.filter((x) => x !== w);
           reject(this.#aborted(method, path));
         },
       };
       signal.addEventListener("abort", w.onAbort, { once: true });
-      this.#waiters.push(w);
+      if (retried) this.#waiters.unshift(w);
+      else this.#waiters.push(w);
       this.#pump();
     });
   }
@@ -195,7 +221,7 @@ export class H2Transport implements ReplicaTransport {
       }
       const w = this.#waiters.shift()!;
       w.signal.removeEventListener("abort", w.onAbort);
-      this.#send(s, w.method, w.path, w.body, w.signal).then(w.resolve, w.reject);
+      this.#send(s, w.method, w.path, w.body, w.signal, w.retried).then(w.resolve, w.reject);
     }
   }
 
@@ -261,14 +287,15 @@ export class H2Transport implements ReplicaTransport {
    * path, and the call settles on 'close', which fires exactly once per stream (after 'end' when the answer came
    * whole). Together: 106 -> 82 µs of CPU per call, median of five interleaved pairs (BENCHMARKS.md, sixth session).
    */
-  #send(s: Session, method: "GET" | "POST", path: string, body: string | undefined, signal: AbortSignal): Promise<InferenceReply> {
+  #send(s: Session, method: "GET" | "POST", path: string, body: string | undefined, signal: AbortSignal, retried: boolean): Promise<InferenceReply> {
     let stream: ClientHttp2Stream;
     try {
       // `signal` makes node send RST_STREAM(CANCEL) and destroy the stream with an AbortError when it fires.
       stream = s.session.request(this.#headersFor(method, path), { endStream: body === undefined, signal });
     } catch (err) {
-      // The session started closing between pick and request (GOAWAY just arrived).
+      // The session started closing between pick and request (GOAWAY just arrived): nothing was sent.
       s.usable = false;
+      if (!retried) return this.#enqueue(method, path, body, signal, true);
       return Promise.reject(toTransportError(err, describeCall(this.#ctx, method, path), { signal }));
     }
     if (s.active++ === 0) s.session.ref();
@@ -306,6 +333,9 @@ export class H2Transport implements ReplicaTransport {
         }
         if (this.#closed) return reject(this.#aborted(method, path));
         if (error instanceof TransportError) return reject(error);
+        if (!retried && !signal.aborted && headers === undefined && wasRefused(error, rstCode)) {
+          return resolve(this.#enqueue(method, path, body, signal, true));
+        }
         const cause = error ?? (whole
           ? Object.assign(new Error("stream ended without response headers"), { code: "ERR_HTTP2_ERROR" })
           : Object.assign(new Error(`stream closed before its answer was complete (RST_STREAM ${h2ErrorName(rstCode)}${closedBeforeEnd.has(stream) ? " before END_STREAM" : ""})`), { code: "ECONNRESET" }));
