@@ -563,6 +563,34 @@ describe("replica ejection", () => {
     expect(counts.failed).toBeLessThan(20);
   });
 
+  // A server that accepts the TCP connection and says nothing: no TLS handshake, no HTTP/2 SETTINGS, as a host
+  // behind a dead proxy. (http:// is left out: its connect ends with TCP, and the request is then sent.)
+  it.each([
+    { name: "h2c", dead: "h2c", live: (s: Simulator) => s.h2cUrl, protocol: undefined },
+    { name: "TLS with ALPN", dead: "https", live: (s: Simulator) => s.httpsUrl!, protocol: undefined },
+    { name: "TLS with HTTP/1.1", dead: "https", live: (s: Simulator) => s.httpsUrl!, protocol: "http1" },
+    { name: "TLS with HTTP/2", dead: "https", live: (s: Simulator) => s.httpsUrl!, protocol: "h2" },
+  ] as const)("moves a call whose connect timed out ($name) to another replica, as it does a refused connect", async (mode) => {
+    const silentSockets: Socket[] = [];
+    const silent = createNetServer((socket) => {
+      socket.on("error", () => {});
+      silentSockets.push(socket);
+    });
+    const port = await listenLocal(silent);
+    try {
+      const live = await simulator();
+      const b = backend({ urls: [`${mode.dead}://127.0.0.1:${port}`, mode.live(live)], protocol: mode.protocol, connectTimeoutMs: 300 });
+      expect((await call(b, {})).status).toBe(200);
+      expect(live.stats().requests).toBe(1);
+      expect(silentSockets.length).toBeGreaterThan(0);
+      expect(b.state()[0]).toMatchObject({ consecutiveFailures: 1 });
+      expect(b.state()[0]!.ejectedForMs).toBeGreaterThan(0);
+    } finally {
+      for (const s of silentSockets) s.destroy();
+      await new Promise((r) => silent.close(r));
+    }
+  });
+
   it("tries an ejected replica rather than failing outright when every replica is ejected", async () => {
     const [a, bPort] = [await freePort(), await freePort()];
     const b = backend({ urls: [`http://127.0.0.1:${a}`, `http://127.0.0.1:${bPort}`] });

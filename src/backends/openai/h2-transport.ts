@@ -277,7 +277,7 @@ export class H2Transport implements ReplicaTransport {
     for (const w of this.#waiters.splice(0)) {
       w.signal.removeEventListener("abort", w.onAbort);
       const kind = kindOf(err) === "timeout" ? "timeout" : "connection_refused";
-      w.reject(toTransportError(err, describeCall(this.#ctx, w.method, w.path), { kind }));
+      w.reject(toTransportError(err, describeCall(this.#ctx, w.method, w.path), { kind, connectFailed: true }));
     }
   }
 
