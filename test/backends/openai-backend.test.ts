@@ -18,6 +18,7 @@ import { toTransportError } from "../../src/backends/openai/transport-errors.ts"
 import { isRetryable } from "../../src/dispatch/retry-policy.ts";
 import { startSimulator, type Simulator, type SimulatorOptions } from "../../src/simulator/index.ts";
 import { freePort } from "../support/ports.ts";
+import { TcpProxy } from "../support/tcp-proxy.ts";
 import { rejection } from "../support/transport-errors.ts";
 
 /** A throwaway self-signed certificate for 127.0.0.1, made by openssl for this run; never committed. */
@@ -230,6 +231,27 @@ describe("HTTP/2 sessions", () => {
     await Promise.all(Array.from({ length: 50 }, (_, i) => call(b, { n: i, sim: { latency_ms: 100 } })));
     expect(sim.stats().maxInFlight).toBe(50);
     expect(sim.stats().connections).toBe(3);
+  });
+
+  it("sends no more calls into a session that went silent once a call on it timed out, and carries them on a fresh connection", async () => {
+    const sim = await simulator();
+    const proxy = new TcpProxy({ host: "127.0.0.1", port: sim.port });
+    try {
+      const b = backend({ urls: [`h2c://127.0.0.1:${await proxy.start()}`], connectTimeoutMs: 300 });
+      expect((await call(b, {})).status).toBe(200);
+      // The server's host vanishes without a FIN or RST: the open connection passes nothing, new ones get through.
+      expect(proxy.freeze()).toBe(1);
+      const ac = new AbortController();
+      const lost = rejection(call(b, {}, ac.signal));
+      ac.abort("timeout");
+      expect((await lost).kind).toBe("aborted");
+      // Before: each call went into the silent session and timed out, until TCP gave up (~15 minutes).
+      const replies = await Promise.all([0, 1, 2].map((n) => call(b, { n }, AbortSignal.timeout(3_000))));
+      expect(replies.map((r) => r.status)).toEqual([200, 200, 200]);
+      expect(sim.stats().connections).toBe(2);
+    } finally {
+      await proxy.cut();
+    }
   });
 
   it("rejects a streamsPerSession that is not a positive integer", () => {

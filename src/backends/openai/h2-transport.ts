@@ -85,6 +85,8 @@ interface Session {
   usable: boolean;
   /** Still connecting after SLOW_CONNECT_MS. */
   slow: boolean;
+  /** A PING is out to see whether the connection still answers (`#check`); no new calls until it does. */
+  checking: boolean;
   error: unknown;
 }
 
@@ -163,7 +165,7 @@ export class H2Transport implements ReplicaTransport {
     const cap = this.#cap();
     let best: Session | undefined;
     for (const s of this.#sessions) {
-      if (s.usable && s.ready && s.active < Math.min(s.limit, cap) && (!best || s.active < best.active)) best = s;
+      if (s.usable && s.ready && !s.checking && s.active < Math.min(s.limit, cap) && (!best || s.active < best.active)) best = s;
     }
     return best;
   }
@@ -185,7 +187,7 @@ export class H2Transport implements ReplicaTransport {
   #mayOpen(): boolean {
     if (this.#closed) return false;
     let usable = 0;
-    for (const s of this.#sessions) if (s.usable) usable++;
+    for (const s of this.#sessions) if (s.usable && !s.checking) usable++;
     if (usable === 0) return true;
     return usable < this.#maxSessions && this.#openPausedUntil <= this.#ctx.now();
   }
@@ -232,7 +234,7 @@ export class H2Transport implements ReplicaTransport {
       settings: { enablePush: false },
       maxSessionMemory: MAX_SESSION_MEMORY_MB,
     });
-    const s: Session = { session, active: 0, limit: 1, ready: false, usable: true, slow: false, error: undefined };
+    const s: Session = { session, active: 0, limit: 1, ready: false, usable: true, slow: false, checking: false, error: undefined };
     this.#sessions.push(s);
     const timer = setTimeout(() => {
       session.destroy(Object.assign(new Error(`no HTTP/2 SETTINGS within ${ctx.connectTimeoutMs} ms`), { code: "ETIMEDOUT" }));
@@ -316,6 +318,7 @@ export class H2Transport implements ReplicaTransport {
       stream.on("close", () => {
         if (error !== undefined && (error as { code?: unknown }).code === "ERR_HTTP2_OUT_OF_STREAMS") this.#retire(s);
         if (--s.active === 0 && s.ready) s.session.unref();
+        if (signal.aborted && !this.#closed) this.#check(s);
         this.#pump();
         const rstCode = stream.rstCode ?? constants.NGHTTP2_NO_ERROR;
         // An answer is whole only when it ended with END_STREAM, was not reset with an error after it, and holds
@@ -343,6 +346,37 @@ export class H2Transport implements ReplicaTransport {
       });
       if (body !== undefined) stream.end(body);
     });
+  }
+
+  /**
+   * A call on the session was aborted, by its timeout mostly: is the connection still there? One whose server
+   * vanished without a FIN or RST (a failover behind a virtual IP, a NAT or load balancer that dropped an idle
+   * flow) takes every new stream and answers none, and TCP gives up only after ~15 minutes of retransmissions:
+   * every call to the replica timed out until then, one attempt spent each (HTTP/1.1 recovers by itself, as an
+   * aborted call's socket is closed). So the session gets a PING, which the server's HTTP/2 layer answers at once,
+   * however busy its model is (RFC 9113 §6.7), and takes no new calls until the answer comes; none within
+   * connectTimeoutMs (the deadline a new connection has for its SETTINGS) and the session is destroyed. Calls
+   * meanwhile go to another session, opened if need be. One PING at a time per session.
+   */
+  #check(s: Session): void {
+    if (s.checking || !s.usable || !s.ready || s.session.destroyed) return;
+    s.checking = true;
+    const ms = this.#ctx.connectTimeoutMs;
+    const timer = setTimeout(() => {
+      s.usable = false;
+      s.session.destroy(Object.assign(new Error(`the connection went silent: no answer to PING within ${ms} ms`), { code: "ECONNRESET" }));
+    }, ms);
+    timer.unref();
+    const answered = () => {
+      clearTimeout(timer);
+      s.checking = false;
+      this.#pump();
+    };
+    try {
+      if (!s.session.ping(answered)) answered();
+    } catch {
+      answered();
+    }
   }
 
   /**
