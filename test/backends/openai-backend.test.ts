@@ -710,6 +710,14 @@ describe("API keys", () => {
     expect(() => createOpenAIBackend({ name: "x", urls: ["http://h"], apiKey: "sk-plain-0123_ABC.xyz" })).not.toThrow();
   });
 
+  it("refuses an API key with a non-ASCII character, such as a masked key's ellipsis, without echoing the key", () => {
+    for (const [key, at] of [["sk-proj-…secretXYZ", 8], ["sk-secret’s", 9], ["sk-sécret", 4]] as const) {
+      const attempt = () => createOpenAIBackend({ name: "x", urls: ["http://h"], apiKey: key });
+      expect(attempt).toThrow(`Expected \`apiKey\` to be ASCII (was it copied masked, as "sk-…", or with a typographic quote?), got a non-ASCII character at index ${at}`);
+      expect(attempt).not.toThrow(/secret/);
+    }
+  });
+
   it("fails a request undici refuses to send (UND_ERR_INVALID_ARG) as invalid_request, which is not retried", () => {
     const err = toTransportError(Object.assign(new Error("invalid authorization header"), { code: "UND_ERR_INVALID_ARG" }), "openai:x POST http://h/v1/chat/completions");
     expect(err.kind).toBe("invalid_request");
