@@ -56,12 +56,18 @@ export type TransportErrorKind =
 
 export class TransportError extends Error {
   override readonly name = "TransportError";
+  /**
+   * The connection could not be established (refused, or not done within the connect deadline): nothing of the
+   * request was sent, so another replica can take it at once.
+   */
+  readonly connectFailed: boolean;
   constructor(
     readonly kind: TransportErrorKind,
     message: string,
-    options?: { cause?: unknown },
+    options?: { cause?: unknown; connectFailed?: boolean },
   ) {
     super(message, options);
+    this.connectFailed = options?.connectFailed ?? kind === "connection_refused";
   }
 }
 

@@ -138,6 +138,14 @@ function parseBackend(raw: unknown, where: string, env: Env, modelName: string):
     apiKey = env[apiKeyEnv];
     // Say which variable is missing, never what a key looks like.
     if (!apiKey) throw new ConfigError(`${where}: \`api_key_env\`: environment variable ${apiKeyEnv} is not set`);
+    // The backend refuses these too (openai-backend-options.ts says why), but here the message can name the
+    // variable and the model. Where the character is, never what the key looks like.
+    const bad = apiKey.search(/[^\x20-\x7e]/);
+    if (bad >= 0) {
+      const what = apiKey.charCodeAt(bad) < 0x80 ? "a control character (a trailing newline?)"
+        : "a non-ASCII character (a key copied masked, as \"sk-…\", or with a typographic quote?)";
+      throw new ConfigError(`${where}: \`api_key_env\`: expected environment variable ${apiKeyEnv} to hold the key alone, in ASCII, got ${what} at index ${bad}`);
+    }
   }
   const protocol = f.oneOf("protocol", b.protocol, "auto", ["auto", "http1", "h2", "h2c"] as const);
   const secure = urls.findIndex((u) => u.startsWith("https:"));

@@ -1,6 +1,6 @@
 import { subscribe, unsubscribe } from "node:diagnostics_channel";
 import { once } from "node:events";
-import { createServer as createH2Server, type ClientHttp2Session, type ClientHttp2Stream, type Http2Server, type ServerHttp2Session } from "node:http2";
+import { constants as h2constants, createServer as createH2Server, type ClientHttp2Session, type ClientHttp2Stream, type Http2Server, type ServerHttp2Session } from "node:http2";
 import { createServer as createNetServer, type AddressInfo, type Server, type Socket } from "node:net";
 import { afterEach, describe, expect, it } from "vitest";
 import { TransportError, type InferenceReply } from "../../src/backends/backend.ts";
@@ -184,6 +184,31 @@ describe("HTTP/2 sessions", () => {
     for (const r of results) expect(JSON.parse((r as PromiseFulfilledResult<InferenceReply>).value.body)).toEqual({ bytes: body.length });
   });
 
+  it("sends a stream the server refused (REFUSED_STREAM) once more, then rejects goaway for the dispatcher to back off", async () => {
+    const server = createH2Server();
+    server.on("session", (s) => serverSessions.add(s));
+    let streams = 0;
+    server.on("stream", (stream) => {
+      streams++;
+      stream.on("error", () => {});
+      stream.close(h2constants.NGHTTP2_REFUSED_STREAM);
+    });
+    const b = backend({ urls: [`h2c://127.0.0.1:${await listen(server)}`] });
+    expect((await rejection(call(b))).kind).toBe("goaway");
+    expect(streams).toBe(2);
+    let refusedOnce = false;
+    server.removeAllListeners("stream");
+    server.on("stream", (stream) => {
+      streams++;
+      stream.on("error", () => {});
+      if (!refusedOnce) return void ((refusedOnce = true), stream.close(h2constants.NGHTTP2_REFUSED_STREAM));
+      stream.respond({ ":status": 200 });
+      stream.end("{}");
+    });
+    expect((await call(b)).status).toBe(200);
+    expect(streams).toBe(4);
+  });
+
   it("opens a new session when the one in use has run out of stream ids, instead of failing every call on it", async () => {
     const server = createH2Server();
     let opened = 0;
@@ -210,9 +235,10 @@ describe("HTTP/2 sessions", () => {
       const b = backend({ urls: [url] });
       const outcomes: (number | string)[] = [];
       for (let i = 0; i < 10; i++) outcomes.push(await call(b).then((r) => r.status, (e: TransportError) => e.kind));
-      // Four streams per session; the fifth call finds the ids gone, fails retryably, and the session is retired.
-      expect(outcomes).toEqual([200, 200, 200, 200, "goaway", 200, 200, 200, 200, "goaway"]);
-      expect(opened).toBe(2);
+      // Four streams per session; the fifth call finds the ids gone, the session is retired, and the call, never
+      // sent, goes out on a fresh session.
+      expect(outcomes).toEqual([200, 200, 200, 200, 200, 200, 200, 200, 200, 200]);
+      expect(opened).toBe(3);
     } finally {
       unsubscribe("http2.client.stream.start", onStart);
     }

@@ -18,6 +18,7 @@ import { toTransportError } from "../../src/backends/openai/transport-errors.ts"
 import { isRetryable } from "../../src/dispatch/retry-policy.ts";
 import { startSimulator, type Simulator, type SimulatorOptions } from "../../src/simulator/index.ts";
 import { freePort } from "../support/ports.ts";
+import { TcpProxy } from "../support/tcp-proxy.ts";
 import { rejection } from "../support/transport-errors.ts";
 
 /** A throwaway self-signed certificate for 127.0.0.1, made by openssl for this run; never committed. */
@@ -230,6 +231,27 @@ describe("HTTP/2 sessions", () => {
     await Promise.all(Array.from({ length: 50 }, (_, i) => call(b, { n: i, sim: { latency_ms: 100 } })));
     expect(sim.stats().maxInFlight).toBe(50);
     expect(sim.stats().connections).toBe(3);
+  });
+
+  it("sends no more calls into a session that went silent once a call on it timed out, and carries them on a fresh connection", async () => {
+    const sim = await simulator();
+    const proxy = new TcpProxy({ host: "127.0.0.1", port: sim.port });
+    try {
+      const b = backend({ urls: [`h2c://127.0.0.1:${await proxy.start()}`], connectTimeoutMs: 300 });
+      expect((await call(b, {})).status).toBe(200);
+      // The server's host vanishes without a FIN or RST: the open connection passes nothing, new ones get through.
+      expect(proxy.freeze()).toBe(1);
+      const ac = new AbortController();
+      const lost = rejection(call(b, {}, ac.signal));
+      ac.abort("timeout");
+      expect((await lost).kind).toBe("aborted");
+      // Before: each call went into the silent session and timed out, until TCP gave up (~15 minutes).
+      const replies = await Promise.all([0, 1, 2].map((n) => call(b, { n }, AbortSignal.timeout(3_000))));
+      expect(replies.map((r) => r.status)).toEqual([200, 200, 200]);
+      expect(sim.stats().connections).toBe(2);
+    } finally {
+      await proxy.cut();
+    }
   });
 
   it("rejects a streamsPerSession that is not a positive integer", () => {
@@ -484,12 +506,12 @@ describe("HTTP/2 sessions", () => {
       await new Promise((r) => server.close(r));
     });
 
-    it("answers the stream the server processed, maps the refused one to goaway, then uses a fresh session", async () => {
+    it("answers the stream the server processed and sends the one its GOAWAY refused again on a fresh session", async () => {
       const b = backend({ urls: [url] });
       const [first, second] = await Promise.allSettled([call(b, { n: 1 }), call(b, { n: 2 })]);
       expect(first.status === "fulfilled" && JSON.parse(first.value.body)).toEqual({ session: 1 });
-      expect(second.status === "rejected" && second.reason).toBeInstanceOf(TransportError);
-      expect((second as PromiseRejectedResult).reason.kind).toBe("goaway");
+      // Refused unprocessed (RFC 9113 §8.7): not a failure the dispatcher spends an attempt and a backoff on.
+      expect(second.status === "fulfilled" && JSON.parse(second.value.body)).toEqual({ session: 2 });
       expect(JSON.parse((await call(b, { n: 3 })).body)).toEqual({ session: 2 });
       expect(sessions).toHaveLength(2);
     });
@@ -561,6 +583,34 @@ describe("replica ejection", () => {
     }));
     // Before: ~6,000 answers of 500 beside 80 of 200. Now only the calls in flight when it is ejected.
     expect(counts.failed).toBeLessThan(20);
+  });
+
+  // A server that accepts the TCP connection and says nothing: no TLS handshake, no HTTP/2 SETTINGS, as a host
+  // behind a dead proxy. (http:// is left out: its connect ends with TCP, and the request is then sent.)
+  it.each([
+    { name: "h2c", dead: "h2c", live: (s: Simulator) => s.h2cUrl, protocol: undefined },
+    { name: "TLS with ALPN", dead: "https", live: (s: Simulator) => s.httpsUrl!, protocol: undefined },
+    { name: "TLS with HTTP/1.1", dead: "https", live: (s: Simulator) => s.httpsUrl!, protocol: "http1" },
+    { name: "TLS with HTTP/2", dead: "https", live: (s: Simulator) => s.httpsUrl!, protocol: "h2" },
+  ] as const)("moves a call whose connect timed out ($name) to another replica, as it does a refused connect", async (mode) => {
+    const silentSockets: Socket[] = [];
+    const silent = createNetServer((socket) => {
+      socket.on("error", () => {});
+      silentSockets.push(socket);
+    });
+    const port = await listenLocal(silent);
+    try {
+      const live = await simulator();
+      const b = backend({ urls: [`${mode.dead}://127.0.0.1:${port}`, mode.live(live)], protocol: mode.protocol, connectTimeoutMs: 300 });
+      expect((await call(b, {})).status).toBe(200);
+      expect(live.stats().requests).toBe(1);
+      expect(silentSockets.length).toBeGreaterThan(0);
+      expect(b.state()[0]).toMatchObject({ consecutiveFailures: 1 });
+      expect(b.state()[0]!.ejectedForMs).toBeGreaterThan(0);
+    } finally {
+      for (const s of silentSockets) s.destroy();
+      await new Promise((r) => silent.close(r));
+    }
   });
 
   it("tries an ejected replica rather than failing outright when every replica is ejected", async () => {
@@ -658,6 +708,14 @@ describe("API keys", () => {
       expect(attempt).not.toThrow(/secret/);
     }
     expect(() => createOpenAIBackend({ name: "x", urls: ["http://h"], apiKey: "sk-plain-0123_ABC.xyz" })).not.toThrow();
+  });
+
+  it("refuses an API key with a non-ASCII character, such as a masked key's ellipsis, without echoing the key", () => {
+    for (const [key, at] of [["sk-proj-…secretXYZ", 8], ["sk-secret’s", 9], ["sk-sécret", 4]] as const) {
+      const attempt = () => createOpenAIBackend({ name: "x", urls: ["http://h"], apiKey: key });
+      expect(attempt).toThrow(`Expected \`apiKey\` to be ASCII (was it copied masked, as "sk-…", or with a typographic quote?), got a non-ASCII character at index ${at}`);
+      expect(attempt).not.toThrow(/secret/);
+    }
   });
 
   it("fails a request undici refuses to send (UND_ERR_INVALID_ARG) as invalid_request, which is not retried", () => {

@@ -33,6 +33,14 @@ const openai = (backend: Record<string, unknown>, extra: Record<string, unknown>
   ({ models: [{ name: "m", backend: { kind: "openai", urls: ["http://127.0.0.1:8000"], ...backend }, ...extra }] });
 
 describe("the configuration", () => {
+  it("refuses an API key with a control or non-ASCII character, naming the variable and the index, never the key", () => {
+    expect(refusal(openai({ api_key_env: "LOTE_K" }), { LOTE_K: "sk-proj-…secretXYZ" })).toBe("config: models[0].backend: " +
+      "`api_key_env`: expected environment variable LOTE_K to hold the key alone, in ASCII, got a non-ASCII character " +
+      "(a key copied masked, as \"sk-…\", or with a typographic quote?) at index 8");
+    expect(refusal(openai({ api_key_env: "LOTE_K" }), { LOTE_K: "sk-secret\n" })).toMatch(/LOTE_K .* a control character \(a trailing newline\?\) at index 9$/);
+    expect(buildConfig(openai({ api_key_env: "LOTE_K" }), { LOTE_K: "sk-plain-0123_ABC.xyz" }).models.get("m")!.backend).toMatchObject({ apiKey: "sk-plain-0123_ABC.xyz" });
+  });
+
   it("treats an empty environment variable as unset, leaving the file's value in force", () => {
     const cert = join(dir, "cert.pem");
     const key = join(dir, "key.pem");

@@ -42,7 +42,7 @@ export class AlpnTransport implements ReplicaTransport {
         (err: unknown) => {
           signal.removeEventListener("abort", onAbort);
           const kind = kindOf(err) === "timeout" ? "timeout" : "connection_refused";
-          reject(toTransportError(err, where, { signal, kind }));
+          reject(toTransportError(err, where, { signal, kind, connectFailed: true }));
         },
       );
     });

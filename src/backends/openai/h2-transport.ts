@@ -15,10 +15,11 @@ import { h2ErrorName, kindOf, toTransportError } from "./transport-errors.ts";
  * up to the server's SETTINGS_MAX_CONCURRENT_STREAMS, so `connections: 1` still runs every call on one session. A
  * session takes calls only after the server's SETTINGS arrived, and never more than that limit: streams opened
  * beyond it are refused by the server (REFUSED_STREAM), not queued. Calls wait here when every session is full and
- * no more may open. After GOAWAY a session takes no new calls and a fresh one is opened on demand. When a session
- * fails to connect while others are open (a server that takes only so many connections), no other session opens
- * for OPEN_PAUSE_MS and the open ones carry calls up to the server's limit: one failed connect per second, not one
- * per call. The open ones do the same while a new session is slow to connect (SLOW_CONNECT_MS).
+ * no more may open. After GOAWAY a session takes no new calls and a fresh one is opened on demand; a call the
+ * server refused unprocessed (left out by the GOAWAY, or REFUSED_STREAM) is sent once more (`wasRefused`). When a
+ * session fails to connect while others are open (a server that takes only so many connections), no other session
+ * opens for OPEN_PAUSE_MS and the open ones carry calls up to the server's limit: one failed connect per second, not
+ * one per call. The open ones do the same while a new session is slow to connect (SLOW_CONNECT_MS).
  */
 
 const OPEN_PAUSE_MS = 1_000;
@@ -40,6 +41,23 @@ const SLOW_CONNECT_MS = 100;
  * (src/api/protocol-servers.ts).
  */
 const MAX_SESSION_MEMORY_MB = 4_096;
+
+/**
+ * A stream the server refused unprocessed: RST_STREAM REFUSED_STREAM, which nghttp2 also reports for the streams a
+ * GOAWAY's last-stream-id left out (a server draining, or nginx at its keepalive_requests, 1,000 by default), and a
+ * stream id the session ran out of before anything was sent. RFC 9113 §8.7: such a request "has not failed" and
+ * may be retried automatically, even a POST. The transport retries it once, on a session that may take it (a
+ * fresh one after GOAWAY), as gRPC does ("transparent retry", proposal A6). Rejected "goaway", it went back to the
+ * dispatcher, which spent one of the item's attempts and a backoff of 0.5-1 s on it, and failed the item on its
+ * last attempt although the server never saw it. Once only: a server that refuses a stream twice is overloaded,
+ * and the dispatcher's backoff is then the right answer.
+ */
+function wasRefused(error: unknown, rstCode: number): boolean {
+  if (rstCode === constants.NGHTTP2_REFUSED_STREAM) return true;
+  const e = error as { code?: unknown; message?: unknown } | undefined;
+  if (e?.code === "ERR_HTTP2_OUT_OF_STREAMS") return true;
+  return e?.code === "ERR_HTTP2_STREAM_ERROR" && String(e.message).includes("REFUSED_STREAM");
+}
 
 /**
  * Client streams that closed before their answer's END_STREAM. node ends the readable side ('end' fires) and
@@ -67,11 +85,15 @@ interface Session {
   usable: boolean;
   /** Still connecting after SLOW_CONNECT_MS. */
   slow: boolean;
+  /** A PING is out to see whether the connection still answers (`#check`); no new calls until it does. */
+  checking: boolean;
   error: unknown;
 }
 
 interface Waiter {
   readonly method: "GET" | "POST";
+  /** The call was refused unprocessed once and waits for its one retry (see `wasRefused`). */
+  readonly retried: boolean;
   readonly path: string;
   readonly body: string | undefined;
   readonly signal: AbortSignal;
@@ -97,19 +119,25 @@ export class H2Transport implements ReplicaTransport {
   }
 
   request(method: "GET" | "POST", path: string, body: string | undefined, signal: AbortSignal): Promise<InferenceReply> {
+    return this.#enqueue(method, path, body, signal, false);
+  }
+
+  /** On the least-loaded session with room, else in line (a retried call at the head: it was admitted already). */
+  #enqueue(method: "GET" | "POST", path: string, body: string | undefined, signal: AbortSignal, retried: boolean): Promise<InferenceReply> {
     if (signal.aborted || this.#closed) return Promise.reject(this.#aborted(method, path));
     const s = this.#pick();
-    if (s) return this.#send(s, method, path, body, signal);
+    if (s) return this.#send(s, method, path, body, signal, retried);
     return new Promise((resolve, reject) => {
       const w: Waiter = {
-        method, path, body, signal, resolve, reject,
+        method, path, body, retried, signal, resolve, reject,
         onAbort: () => {
           this.#waiters = this.#waiters.filter((x) => x !== w);
           reject(this.#aborted(method, path));
         },
       };
       signal.addEventListener("abort", w.onAbort, { once: true });
-      this.#waiters.push(w);
+      if (retried) this.#waiters.unshift(w);
+      else this.#waiters.push(w);
       this.#pump();
     });
   }
@@ -137,7 +165,7 @@ export class H2Transport implements ReplicaTransport {
     const cap = this.#cap();
     let best: Session | undefined;
     for (const s of this.#sessions) {
-      if (s.usable && s.ready && s.active < Math.min(s.limit, cap) && (!best || s.active < best.active)) best = s;
+      if (s.usable && s.ready && !s.checking && s.active < Math.min(s.limit, cap) && (!best || s.active < best.active)) best = s;
     }
     return best;
   }
@@ -159,7 +187,7 @@ export class H2Transport implements ReplicaTransport {
   #mayOpen(): boolean {
     if (this.#closed) return false;
     let usable = 0;
-    for (const s of this.#sessions) if (s.usable) usable++;
+    for (const s of this.#sessions) if (s.usable && !s.checking) usable++;
     if (usable === 0) return true;
     return usable < this.#maxSessions && this.#openPausedUntil <= this.#ctx.now();
   }
@@ -195,7 +223,7 @@ export class H2Transport implements ReplicaTransport {
       }
       const w = this.#waiters.shift()!;
       w.signal.removeEventListener("abort", w.onAbort);
-      this.#send(s, w.method, w.path, w.body, w.signal).then(w.resolve, w.reject);
+      this.#send(s, w.method, w.path, w.body, w.signal, w.retried).then(w.resolve, w.reject);
     }
   }
 
@@ -206,7 +234,7 @@ export class H2Transport implements ReplicaTransport {
       settings: { enablePush: false },
       maxSessionMemory: MAX_SESSION_MEMORY_MB,
     });
-    const s: Session = { session, active: 0, limit: 1, ready: false, usable: true, slow: false, error: undefined };
+    const s: Session = { session, active: 0, limit: 1, ready: false, usable: true, slow: false, checking: false, error: undefined };
     this.#sessions.push(s);
     const timer = setTimeout(() => {
       session.destroy(Object.assign(new Error(`no HTTP/2 SETTINGS within ${ctx.connectTimeoutMs} ms`), { code: "ETIMEDOUT" }));
@@ -251,7 +279,7 @@ export class H2Transport implements ReplicaTransport {
     for (const w of this.#waiters.splice(0)) {
       w.signal.removeEventListener("abort", w.onAbort);
       const kind = kindOf(err) === "timeout" ? "timeout" : "connection_refused";
-      w.reject(toTransportError(err, describeCall(this.#ctx, w.method, w.path), { kind }));
+      w.reject(toTransportError(err, describeCall(this.#ctx, w.method, w.path), { kind, connectFailed: true }));
     }
   }
 
@@ -261,14 +289,15 @@ export class H2Transport implements ReplicaTransport {
    * path, and the call settles on 'close', which fires exactly once per stream (after 'end' when the answer came
    * whole). Together: 106 -> 82 µs of CPU per call, median of five interleaved pairs (BENCHMARKS.md, sixth session).
    */
-  #send(s: Session, method: "GET" | "POST", path: string, body: string | undefined, signal: AbortSignal): Promise<InferenceReply> {
+  #send(s: Session, method: "GET" | "POST", path: string, body: string | undefined, signal: AbortSignal, retried: boolean): Promise<InferenceReply> {
     let stream: ClientHttp2Stream;
     try {
       // `signal` makes node send RST_STREAM(CANCEL) and destroy the stream with an AbortError when it fires.
       stream = s.session.request(this.#headersFor(method, path), { endStream: body === undefined, signal });
     } catch (err) {
-      // The session started closing between pick and request (GOAWAY just arrived).
+      // The session started closing between pick and request (GOAWAY just arrived): nothing was sent.
       s.usable = false;
+      if (!retried) return this.#enqueue(method, path, body, signal, true);
       return Promise.reject(toTransportError(err, describeCall(this.#ctx, method, path), { signal }));
     }
     if (s.active++ === 0) s.session.ref();
@@ -289,6 +318,7 @@ export class H2Transport implements ReplicaTransport {
       stream.on("close", () => {
         if (error !== undefined && (error as { code?: unknown }).code === "ERR_HTTP2_OUT_OF_STREAMS") this.#retire(s);
         if (--s.active === 0 && s.ready) s.session.unref();
+        if (signal.aborted && !this.#closed) this.#check(s);
         this.#pump();
         const rstCode = stream.rstCode ?? constants.NGHTTP2_NO_ERROR;
         // An answer is whole only when it ended with END_STREAM, was not reset with an error after it, and holds
@@ -306,6 +336,9 @@ export class H2Transport implements ReplicaTransport {
         }
         if (this.#closed) return reject(this.#aborted(method, path));
         if (error instanceof TransportError) return reject(error);
+        if (!retried && !signal.aborted && headers === undefined && wasRefused(error, rstCode)) {
+          return resolve(this.#enqueue(method, path, body, signal, true));
+        }
         const cause = error ?? (whole
           ? Object.assign(new Error("stream ended without response headers"), { code: "ERR_HTTP2_ERROR" })
           : Object.assign(new Error(`stream closed before its answer was complete (RST_STREAM ${h2ErrorName(rstCode)}${closedBeforeEnd.has(stream) ? " before END_STREAM" : ""})`), { code: "ECONNRESET" }));
@@ -313,6 +346,37 @@ export class H2Transport implements ReplicaTransport {
       });
       if (body !== undefined) stream.end(body);
     });
+  }
+
+  /**
+   * A call on the session was aborted, by its timeout mostly: is the connection still there? One whose server
+   * vanished without a FIN or RST (a failover behind a virtual IP, a NAT or load balancer that dropped an idle
+   * flow) takes every new stream and answers none, and TCP gives up only after ~15 minutes of retransmissions:
+   * every call to the replica timed out until then, one attempt spent each (HTTP/1.1 recovers by itself, as an
+   * aborted call's socket is closed). So the session gets a PING, which the server's HTTP/2 layer answers at once,
+   * however busy its model is (RFC 9113 §6.7), and takes no new calls until the answer comes; none within
+   * connectTimeoutMs (the deadline a new connection has for its SETTINGS) and the session is destroyed. Calls
+   * meanwhile go to another session, opened if need be. One PING at a time per session.
+   */
+  #check(s: Session): void {
+    if (s.checking || !s.usable || !s.ready || s.session.destroyed) return;
+    s.checking = true;
+    const ms = this.#ctx.connectTimeoutMs;
+    const timer = setTimeout(() => {
+      s.usable = false;
+      s.session.destroy(Object.assign(new Error(`the connection went silent: no answer to PING within ${ms} ms`), { code: "ECONNRESET" }));
+    }, ms);
+    timer.unref();
+    const answered = () => {
+      clearTimeout(timer);
+      s.checking = false;
+      this.#pump();
+    };
+    try {
+      if (!s.session.ping(answered)) answered();
+    } catch {
+      answered();
+    }
   }
 
   /**

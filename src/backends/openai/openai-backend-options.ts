@@ -170,6 +170,14 @@ export function resolveOptions(o: OpenAIBackendOptions): ResolvedOptions {
     // Never echo the value: only where the character is.
     throw new TypeError(`Expected \`apiKey\` to hold no control characters (CR, LF, NUL, tab, DEL), got one at index ${control}`);
   }
+  // A key is ASCII; one with "…" or "’" was copied masked from a dashboard or through a word processor. undici
+  // refused to send such a header (every call failed invalid_request) and node's HTTP/2 client sent the request
+  // without it (every call failed 401); a Latin-1 "é" went out as a byte no server's key has. Every item of every
+  // batch failed, where a start-up error says why.
+  const nonAscii = o.apiKey === undefined ? -1 : o.apiKey.search(/[^\x00-\x7f]/);
+  if (nonAscii >= 0) {
+    throw new TypeError(`Expected \`apiKey\` to be ASCII (was it copied masked, as "sk-…", or with a typographic quote?), got a non-ASCII character at index ${nonAscii}`);
+  }
   if (o.requestTimeoutMs !== undefined) positiveInt("requestTimeoutMs", o.requestTimeoutMs, 0);
   const ejectBaseMs = positiveInt("ejectBaseMs", o.ejectBaseMs, 1_000);
   const ejectMaxMs = positiveInt("ejectMaxMs", o.ejectMaxMs, 30_000);

@@ -19,8 +19,9 @@ export interface OpenAIReplicaState extends ReplicaState {
 /**
  * The OpenAI-compatible HTTP backend (vLLM, SGLang, TGI, llama.cpp server, Ollama, OpenAI). POSTs the user's
  * body unchanged to `<replica base><endpoint>` on the least-loaded replica and reports the answer; retries are
- * the dispatcher's, except one case handled here: a call whose connection could not even be established was
- * never sent, so it moves to the next replica at once rather than burning an attempt.
+ * the dispatcher's, except one case handled here: a call whose connection could not even be established (refused,
+ * or not done within connectTimeoutMs) was never sent, so it moves to the next replica at once rather than burning
+ * an attempt.
  */
 export class OpenAIBackend implements Backend {
   readonly name: string;
@@ -62,7 +63,8 @@ export class OpenAIBackend implements Backend {
   }
 
   /**
-   * One call on the least-loaded replica; on a connect failure, the same call on each other replica once. A 5xx,
+   * One call on the least-loaded replica; on a connect failure (`TransportError.connectFailed`: refused or timed
+   * out), the same call on each other replica once. A 5xx,
    * a reset or a timeout counts against the replica (outlier ejection, ReplicaSet.markCallFailure); a timeout is
    * our signal fired with reason "timeout", the dispatcher's or #withTimeout's.
    */
@@ -82,7 +84,10 @@ export class OpenAIBackend implements Backend {
         if (err.kind === "connection_reset" || err.kind === "timeout" || (err.kind === "aborted" && signal.reason === "timeout")) {
           this.#replicas.markCallFailure(i);
         }
-        if (err.kind !== "connection_refused" || signal.aborted) throw err;
+        // A connect that timed out sent nothing either: a replica whose host is gone (no RST, SYN unanswered) or
+        // that accepts but never completes TLS or sends SETTINGS failed each call placed on it as "timeout" after
+        // connectTimeoutMs (10 s), one attempt spent each, while the other replicas were healthy.
+        if (!err.connectFailed || signal.aborted) throw err;
         const next = tried ?? new Set<number>();
         next.add(i);
         if (next.size >= this.#targets.length) throw err;

@@ -82,12 +82,20 @@ export function kindOf(err: unknown, rstCode?: number): TransportErrorKind {
 export function toTransportError(
   err: unknown,
   where: string,
-  o: { readonly signal?: AbortSignal; readonly rstCode?: number; readonly kind?: TransportErrorKind } = {},
+  o: {
+    readonly signal?: AbortSignal;
+    readonly rstCode?: number;
+    readonly kind?: TransportErrorKind;
+    /** The caller knows the connection could not be established (a refused or timed-out connect). */
+    readonly connectFailed?: boolean;
+  } = {},
 ): TransportError {
   if (err instanceof TransportError) return err;
   const kind = o.signal?.aborted ? "aborted" : (o.kind ?? kindOf(err, o.rstCode));
   const detail = err instanceof Error ? err.message : String(err);
   const code = (err as { code?: unknown } | null)?.code;
   const suffix = typeof code === "string" && !detail.includes(code) ? ` (${code})` : "";
-  return new TransportError(kind, `${where}: ${kind}: ${detail}${suffix}`, { cause: err });
+  // undici's connect deadline (TCP and TLS) is the one "timeout" that says nothing was sent.
+  const connectFailed = o.connectFailed ?? (kind === "connection_refused" || code === "UND_ERR_CONNECT_TIMEOUT");
+  return new TransportError(kind, `${where}: ${kind}: ${detail}${suffix}`, { cause: err, connectFailed });
 }
