@@ -26,6 +26,7 @@ export class LoteMetrics implements DispatchObserver {
   readonly #claimSeconds: Histogram<"model">;
   readonly #calls: Counter<"model" | "outcome">;
   readonly #callSeconds: Histogram<"model" | "outcome">;
+  readonly #callErrors: Counter<"model" | "error">;
   readonly #apiCalls: Counter<"method" | "code">;
   readonly #apiSeconds: Histogram<"method" | "code">;
   readonly #databaseErrors: Counter<"operation">;
@@ -44,6 +45,11 @@ export class LoteMetrics implements DispatchObserver {
     this.#callSeconds = new Histogram({
       name: "lote_call_duration_seconds", help: "Time of one backend call, retries of the transport included.",
       labelNames: ["model", "outcome"], buckets: callBuckets, registers,
+    });
+    this.#callErrors = new Counter({
+      name: "lote_call_errors_total",
+      help: "Backend calls that failed, retried or not, by error: http_<status> (http_429, http_503, ...) or the transport error (timeout, connection_refused, connection_reset, goaway, protocol_error, response_too_large, invalid_request).",
+      labelNames: ["model", "error"], registers,
     });
     this.#apiCalls = new Counter({
       name: "lote_api_calls_total", help: "API calls ended, by method (service/method) and status code (OK, NotFound, ...).",
@@ -108,6 +114,10 @@ export class LoteMetrics implements DispatchObserver {
   callEnded(model: string, outcome: CallOutcome, seconds: number): void {
     this.#calls.inc({ model, outcome });
     this.#callSeconds.observe({ model, outcome }, seconds);
+  }
+
+  callFailed(model: string, kind: string): void {
+    this.#callErrors.inc({ model, error: kind });
   }
 
   databaseFailed(operation: DatabaseOperation): void {

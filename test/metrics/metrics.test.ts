@@ -27,12 +27,12 @@ describe("Prometheus metrics of a worker node (real process, scraped over HTTP)"
     await db.drop();
   });
 
-  async function start(): Promise<void> {
+  async function start(extraModels: Record<string, unknown>[] = []): Promise<void> {
     sim = await startSimulator({ port: 0 });
     const port = await freePort();
     lote = await startLoteProcess({
       databaseUrl: db.url,
-      config: { metrics: { port }, models: [{ name: "sim-model", backend: { kind: "openai", urls: [sim.h2cUrl] }, max_concurrency: 8 }] },
+      config: { metrics: { port }, models: [{ name: "sim-model", backend: { kind: "openai", urls: [sim.h2cUrl] }, max_concurrency: 8 }, ...extraModels] },
     });
     client = batchServiceClient(`127.0.0.1:${lote.port}`);
     metricsUrl = `http://127.0.0.1:${port}/metrics`;
@@ -68,6 +68,30 @@ describe("Prometheus metrics of a worker node (real process, scraped over HTTP)"
     // prom-client's default process metrics come along.
     expect(sample(text, "process_cpu_user_seconds_total")).toBeGreaterThan(0);
     expect(text).toContain("# HELP lote_calls_total ");
+  });
+
+  it("counts backend errors by model and kind: the HTTP status, or the transport error when no answer came", async () => {
+    // A model whose backend is down: nothing listens on its port.
+    const downPort = await freePort();
+    await start([{ name: "down-model", backend: { kind: "openai", urls: [`http://127.0.0.1:${downPort}`] }, max_attempts: 2 }]);
+    const sim503 = { sim: { fail_first: 1, status: 503, retry_after: "0" } };
+    const batch = await call(client, "createBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: [
+      chatRequest("ok", "sim-model", "fine"),
+      chatRequest("busy", "sim-model", "busy once", sim503),
+      chatRequest("bad", "sim-model", "bad", { sim: { fail_first: 99, status: 400 } }),
+    ] });
+    const down = await call(client, "createBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: [chatRequest("d0", "down-model", "anyone?")] });
+    for (const id of [batch.id, down.id]) {
+      await until(`batch ${id} COMPLETED`, async () => ((await call(client, "getBatch", { id })).status === "BATCH_STATUS_COMPLETED" ? true : undefined), 30_000);
+    }
+    const text = await scrape();
+    // Before, a backend answering 503 or not answering at all showed only as outcome="retry" or "failed".
+    expect(sample(text, 'lote_call_errors_total{model="sim-model",error="http_503"}')).toBe(1);
+    expect(sample(text, 'lote_call_errors_total{model="sim-model",error="http_400"}')).toBe(1);
+    expect(sample(text, 'lote_calls_total{model="sim-model",outcome="succeeded"}')).toBe(2);
+    // Two attempts (max_attempts), both refused.
+    expect(sample(text, 'lote_call_errors_total{model="down-model",error="connection_refused"}')).toBe(2);
+    expect(text).not.toContain('lote_call_errors_total{model="sim-model",error="connection_refused"}');
   });
 
   it("shows a call in flight while the backend holds it, and answers 404 beside /metrics", async () => {
