@@ -50,6 +50,8 @@ export interface DispatchObserver {
   callFailed(model: string, kind: string): void;
   /** A statement failed (a lost or timed-out connection, most often); it is retried. */
   databaseFailed(operation: DatabaseOperation): void;
+  /** Maintenance rescued items of the model whose lease had lapsed: the node running them crashed or lost Postgres. */
+  rescued(model: string, items: number): void;
 }
 
 interface ModelLoop {
@@ -152,6 +154,7 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
     this.maintenance = new Maintenance({
       pool: o.pool, bulkPool: o.bulkPool ?? o.pool, models: o.models, inFlight: this.inFlight, logger: this.log,
       intervalMs: o.worker.maintenanceIntervalMs, onFailed: () => o.observer?.databaseFailed("maintenance"),
+      onRescued: (model, items) => o.observer?.rescued(model, items),
     });
     for (const [name, config] of o.models) {
       const backend = o.backends.get(name);

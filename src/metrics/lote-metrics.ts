@@ -30,6 +30,7 @@ export class LoteMetrics implements DispatchObserver {
   readonly #apiCalls: Counter<"method" | "code">;
   readonly #apiSeconds: Histogram<"method" | "code">;
   readonly #databaseErrors: Counter<"operation">;
+  readonly #rescued: Counter<"model">;
 
   constructor() {
     const registers = [this.registry];
@@ -63,6 +64,11 @@ export class LoteMetrics implements DispatchObserver {
       name: "lote_dispatch_database_errors_total",
       help: "Dispatcher statements that failed and will be retried (a lost or timed-out connection, most often), by operation: claim, completion, heartbeat, workers, maintenance.",
       labelNames: ["operation"], registers,
+    });
+    this.#rescued = new Counter({
+      name: "lote_rescued_items_total",
+      help: "Requests whose lease had lapsed (the node running them crashed, hung or lost Postgres) that this node's maintenance put back to pending, failed at max_attempts, or cancelled. Every node looks: an item two nodes found in the same instant counts on both.",
+      labelNames: ["model"], registers,
     });
   }
 
@@ -118,6 +124,10 @@ export class LoteMetrics implements DispatchObserver {
 
   callFailed(model: string, kind: string): void {
     this.#callErrors.inc({ model, error: kind });
+  }
+
+  rescued(model: string, items: number): void {
+    this.#rescued.inc({ model }, items);
   }
 
   databaseFailed(operation: DatabaseOperation): void {

@@ -1,7 +1,10 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { buildConfig, ConfigError } from "../../src/config/config.ts";
 import { startSimulator, type Simulator } from "../../src/simulator/index.ts";
-import { createTestDatabase, type TestDatabase } from "../support/database.ts";
+import { newBatchId } from "../../src/batch/ids.ts";
+import { claimItems, createBatch } from "../../src/store/index.ts";
+import { migrate } from "../../src/store/migrate.ts";
+import { createTestDatabase, testPool, type TestDatabase } from "../support/database.ts";
 import { batchServiceClient, call, chatRequest, collect } from "../support/grpc-client.ts";
 import { startLoteProcess, type LoteProcess } from "../support/lote-process.ts";
 import { sample, scrapeMetrics } from "../support/metrics.ts";
@@ -27,12 +30,12 @@ describe("Prometheus metrics of a worker node (real process, scraped over HTTP)"
     await db.drop();
   });
 
-  async function start(extraModels: Record<string, unknown>[] = []): Promise<void> {
+  async function start(extraModels: Record<string, unknown>[] = [], extraConfig: Record<string, unknown> = {}): Promise<void> {
     sim = await startSimulator({ port: 0 });
     const port = await freePort();
     lote = await startLoteProcess({
       databaseUrl: db.url,
-      config: { metrics: { port }, models: [{ name: "sim-model", backend: { kind: "openai", urls: [sim.h2cUrl] }, max_concurrency: 8 }, ...extraModels] },
+      config: { metrics: { port }, models: [{ name: "sim-model", backend: { kind: "openai", urls: [sim.h2cUrl] }, max_concurrency: 8 }, ...extraModels], ...extraConfig },
     });
     client = batchServiceClient(`127.0.0.1:${lote.port}`);
     metricsUrl = `http://127.0.0.1:${port}/metrics`;
@@ -92,6 +95,31 @@ describe("Prometheus metrics of a worker node (real process, scraped over HTTP)"
     // Two attempts (max_attempts), both refused.
     expect(sample(text, 'lote_call_errors_total{model="down-model",error="connection_refused"}')).toBe(2);
     expect(text).not.toContain('lote_call_errors_total{model="sim-model",error="connection_refused"}');
+  });
+
+  it("counts the requests it rescued from a worker whose lease lapsed", async () => {
+    // Three requests a worker claimed and then died with: its 1 ms lease lapses at once.
+    const pool = testPool(db.url);
+    const id = newBatchId();
+    try {
+      await migrate(pool);
+      await createBatch(pool, {
+        id, tenantId: "default", endpoint: "/v1/chat/completions", model: "sim-model", priority: 0, completionWindowSeconds: 3600, metadata: {},
+        items: Array.from({ length: 3 }, (_, i) => ({ customId: `c${i}`, body: JSON.stringify({ model: "sim-model", messages: [] }), estTokens: 1 })),
+      });
+      const claimed = await claimItems(pool, {
+        model: "sim-model", limit: 3, workerId: "w-dead", leaseMs: 1, maxConcurrency: 8, requestsPerMinute: 0, tokensPerMinute: 0,
+      });
+      expect(claimed).toHaveLength(3);
+    } finally {
+      await pool.end();
+    }
+    await start([], { worker: { maintenance_interval_ms: 100 } });
+    await until("batch COMPLETED", async () => ((await call(client, "getBatch", { id })).status === "BATCH_STATUS_COMPLETED" ? true : undefined), 30_000);
+    const text = await scrape();
+    // Before, a rescue showed only as a log line: a worker crashing again and again went unseen by alerts.
+    expect(sample(text, 'lote_rescued_items_total{model="sim-model"}')).toBe(3);
+    expect(sample(text, 'lote_calls_total{model="sim-model",outcome="succeeded"}')).toBe(3);
   });
 
   it("shows a call in flight while the backend holds it, and answers 404 beside /metrics", async () => {
