@@ -163,6 +163,34 @@ describe("Prometheus metrics of an API node", () => {
   });
 });
 
+describe("Prometheus metrics of an API node whose clients leave", () => {
+  it("counts a stream the client cancelled as Canceled, not OK", async () => {
+    const db = await createTestDatabase();
+    const port = await freePort();
+    const lote = await startLoteProcess({ databaseUrl: db.url, role: "api", config: { metrics: { port } } });
+    const client = batchServiceClient(`127.0.0.1:${lote.port}`);
+    try {
+      const batch = await call(client, "createBatch", { endpoint: "ENDPOINT_CLASSIFY", requests: [{ customId: "a", bodyJson: Buffer.from(JSON.stringify({ model: "lote-sentiment", input: "bom" })) }] });
+      // No worker runs the request: the stream stays open until the client cancels it.
+      const watch = client.watchBatch({ id: batch.id });
+      watch.on("error", () => {});
+      await new Promise((resolve) => watch.once("data", resolve));
+      watch.cancel();
+      const counted = (method: string) => until(`${method} counted`, async () => {
+        const text = await scrapeMetrics(port);
+        const lines = text.split("\n").filter((l) => l.startsWith(`lote_api_calls_total{method="lote.v1.BatchService/${method}"`));
+        return lines.length > 0 ? lines : undefined;
+      });
+      // Before, it was counted with code="OK".
+      expect(await counted("WatchBatch")).toEqual(['lote_api_calls_total{method="lote.v1.BatchService/WatchBatch",code="Canceled"} 1']);
+    } finally {
+      client.close();
+      await lote.stop();
+      await db.drop();
+    }
+  });
+});
+
 describe("metrics configuration", () => {
   it("serves no metrics unless a port is set, and binds them to 127.0.0.1 by default", () => {
     expect(buildConfig({}, {}).metrics).toBeUndefined();
