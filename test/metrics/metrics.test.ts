@@ -1,5 +1,7 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { buildConfig, ConfigError } from "../../src/config/config.ts";
+import type { Dispatcher } from "../../src/dispatch/index.ts";
+import { LoteMetrics } from "../../src/metrics/index.ts";
 import { startSimulator, type Simulator } from "../../src/simulator/index.ts";
 import { newBatchId } from "../../src/batch/ids.ts";
 import { claimItems, createBatch } from "../../src/store/index.ts";
@@ -35,7 +37,9 @@ describe("Prometheus metrics of a worker node (real process, scraped over HTTP)"
     const port = await freePort();
     lote = await startLoteProcess({
       databaseUrl: db.url,
-      config: { metrics: { port }, models: [{ name: "sim-model", backend: { kind: "openai", urls: [sim.h2cUrl] }, max_concurrency: 8 }, ...extraModels], ...extraConfig },
+      config: { metrics: { port }, models: [{ name: "sim-model", backend: { kind: "openai", urls: [sim.h2cUrl] }, max_concurrency: 8 },
+        // Those with no backend of their own call the simulator too.
+        ...extraModels.map((m) => ({ backend: { kind: "openai", urls: [sim.h2cUrl] }, ...m }))], ...extraConfig },
     });
     client = batchServiceClient(`127.0.0.1:${lote.port}`);
     metricsUrl = `http://127.0.0.1:${port}/metrics`;
@@ -122,6 +126,23 @@ describe("Prometheus metrics of a worker node (real process, scraped over HTTP)"
     expect(sample(text, 'lote_calls_total{model="sim-model",outcome="succeeded"}')).toBe(3);
   });
 
+  it("shows each model's pending requests and the age of its oldest unfinished batch, fleet-wide, 0 for a model with none", async () => {
+    await start([{ name: "slow-model", max_concurrency: 2 }]);
+    const hang = { sim: { hang: true } };
+    const batch = await call(client, "createBatch", {
+      endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: Array.from({ length: 5 }, (_, i) => chatRequest(`h${i}`, "slow-model", `wait ${i}`, hang)),
+    });
+    await until("two calls at the backend", () => (sim.stats().inFlight === 2 ? true : undefined));
+    const text = await scrape();
+    // Before, nothing said how much work waited: a stuck fleet and an idle one both showed 0 calls in flight.
+    expect(sample(text, 'lote_pending_requests{model="slow-model"}')).toBe(3);
+    expect(sample(text, 'lote_pending_requests{model="sim-model"}')).toBe(0);
+    expect(sample(text, 'lote_oldest_batch_age_seconds{model="slow-model"}')).toBeGreaterThan(0);
+    expect(sample(text, 'lote_oldest_batch_age_seconds{model="sim-model"}')).toBe(0);
+    await call(client, "cancelBatch", { id: batch.id });
+    await until("the queue empty", async () => (sample(await scrape(), 'lote_pending_requests{model="slow-model"}') === 0 ? true : undefined));
+  });
+
   it("shows a call in flight while the backend holds it, and answers 404 beside /metrics", async () => {
     await start();
     const batch = await call(client, "createBatch", {
@@ -187,6 +208,25 @@ describe("Prometheus metrics of an API node whose clients leave", () => {
       client.close();
       await lote.stop();
       await db.drop();
+    }
+  });
+});
+
+describe("the queue's series while Postgres does not answer", () => {
+  // The dispatcher's part is not what is tested here: a node with no models in flight.
+  const idle = { state: () => ({ models: {}, backlog: 0 }) } as unknown as Dispatcher;
+  const models = buildConfig({ include_builtin_models: false, models: [{ name: "m", backend: { kind: "openai", urls: ["http://127.0.0.1:9"] } }] }, {}).models;
+
+  it("answers a scrape without them, and with every other series, when the reading fails or hangs", async () => {
+    for (const readQueue of [() => Promise.reject(new Error("connection refused")), () => new Promise<never>(() => {})]) {
+      const metrics = new LoteMetrics();
+      metrics.watch(idle, models, readQueue);
+      const started = performance.now();
+      const text = await metrics.registry.metrics();
+      expect(performance.now() - started).toBeLessThan(5_000);
+      expect(text).not.toContain('lote_pending_requests{model="m"}');
+      expect(sample(text, "lote_completion_backlog")).toBe(0);
+      expect(sample(text, 'lote_model_max_concurrency{model="m"}')).toBe(64);
     }
   });
 });
