@@ -73,11 +73,15 @@ export function toConnectError(err: unknown): ConnectError {
  * they retry. A call whose signal fired (a cancel, the shutdown drain) keeps its error as thrown, for the
  * interceptors outside this one. Innermost, so that the others (metrics) see the code.
  */
-export function errorCodeInterceptor(log: Logger): Interceptor {
+export function errorCodeInterceptor(log: Logger, now: () => number = () => performance.now()): Interceptor {
+  const logged = new FailureLogThrottle(now);
   const coded = (err: unknown, procedure: string, signal: AbortSignal): unknown => {
     if (err instanceof ConnectError || signal.aborted) return err;
     const mapped = toConnectError(err);
-    log.warn({ procedure, code: Code[mapped.code], err: err instanceof Error ? err.message : String(err) }, "call failed");
+    const message = err instanceof Error ? err.message : String(err);
+    const code = Code[mapped.code];
+    const suppressed = logged.admit(`${procedure}\u0000${code}\u0000${message}`);
+    if (suppressed !== undefined) log.warn({ procedure, code, err: message, ...(suppressed > 0 ? { suppressed } : {}) }, "call failed");
     return mapped;
   };
   return (next) => async (req) => {
@@ -99,4 +103,32 @@ export function errorCodeInterceptor(log: Logger): Interceptor {
     }
     return { ...res, message: mapped() };
   };
+}
+
+/**
+ * How often the same failure (procedure, code and cause) is logged at most: once per 10 s, with how many like it
+ * were left out since. Postgres down with 1,000 calls a second made 1,000 "call failed" warnings a second, each the
+ * same line, on top of the calls' own "rpc" lines (which are info, and the level an operator turns off first).
+ */
+const sameFailureEveryMs = 10_000;
+/** Distinct failures remembered at most; past it the memory starts again (one more line for each). */
+const rememberedFailures = 1_000;
+
+class FailureLogThrottle {
+  private readonly seen = new Map<string, { at: number; suppressed: number }>();
+
+  constructor(private readonly now: () => number) {}
+
+  /** How many were left out since the last line when this one is to be logged; undefined when it is left out. */
+  admit(key: string): number | undefined {
+    const now = this.now();
+    const entry = this.seen.get(key);
+    if (entry && now - entry.at < sameFailureEveryMs) {
+      entry.suppressed++;
+      return undefined;
+    }
+    if (!entry && this.seen.size >= rememberedFailures) this.seen.clear();
+    this.seen.set(key, { at: now, suppressed: 0 });
+    return entry?.suppressed ?? 0;
+  }
 }

@@ -4,6 +4,7 @@ import type { Logger } from "pino";
 import type { Backend } from "../backends/backend.ts";
 import type { ModelConfig, WorkerConfig } from "../config/config.ts";
 import { claimItems, heartbeat, markWorkerAlive, retireWorker, type ClaimedItem, type Completion, type Notifier } from "../store/index.ts";
+import { callErrorKind, CallErrorLog } from "./call-errors.ts";
 import { Completer } from "./completer.ts";
 import { fleetShare } from "./fleet-share.ts";
 import { executeCall } from "./execute-call.ts";
@@ -46,8 +47,12 @@ export type DatabaseOperation = "claim" | "completion" | "heartbeat" | "workers"
 export interface DispatchObserver {
   claimed(model: string, items: number, seconds: number): void;
   callEnded(model: string, outcome: CallOutcome, seconds: number): void;
+  /** A call failed at the backend (retried or not), by kind: `http_<status>` or the transport error (`callErrorKind`). */
+  callFailed(model: string, kind: string): void;
   /** A statement failed (a lost or timed-out connection, most often); it is retried. */
   databaseFailed(operation: DatabaseOperation): void;
+  /** Maintenance rescued items of the model whose lease had lapsed: the node running them crashed or lost Postgres. */
+  rescued(model: string, items: number): void;
 }
 
 interface ModelLoop {
@@ -128,11 +133,13 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
   private claimedSinceVacuum = 0;
   private readonly random: () => number;
   private readonly log: Logger;
+  private readonly callErrors: CallErrorLog;
 
   constructor(private readonly o: DispatcherOptions) {
     super();
     this.random = o.random ?? Math.random;
     this.log = o.logger.child({ workerId: o.workerId });
+    this.callErrors = new CallErrorLog(this.log);
     this.completer = new Completer({
       pool: o.pool, logger: this.log, batchSize: o.worker.completionBatchSize, flushMs: o.worker.completionFlushMs,
       onFailed: () => o.observer?.databaseFailed("completion"),
@@ -151,6 +158,7 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
     this.maintenance = new Maintenance({
       pool: o.pool, bulkPool: o.bulkPool ?? o.pool, models: o.models, inFlight: this.inFlight, logger: this.log,
       intervalMs: o.worker.maintenanceIntervalMs, onFailed: () => o.observer?.databaseFailed("maintenance"),
+      onRescued: (model, items) => o.observer?.rescued(model, items),
     });
     for (const [name, config] of o.models) {
       const backend = o.backends.get(name);
@@ -339,6 +347,11 @@ export class Dispatcher extends EventEmitter<{ flushed: [{ batchId: string; fini
     executeCall(loop.backend, loop.config, item, controller, this.random)
       .then((completion) => {
         this.o.observer?.callEnded(loop.config.name, completion?.outcome ?? "expired", (performance.now() - started) / 1000);
+        const errorKind = callErrorKind(completion);
+        if (errorKind !== undefined) {
+          this.o.observer?.callFailed(loop.config.name, errorKind);
+          this.callErrors.record(loop.config.name, errorKind, completion!);
+        }
         if (!completion) {
           // Expiry wrote this item's result already.
           this.held.release(item);

@@ -12,6 +12,8 @@ export interface MaintenanceOptions {
   readonly bulkPool: pg.Pool;
   /** Called when a task failed (it runs again at the next tick). */
   readonly onFailed?: () => void;
+  /** Called with the items of a model whose lapsed lease this node rescued (back to pending, failed or cancelled). */
+  readonly onRescued?: (model: string, items: number) => void;
   readonly models: ReadonlyMap<string, ModelConfig>;
   readonly inFlight: InFlight;
   readonly logger: Logger;
@@ -124,7 +126,10 @@ export class Maintenance {
       return { ...base, outcome: "retry", errorCode, errorMessage, retryDelayMs: 0 };
     });
     const touched = await completeItems(this.o.pool, completions);
-    this.o.logger.warn({ items: lost.length }, "rescued items with expired leases");
+    const byModel = new Map<string, number>();
+    for (const l of lost) byModel.set(l.model, (byModel.get(l.model) ?? 0) + 1);
+    for (const [model, items] of byModel) this.o.onRescued?.(model, items);
+    this.o.logger.warn({ items: lost.length, models: Object.fromEntries(byModel) }, "rescued items with expired leases");
     await finishBatches(this.o.pool, touched.map((t) => t.batchId));
   }
 

@@ -14,7 +14,7 @@ import { newId } from "../batch/ids.ts";
 import type { Config } from "../config/config.ts";
 import { Dispatcher } from "../dispatch/index.ts";
 import { LoteMetrics, startMetricsServer, type MetricsServer } from "../metrics/index.ts";
-import { Notifier, openDatabase, type Database } from "../store/index.ts";
+import { Notifier, openDatabase, readQueueDepth, type Database } from "../store/index.ts";
 
 export type Role = "serve" | "api" | "worker";
 
@@ -70,7 +70,7 @@ export async function startLote(config: Config, role: Role, logger: Logger): Pro
       // claim at a time per model, plus the completer, the heartbeat, the worker registry and maintenance.
       const pool = db.openPool({ max: Math.max(10, config.models.size + 4), applicationName: "lote-dispatch" });
       dispatcher = new Dispatcher({ pool, bulkPool: db.bulkPool, notifier, backends, models: config.models, worker: config.worker, workerId, logger, observer: metrics });
-      metrics?.watch(dispatcher, config.models);
+      metrics?.watch(dispatcher, config.models, () => readQueueDepth(pool));
       dispatcher.start();
     }
     if (metrics && config.metrics) {

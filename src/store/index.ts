@@ -13,5 +13,6 @@ export { claimItems, heartbeat, findExpiredLeases, vacuumItems, type ClaimedItem
 export { completeItems, type Completion, type Rescue } from "./complete-items.ts";
 export { transitionBatch } from "./transition-batch.ts";
 export { Notifier, type Channel } from "./notifier.ts";
+export { readQueueDepth, type QueueDepth } from "./read-queue-depth.ts";
 export { listWorkers, markWorkerAlive, retireWorker, type WorkerPresence, type WorkerRecord } from "./workers.ts";
 export { createApiKey, findTenantByKey, listApiKeys, revokeApiKeys, type ApiKeyRecord, type RevokeOutcome } from "./api-keys.ts";

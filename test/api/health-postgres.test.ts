@@ -117,3 +117,29 @@ describe("writes that wait too long on Postgres", () => {
     expect(await batches()).toBe(before);
   });
 });
+
+describe("logs while Postgres is down", () => {
+  const fixture = useLoteServer({ role: "api", behindProxy: true });
+  let client: any;
+  beforeAll(() => {
+    client = batchServiceClient(`127.0.0.1:${fixture.lote.port}`);
+  });
+  afterAll(() => client?.close());
+
+  it("warns of the same failed call once every 10 s, not once per call", async () => {
+    const proxy = fixture.proxy!;
+    const port = proxy.port;
+    await proxy.cut();
+    const codes = await Promise.all(Array.from({ length: 40 }, (_, i) =>
+      call(client, "getBatch", { id: `batch_${i}` }).then(() => 0, (err: grpc.ServiceError) => err.code)));
+    expect(new Set(codes)).toEqual(new Set([grpc.status.UNAVAILABLE]));
+    const lines = () => fixture.lote.logs().split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l));
+    // Each call's own "rpc" line is written after its warning: once all 40 are there, so are the warnings.
+    await until("the 40 calls logged", () => lines().filter((l) => l.msg === "rpc" && l.procedure === "lote.v1.BatchService/GetBatch").length >= 40 || undefined);
+    const failed = lines().filter((l) => l.msg === "call failed");
+    // Before, 40 identical warnings: a Postgres down at 1,000 calls/s wrote 1,000 a second.
+    expect(failed).toHaveLength(1);
+    expect(failed[0]).toMatchObject({ procedure: "GetBatch", code: "Unavailable" });
+    await proxy.start(port);
+  });
+});

@@ -47,6 +47,8 @@ describe("the dispatcher's node-wide limit (worker.concurrency)", () => {
     const observer = {
       claimed: (model: string) => void claims.set(model, (claims.get(model) ?? 0) + 1),
       callEnded: () => {},
+      callFailed: () => {},
+      rescued: () => {},
       databaseFailed: () => {},
     };
     const dispatcher = new Dispatcher({ pool: fixture.pool, notifier, backends, models: config.models, worker: config.worker, workerId, logger, observer });
