@@ -3,7 +3,10 @@
 export type HttpProtocol = "auto" | "http1" | "h2" | "h2c";
 
 export interface BackendTlsOptions {
-  /** Extra trusted CA certificates (PEM), e.g. a self-signed test CA or a company CA. Default: Node's bundle. */
+  /**
+   * The CA certificates (PEM) to trust instead of Node's bundle, e.g. a self-signed test CA or a company CA: as Node's
+   * `ca` option, they replace the public roots, so a model's replicas all chain to these. Default: Node's bundle.
+   */
   readonly ca?: string | Buffer | readonly (string | Buffer)[];
   /** Default true. Turning it off accepts any certificate; never do that outside a test. */
   readonly rejectUnauthorized?: boolean;
