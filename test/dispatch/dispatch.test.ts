@@ -19,6 +19,13 @@ function modelConfig(sim: Simulator, extra: Record<string, unknown> = {}) {
 const requests = (n: number, prefix = "r", extra: Record<string, unknown> = {}) =>
   Array.from({ length: n }, (_, i) => chatRequest(`${prefix}${i}`, "sim-model", `hello ${i}`, extra));
 
+/** Call metadata that authenticates as the tenant of `key`. */
+function asTenant(key: string): grpc.Metadata {
+  const m = new grpc.Metadata();
+  m.set("authorization", `Bearer ${key}`);
+  return m;
+}
+
 describe("dispatch against the simulated backend (real processes, sockets and Postgres)", () => {
   let db: TestDatabase;
   let sim: Simulator;
@@ -499,68 +506,49 @@ describe("dispatch against the simulated backend (real processes, sockets and Po
     await call(client, "cancelBatch", { id: big.id });
   });
 
-  it("shares a model between tenants, not batches: one tenant's four batches do not crowd out another tenant's one", async () => {
-    sim = await startSimulator({ port: 0, latency: { kind: "fixed", ms: 5 } });
-    const config = { models: [modelConfig(sim, { max_concurrency: 4 })] };
-    // Everything is queued before any worker runs, so the order of the claims alone decides who finishes first.
+  /**
+   * Four batches of one tenant, then one of another, all queued before a worker starts, so the order of the claims
+   * alone decides who finishes first: how many of the four batches' results were written by the time the other
+   * tenant's batch completed.
+   */
+  async function resultsOfManyWhenOneEnds(o: { latencyMs: number; maxConcurrency: number; perBatch: number; tenants: [string, string] }) {
+    sim = await startSimulator({ port: 0, latency: { kind: "fixed", ms: o.latencyMs } });
+    const config = { models: [modelConfig(sim, { max_concurrency: o.maxConcurrency })] };
     const api = await startLoteProcess({ databaseUrl: db.url, role: "api", config, env: { LOTE_AUTH_REQUIRED: "true" } });
     processes.push(api);
-    const keys = { many: await createApiKey(pool, "tenant-many"), one: await createApiKey(pool, "tenant-one") };
+    const keys = { many: await createApiKey(pool, o.tenants[0]), one: await createApiKey(pool, o.tenants[1]) };
     const client = clientOf(api);
-    const as = (key: string) => {
-      const m = new grpc.Metadata();
-      m.set("authorization", `Bearer ${key}`);
-      return m;
-    };
     const many = [];
     for (let b = 0; b < 4; b++) {
-      many.push(await call(client, "createBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: requests(40, `m${b}-`) }, as(keys.many)));
+      many.push(await call(client, "createBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: requests(o.perBatch, `m${b}-`) }, asTenant(keys.many)));
     }
-    const one = await call(client, "createBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: requests(40, "o-") }, as(keys.one));
+    const one = await call(client, "createBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: requests(o.perBatch, "o-") }, asTenant(keys.one));
     await start("worker", config);
     await until(`batch ${one.id} completed`, async () => {
-      const b = await call(client, "getBatch", { id: one.id }, as(keys.one));
+      const b = await call(client, "getBatch", { id: one.id }, asTenant(keys.one));
       return b.status === "BATCH_STATUS_COMPLETED" ? b : undefined;
     }, 60_000);
     const { rows } = await pool.query<{ n: number }>(
       "SELECT count(*)::int AS n FROM lote.results WHERE batch_id = ANY($1::text[]) AND created_at <= (SELECT max(created_at) FROM lote.results WHERE batch_id = $2)",
       [many.map((b) => b.id), one.id]);
+    return rows[0]!.n;
+  }
+
+  it("shares a model between tenants, not batches: one tenant's four batches do not crowd out another tenant's one", async () => {
+    const n = await resultsOfManyWhenOneEnds({ latencyMs: 5, maxConcurrency: 4, perBatch: 40, tenants: ["tenant-many", "tenant-one"] });
     // Half the capacity each: tenant-many finished about 40 of its 160 by then. Shared per batch (each of the five
     // batches a fifth), it would have finished about 160, all of them.
-    expect(rows[0]!.n).toBeGreaterThanOrEqual(30);
-    expect(rows[0]!.n).toBeLessThanOrEqual(60);
+    expect(n).toBeGreaterThanOrEqual(30);
+    expect(n).toBeLessThanOrEqual(60);
   });
 
   it("alternates a model with one slot between tenants, not batches: one tenant's four batches take half the calls", async () => {
-    sim = await startSimulator({ port: 0, latency: { kind: "fixed", ms: 2 } });
     // One slot: every claim comes when no call is in flight, so calls in flight never tell the tenants apart.
-    const config = { models: [modelConfig(sim, { max_concurrency: 1 })] };
-    const api = await startLoteProcess({ databaseUrl: db.url, role: "api", config, env: { LOTE_AUTH_REQUIRED: "true" } });
-    processes.push(api);
-    const keys = { many: await createApiKey(pool, "tenant-many-1"), one: await createApiKey(pool, "tenant-one-1") };
-    const client = clientOf(api);
-    const as = (key: string) => {
-      const m = new grpc.Metadata();
-      m.set("authorization", `Bearer ${key}`);
-      return m;
-    };
-    const many = [];
-    for (let b = 0; b < 4; b++) {
-      many.push(await call(client, "createBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: requests(20, `m${b}-`) }, as(keys.many)));
-    }
-    const one = await call(client, "createBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: requests(20, "o-") }, as(keys.one));
-    await start("worker", config);
-    await until(`batch ${one.id} completed`, async () => {
-      const b = await call(client, "getBatch", { id: one.id }, as(keys.one));
-      return b.status === "BATCH_STATUS_COMPLETED" ? b : undefined;
-    }, 60_000);
-    const { rows } = await pool.query<{ n: number }>(
-      "SELECT count(*)::int AS n FROM lote.results WHERE batch_id = ANY($1::text[]) AND created_at <= (SELECT max(created_at) FROM lote.results WHERE batch_id = $2)",
-      [many.map((b) => b.id), one.id]);
+    const n = await resultsOfManyWhenOneEnds({ latencyMs: 2, maxConcurrency: 1, perBatch: 20, tenants: ["tenant-many-1", "tenant-one-1"] });
     // One call each in turn: tenant-many had about 20 of its 80 done when tenant-one's 20 were. Ties given to the
     // lowest position made each of the five batches advance alike, and tenant-many finished about 80, all of them.
-    expect(rows[0]!.n).toBeGreaterThanOrEqual(15);
-    expect(rows[0]!.n).toBeLessThanOrEqual(30);
+    expect(n).toBeGreaterThanOrEqual(15);
+    expect(n).toBeLessThanOrEqual(30);
   });
 
   it("gives two tenants half each of two workers' slots, three on each, though one tenant's batch came much later", async () => {
@@ -570,17 +558,12 @@ describe("dispatch against the simulated backend (real processes, sockets and Po
     processes.push(api);
     const keys = { early: await createApiKey(pool, "tenant-early"), late: await createApiKey(pool, "tenant-late") };
     const client = clientOf(api);
-    const as = (key: string) => {
-      const m = new grpc.Metadata();
-      m.set("authorization", `Bearer ${key}`);
-      return m;
-    };
-    const completed = async (id: string, key: string) => Number((await call(client, "getBatch", { id }, as(key))).requestCounts.completed);
+    const completed = async (id: string, key: string) => Number((await call(client, "getBatch", { id }, asTenant(key))).requestCounts.completed);
     await start("worker", config);
     await start("worker", config);
-    const early = await call(client, "createBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: requests(5_000, "e") }, as(keys.early));
+    const early = await call(client, "createBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: requests(5_000, "e") }, asTenant(keys.early));
     await until("the early batch well under way", async () => (await completed(early.id, keys.early)) >= 400 || undefined);
-    const late = await call(client, "createBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: requests(5_000, "l") }, as(keys.late));
+    const late = await call(client, "createBatch", { endpoint: "ENDPOINT_CHAT_COMPLETIONS", requests: requests(5_000, "l") }, asTenant(keys.late));
     await until("the late batch under way", async () => (await completed(late.id, keys.late)) >= 400 || undefined, 30_000);
     // Results of each tenant between the late batch's 100th and 400th: both had work all along.
     const { rows } = await pool.query<{ n: number }>(
@@ -592,8 +575,8 @@ describe("dispatch against the simulated backend (real processes, sockets and Po
     // and the early one had finished ~150.
     expect(rows[0]!.n).toBeGreaterThanOrEqual(220);
     expect(rows[0]!.n).toBeLessThanOrEqual(400);
-    await call(client, "cancelBatch", { id: early.id }, as(keys.early));
-    await call(client, "cancelBatch", { id: late.id }, as(keys.late));
+    await call(client, "cancelBatch", { id: early.id }, asTenant(keys.early));
+    await call(client, "cancelBatch", { id: late.id }, asTenant(keys.late));
   });
 
   it("runs a higher-priority batch submitted later first, and the lower one while the higher one waits for its retries", async () => {

@@ -66,25 +66,34 @@ describe("dispatcher wake-ups", () => {
     for (const c of cleanups.splice(0).reverse()) await c();
   });
 
-  it("claims a batch whose notification arrived while a claim was in flight, without waiting for the next poll", async () => {
-    // A minute between polls: if the notification is lost, nothing claims the batch within the test's 5 s.
-    const config = buildConfig({ worker: { poll_interval_ms: 60_000, maintenance_interval_ms: 60_000 } }, {});
+  /**
+   * A dispatcher of `config`'s models on its own notifier, whose first claim of `model` is held on its way back
+   * (`poolHoldingClaims`) until the test releases it. Stopped after the test.
+   */
+  async function startGatedDispatcher(config: ReturnType<typeof buildConfig>, model: string, workerId: string) {
     const logger = createLogger({ level: "silent" });
     const notifier = new Notifier({ connectionString: fixture.db.url, logger });
     await notifier.start();
     cleanups.push(() => notifier.close());
     const backends = await createBackends(config.models);
     cleanups.push(() => closeBackends(backends));
-    const gate = poolHoldingClaims(fixture.pool, "lote-sentiment");
+    const gate = poolHoldingClaims(fixture.pool, model);
     gate.arm();
     const dispatcher = new Dispatcher({
-      pool: gate.pool, notifier, backends, models: config.models, worker: config.worker, workerId: "w-wake", logger,
+      pool: gate.pool, notifier, backends, models: config.models, worker: config.worker, workerId, logger,
     });
     dispatcher.start();
     cleanups.push(async () => {
       gate.release();
       await dispatcher.stop(1_000);
     });
+    return { notifier, gate, dispatcher };
+  }
+
+  it("claims a batch whose notification arrived while a claim was in flight, without waiting for the next poll", async () => {
+    // A minute between polls: if the notification is lost, nothing claims the batch within the test's 5 s.
+    const config = buildConfig({ worker: { poll_interval_ms: 60_000, maintenance_interval_ms: 60_000 } }, {});
+    const { notifier, gate, dispatcher } = await startGatedDispatcher(config, "lote-sentiment", "w-wake");
 
     // The loop's first claim found nothing and is held on its way back.
     await gate.claimHeld;
@@ -148,12 +157,6 @@ describe("dispatcher wake-ups", () => {
       models: [{ name: "sim-slow", backend: { kind: "openai", urls: [sim.h2cUrl] }, max_concurrency: 8, timeout_ms: 120_000 }],
       worker: { poll_interval_ms: 60_000, maintenance_interval_ms: 60_000 },
     }, {});
-    const logger = createLogger({ level: "silent" });
-    const notifier = new Notifier({ connectionString: fixture.db.url, logger });
-    await notifier.start();
-    cleanups.push(() => notifier.close());
-    const backends = await createBackends(config.models);
-    cleanups.push(() => closeBackends(backends));
     const id = newBatchId();
     await createBatch(fixture.pool, {
       id, tenantId: "t1", endpoint: "/v1/chat/completions", model: "sim-slow", priority: 0, completionWindowSeconds: 3600, metadata: {},
@@ -161,16 +164,7 @@ describe("dispatcher wake-ups", () => {
         customId: `c-${i}`, body: JSON.stringify({ model: "sim-slow", messages: [{ role: "user", content: `hi ${i}` }] }), estTokens: 10,
       })),
     });
-    const gate = poolHoldingClaims(fixture.pool, "sim-slow");
-    gate.arm();
-    const dispatcher = new Dispatcher({
-      pool: gate.pool, notifier, backends, models: config.models, worker: config.worker, workerId: "w-cancel", logger,
-    });
-    dispatcher.start();
-    cleanups.push(async () => {
-      gate.release();
-      await dispatcher.stop(1_000);
-    });
+    const { notifier, gate } = await startGatedDispatcher(config, "sim-slow", "w-cancel");
 
     // The first claim took all 4 items (they are running in Postgres) and its answer is held.
     await gate.claimHeld;
