@@ -108,6 +108,20 @@ function requestIdReused(batch: BatchRecord, stored: string | null, digest: Requ
   });
 }
 
+/**
+ * RetryBatch's requestIdReused: the same request_id and batch with another completion_window (its one option; the
+ * requests are the original's) is another call, refused as CreateBatch refuses one, not answered with the first
+ * retry, whose window the caller did not ask for.
+ */
+function retryRequestIdReused(batch: BatchRecord, windowSeconds: number): Error | undefined {
+  if (batch.completionWindowSeconds === windowSeconds) return undefined;
+  return alreadyExists({
+    field: "request_id",
+    description: `expected the completion_window of the call that first sent request_id ${JSON.stringify(batch.requestId)} (batch ${batch.id}, ${batch.completionWindowSeconds}s), got ${windowSeconds}s; use a new request_id for a new retry`,
+    reason: "REQUEST_ID_REUSED",
+  });
+}
+
 export function batchServiceImpl(deps: BatchServiceDeps): ServiceImpl<typeof BatchService> {
   const { pool, bulkPool, config, auth } = deps;
   const limits = { maxRequests: config.maxBatchRequests, maxBodyBytes: config.maxBodyBytes, models: config.models };
@@ -226,6 +240,7 @@ export function batchServiceImpl(deps: BatchServiceDeps): ServiceImpl<typeof Bat
       const window = durationSeconds(req.completionWindow);
       const violations = validateBatchOptions({ metadata: {}, completionWindowSeconds: window, priority: 0, requestId: req.requestId });
       if (violations.length > 0) throw invalidArgument(violations);
+      const windowSeconds = Math.round(window ?? original.completionWindowSeconds);
       // The requests are copied inside Postgres: their bodies never pass through this node (createRetryBatch).
       const made = await createRetryBatch(bulkPool, {
         id: newBatchId(),
@@ -236,13 +251,13 @@ export function batchServiceImpl(deps: BatchServiceDeps): ServiceImpl<typeof Bat
         // A RunBatch batch ran at runBatchPriority (1000), above every user batch; its retry is queued work like any
         // other, so it gets the default rather than that.
         priority: original.priority >= minPriority && original.priority <= maxPriority ? original.priority : 0,
-        completionWindowSeconds: Math.round(window ?? original.completionWindowSeconds),
+        completionWindowSeconds: windowSeconds,
         metadata: original.metadata,
         retriedFrom: original.id,
       });
       if (made === "nothing_to_retry") throw failedPrecondition(req.id, `batch ${req.id} has no failed, expired or cancelled requests to retry`);
       const { batch, created } = made;
-      const inUse = created ? undefined : requestIdInUse(batch, original.id);
+      const inUse = created ? undefined : requestIdInUse(batch, original.id) ?? retryRequestIdReused(batch, windowSeconds);
       if (inUse) throw inUse;
       deps.logger.info({ batchId: batch.id, retriedFrom: original.id, requests: batch.total }, "batch retried");
       return toBatch(batch);

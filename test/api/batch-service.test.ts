@@ -386,6 +386,21 @@ describe("BatchService over gRPC (grpc-js client, server as a child process)", (
     }
   });
 
+  it("refuses a RetryBatch request_id repeated with another completion_window with ALREADY_EXISTS, and repeats the same call", async () => {
+    const original = await call(client, "createBatch", { endpoint: "ENDPOINT_CLASSIFY", requests: [failing("w")] });
+    await finished(original.id);
+    const retry = await call(client, "retryBatch", { id: original.id, requestId: "retry-window", completionWindow: { seconds: 7200 } });
+    expect(retry.completionWindowSeconds).toBe("7200");
+    expect((await call(client, "retryBatch", { id: original.id, requestId: "retry-window", completionWindow: { seconds: 7200 } })).id).toBe(retry.id);
+    // Another window, and none (the original's 24 h): each another call than the first.
+    for (const completionWindow of [{ seconds: 3600 }, undefined]) {
+      const err = await refusal(call(client, "retryBatch", { id: original.id, requestId: "retry-window", completionWindow }));
+      expect(err.code).toBe(grpc.status.ALREADY_EXISTS);
+      expect(err.details).toContain(retry.id);
+      expect(fieldViolations(err)).toContainEqual(expect.objectContaining({ field: "request_id", reason: "REQUEST_ID_REUSED" }));
+    }
+  });
+
   it("serves Connect JSON over plain HTTP/1.1 on the same port", async () => {
     const res = await fetch(`${lote.url}/lote.v1.BatchService/CreateBatch`, {
       method: "POST",

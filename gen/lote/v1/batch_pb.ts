@@ -390,7 +390,8 @@ export const ResponseSchema: GenMessage<Response> = /*@__PURE__*/
  */
 export type ResultError = Message<"lote.v1.ResultError"> & {
   /**
-   * Machine-readable code, e.g. "batch_expired", "batch_cancelled", "rate_limited", "http_400", "timeout".
+   * Machine-readable code, e.g. "batch_expired", "batch_cancelled", "rate_limited", "invalid_request",
+   * "server_error", "http_418" (a status with no name of its own), "timeout", or the backend's own error.code.
    *
    * @generated from field: string code = 1;
    */
@@ -539,8 +540,9 @@ export const EndpointSchema: GenEnum<Endpoint> = /*@__PURE__*/
 
 /**
  * The life of a batch, with OpenAI's eight states. Legal moves:
- * VALIDATING -> IN_PROGRESS | FAILED | CANCELLING; IN_PROGRESS -> FINALIZING | CANCELLING | EXPIRED;
- * FINALIZING -> COMPLETED; CANCELLING -> CANCELLED. COMPLETED, FAILED, EXPIRED and CANCELLED are terminal.
+ * VALIDATING -> IN_PROGRESS | FAILED | CANCELLING | EXPIRED; IN_PROGRESS -> FINALIZING | CANCELLING | EXPIRED;
+ * FINALIZING -> COMPLETED | CANCELLING | EXPIRED; CANCELLING -> CANCELLED. COMPLETED, FAILED, EXPIRED and
+ * CANCELLED are terminal.
  *
  * @generated from enum lote.v1.BatchStatus
  */

@@ -393,7 +393,8 @@ export type RetryBatchRequest = Message<"lote.v1.RetryBatchRequest"> & {
   id: string;
 
   /**
-   * Idempotency key, as in CreateBatchRequest.
+   * Idempotency key, as in CreateBatchRequest: repeated with another completion_window, or for another batch,
+   * it is refused with ALREADY_EXISTS.
    *
    * @generated from field: string request_id = 2;
    */
@@ -456,7 +457,7 @@ export type RequestEstimate = Message<"lote.v1.RequestEstimate"> & {
   customId: string;
 
   /**
-   * Estimated prompt tokens (about 4 characters a token on the prompt text).
+   * Estimated prompt tokens (about 4 characters a token on the prompt text; a token id counts as one token).
    *
    * @generated from field: int64 input_tokens = 2;
    */
@@ -464,7 +465,8 @@ export type RequestEstimate = Message<"lote.v1.RequestEstimate"> & {
 
   /**
    * Upper bound of output tokens from max_tokens / max_completion_tokens / max_output_tokens, or the model's
-   * default_max_output_tokens from the config.
+   * default_max_output_tokens from the config, times n (or best_of, for /v1/completions) when the request asks
+   * for several choices. An embeddings or classify request that sets none is 0: those produce no output tokens.
    *
    * @generated from field: int64 output_tokens = 3;
    */
@@ -609,7 +611,8 @@ export const BatchService: GenService<{
   },
   /**
    * Cancels a batch: pending requests are cancelled at once, in-flight calls aborted. Returns the batch
-   * (CANCELLING or CANCELLED). FAILED_PRECONDITION when the batch is already terminal.
+   * (CANCELLING or CANCELLED). FAILED_PRECONDITION when the batch is already terminal, or already has every result
+   * (it is completed instead).
    *
    * @generated from rpc lote.v1.BatchService.CancelBatch
    */
