@@ -139,7 +139,7 @@ export class RequestChecker {
     const { limits, endpoint } = this;
     const where = `requests[${i}]`;
     if (!r.customId) this.#add(`${where}.custom_id`, "expected a non-empty custom_id", "MISSING_CUSTOM_ID");
-    else if (r.customId.length > maxCustomIdLength) this.#add(`${where}.custom_id`, `expected at most ${maxCustomIdLength} characters, got ${r.customId.length}`, "CUSTOM_ID_TOO_LONG");
+    else if (longerThan(r.customId, maxCustomIdLength)) this.#add(`${where}.custom_id`, `expected at most ${maxCustomIdLength} characters, got ${characters(r.customId)}`, "CUSTOM_ID_TOO_LONG");
     else if (r.customId.includes("\0")) this.#add(`${where}.custom_id`, expectedNoNul("a custom_id", r.customId), "NUL_CHARACTER");
     else {
       const first = this.#seen.get(r.customId);
@@ -245,9 +245,9 @@ export function validateBatchOptions(o: BatchOptionsInput): FieldViolation[] {
   for (const k of keys) {
     const field = `metadata[${JSON.stringify(k.slice(0, 64))}]`;
     const value = o.metadata[k]!;
-    if (k.length > 64) v.push({ field: `metadata[${JSON.stringify(k.slice(0, 20) + "…")}]`, description: `expected a key of at most 64 characters, got ${k.length}`, reason: "METADATA_KEY_TOO_LONG" });
+    if (longerThan(k, 64)) v.push({ field: `metadata[${JSON.stringify(k.slice(0, 20) + "…")}]`, description: `expected a key of at most 64 characters, got ${characters(k)}`, reason: "METADATA_KEY_TOO_LONG" });
     else if (k.includes("\0")) v.push({ field, description: expectedNoNul("a key", k), reason: "NUL_CHARACTER" });
-    if (value.length > 512) v.push({ field, description: `expected a value of at most 512 characters, got ${value.length}`, reason: "METADATA_VALUE_TOO_LONG" });
+    if (longerThan(value, 512)) v.push({ field, description: `expected a value of at most 512 characters, got ${characters(value)}`, reason: "METADATA_VALUE_TOO_LONG" });
     else if (value.includes("\0")) v.push({ field, description: expectedNoNul("a value", value), reason: "NUL_CHARACTER" });
   }
   const w = o.completionWindowSeconds;
@@ -255,7 +255,22 @@ export function validateBatchOptions(o: BatchOptionsInput): FieldViolation[] {
     v.push({ field: "completion_window", description: `expected 1 minute to 7 days (60s to 604800s), got ${w}s`, reason: "WINDOW_OUT_OF_RANGE" });
   }
   if (o.priority < minPriority || o.priority > maxPriority) v.push({ field: "priority", description: `expected ${minPriority} to ${maxPriority}, got ${o.priority}`, reason: "PRIORITY_OUT_OF_RANGE" });
-  if (o.requestId.length > 128) v.push({ field: "request_id", description: `expected at most 128 characters, got ${o.requestId.length}`, reason: "REQUEST_ID_TOO_LONG" });
+  if (longerThan(o.requestId, 128)) v.push({ field: "request_id", description: `expected at most 128 characters, got ${characters(o.requestId)}`, reason: "REQUEST_ID_TOO_LONG" });
   else if (o.requestId.includes("\0")) v.push({ field: "request_id", description: expectedNoNul("a request_id", o.requestId), reason: "NUL_CHARACTER" });
   return v;
+}
+
+/**
+ * Characters as the limits state them and Postgres's length() counts them: code points, not UTF-16 units. Counted by
+ * `.length`, a custom_id of 40 emoji was refused as "got 80" against a limit of 64 characters.
+ */
+function characters(s: string): number {
+  let n = 0;
+  for (const _ of s) n++;
+  return n;
+}
+
+/** `characters(s) > max`, without walking the string when its UTF-16 length already fits (every code point is 1-2 units). */
+function longerThan(s: string, max: number): boolean {
+  return s.length > max && characters(s) > max;
 }

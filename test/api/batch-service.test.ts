@@ -290,6 +290,17 @@ describe("BatchService over gRPC (grpc-js client, server as a child process)", (
       });
     }
 
+    it("counts custom_id and metadata limits in characters, not UTF-16 units: 64 emoji are a custom_id, 65 are refused as 65", async () => {
+      const emoji = (n: number) => "😀".repeat(n);
+      const ok = await call(client, "createBatch", {
+        endpoint: "ENDPOINT_CLASSIFY", requests: [{ ...sentiment("x", "bom"), customId: emoji(64) }], metadata: { [emoji(64)]: emoji(512) },
+      });
+      expect(ok.metadata[emoji(64)]).toBe(emoji(512));
+      const err: grpc.ServiceError = await call(client, "createBatch", { endpoint: "ENDPOINT_CLASSIFY", requests: [{ ...sentiment("x", "bom"), customId: emoji(65) }] })
+        .then(() => { throw new Error("accepted"); }, (e) => e);
+      expect(fieldViolations(err)).toContainEqual(expect.objectContaining({ field: "requests[0].custom_id", reason: "CUSTOM_ID_TOO_LONG", description: "expected at most 64 characters, got 65" }));
+    });
+
     it("refuses a large batch whose mistake is found late, while its rows are being copied, and stores nothing", async () => {
       const before = (await pool.query("SELECT (SELECT count(*) FROM lote.batches) + (SELECT count(*) FROM lote.items) AS n")).rows[0].n;
       const requests = Array.from({ length: 6_000 }, (_, i) => sentiment(`late${i}`, "bom"));
