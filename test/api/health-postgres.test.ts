@@ -37,6 +37,34 @@ describe("health follows Postgres", () => {
   });
 });
 
+describe("health checks while Postgres hangs", () => {
+  const fixture = useLoteServer({ role: "api", behindProxy: true });
+  let client: any;
+  beforeAll(() => {
+    client = healthClient(fixture.lote.port);
+  });
+  afterAll(() => client?.close());
+
+  it("share one ping, so probes that keep coming hold at most one connection of the API pool", async () => {
+    const proxy = fixture.proxy!;
+    expect(await check(client)).toBe("SERVING");
+    // Postgres hung: the open connections pass nothing, and new ones are accepted but never answered.
+    proxy.freeze();
+    proxy.hold();
+    // Two waves of probes, as several probers every second or two would send. Each check gives up after 2 s; before,
+    // each one's ping stayed behind in its own pool connection for query_timeout_ms (10 s): 24 probes, 20 connections.
+    for (let wave = 0; wave < 2; wave++) {
+      const statuses = await Promise.all(Array.from({ length: 12 }, () => check(client)));
+      expect(statuses).toEqual(Array(12).fill("NOT_SERVING"));
+    }
+    // The one ping waits on the connection that was idle (frozen) or on one new connection (held).
+    expect(proxy.heldOpen).toBeLessThanOrEqual(1);
+    proxy.release();
+    // The shared ping gives up after query_timeout_ms and the next one gets through.
+    await until("SERVING again", async () => (await check(client)) === "SERVING", 20_000, 100);
+  });
+});
+
 describe("reads when Postgres goes silent", () => {
   const fixture = useLoteServer({ role: "api", config: { query_timeout_ms: 1_000 }, behindProxy: true });
   let client: any;
