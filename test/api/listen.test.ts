@@ -8,15 +8,17 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, type ConnectRouter, createClient } from "@connectrpc/connect";
-import { createConnectTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
+import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import pino from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../../gen/grpc/health/v1/health_pb.ts";
 import { BatchSchema, BatchStatus } from "../../gen/lote/v1/batch_pb.ts";
 import { BatchService } from "../../gen/lote/v1/batch_service_pb.ts";
 import { listen, type ListenOptions, requestIdKey, sniffProtocol } from "../../src/api/listen.ts";
 import { TcpProxy } from "../support/tcp-proxy.ts";
+import { until } from "../support/until.ts";
 
 const run = promisify(execFile);
 const protoDir = new URL("../../proto", import.meta.url).pathname;
@@ -145,6 +147,24 @@ describe("cleartext port", () => {
     expect(lines[0]).toMatchObject({ level: 30, component: "api", procedure: "lote.v1.BatchService/GetBatch", code: "not_found" });
     expect(typeof lines[0]!.durationMs).toBe("number");
     expect(JSON.stringify(stub.lines)).not.toContain("very-secret");
+  });
+
+  it("logs a health check that answered at debug, not info, and one that failed at info", async () => {
+    const lines: Record<string, unknown>[] = [];
+    const logger = pino({ level: "debug" }, { write: (line: string) => void lines.push(JSON.parse(line)) });
+    const server = await listen({ port: 0, routes: stubRoutes({ seenRequestIds: [] }), health: { check: async () => true }, logger });
+    try {
+      const client = createClient(Health, createGrpcTransport({ baseUrl: server.url }));
+      expect((await client.check({ service: "" }, { headers: { "x-request-id": "probe-1" } })).status).toBe(ServingStatus.SERVING);
+      await expect(client.check({ service: "no.such.Service" }, { headers: { "x-request-id": "probe-2" } }))
+        .rejects.toMatchObject({ code: Code.NotFound });
+      await until("both checks logged", () => lines.filter((l) => l.msg === "rpc").length >= 2 || undefined);
+      // pino levels: 20 debug, 30 info. Before, every probe wrote an info line.
+      expect(lines.find((l) => l.requestId === "probe-1")).toMatchObject({ level: 20, procedure: "grpc.health.v1.Health/Check", code: "ok" });
+      expect(lines.find((l) => l.requestId === "probe-2")).toMatchObject({ level: 30, procedure: "grpc.health.v1.Health/Check", code: "not_found" });
+    } finally {
+      await server.close(1000);
+    }
   });
 
   it("replaces a request id that is too long or has odd characters", async () => {
