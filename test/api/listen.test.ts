@@ -67,6 +67,22 @@ function grpcClient(address: string, credentials = grpc.credentials.createInsecu
   return new BatchServiceClient(address, credentials, options) as GrpcClient;
 }
 
+/**
+ * The timer the kernel runs on the socket of 127.0.0.1:`localPort` connected to `remotePort` (/proc/net/tcp's `tr`
+ * and `tm->when` columns: kind 0 none, 1 retransmit, 2 keepalive), or undefined when there is no such socket.
+ */
+async function tcpTimer(localPort: number, remotePort: number): Promise<{ kind: number; seconds: number } | undefined> {
+  const hexPort = (p: number) => p.toString(16).toUpperCase().padStart(4, "0");
+  for (const line of (await readFile("/proc/net/tcp", "utf8")).split("\n").slice(1)) {
+    const f = line.trim().split(/\s+/);
+    if (f[1]?.endsWith(`:${hexPort(localPort)}`) && f[2]?.endsWith(`:${hexPort(remotePort)}`)) {
+      const [kind, when] = f[5]!.split(":");
+      return { kind: parseInt(kind!, 16), seconds: parseInt(when!, 16) / 100 };
+    }
+  }
+  return undefined;
+}
+
 function getBatch(client: GrpcClient, id: string, metadata = new grpc.Metadata()): Promise<any> {
   return new Promise((resolve, reject) => client.getBatch({ id }, metadata, (err, res) => (err ? reject(err) : resolve(res))));
 }
@@ -415,6 +431,37 @@ describe("TLS", () => {
       expect(stub.lines.filter((l) => l.msg === "rpc").map((l) => l.http)).toEqual(["2.0", "1.1"]);
     } finally {
       await stub.server.close(1000);
+    }
+  });
+
+  it("runs a TCP keepalive timer on every connection it accepts, on the cleartext port and the TLS one", async () => {
+    const cleartext = await startStub();
+    const secure = await startStub({ tls: { cert: pem.serverCert, key: pem.serverKey } });
+    const sockets: Socket[] = [];
+    try {
+      // Cleartext: an HTTP/1.1 request answered (404) on a connection kept open, as a stream over HTTP/1.1 would be.
+      const plain = netConnect(cleartext.server.port, "127.0.0.1");
+      sockets.push(plain);
+      await once(plain, "connect");
+      plain.write("GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n");
+      expect(String((await once(plain, "data"))[0])).toMatch(/^HTTP\/1\.1 404/);
+      const tls = netConnect(secure.server.port, "127.0.0.1");
+      sockets.push(tls);
+      await once(tls, "connect");
+      // The kernel shows the server's socket with its keepalive timer (/proc/net/tcp's timer kind 2) and when it
+      // fires. Before, none ran: a client that vanished without closing kept an HTTP/1.1 stream open for good.
+      for (const [server, client] of [[cleartext.server.port, plain.localPort!], [secure.server.port, tls.localPort!]] as const) {
+        const timer = await until(`the keepalive timer of the connection accepted on ${server}`, async () => {
+          const t = await tcpTimer(server, client);
+          return t?.kind === 2 ? t : undefined;
+        }, 2_000);
+        expect(timer.seconds).toBeGreaterThan(30);
+        expect(timer.seconds).toBeLessThanOrEqual(60);
+      }
+    } finally {
+      for (const s of sockets) s.destroy();
+      await cleartext.server.close(1000);
+      await secure.server.close(1000);
     }
   });
 
