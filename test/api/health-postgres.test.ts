@@ -109,6 +109,36 @@ describe("reads when Postgres goes silent", () => {
   });
 });
 
+describe("reads when Postgres accepts connections but never answers them", () => {
+  const fixture = useLoteServer({ role: "api", config: { query_timeout_ms: 1_000 }, behindProxy: true });
+  let client: any;
+  beforeAll(() => {
+    client = batchServiceClient(`127.0.0.1:${fixture.lote.port}`);
+  });
+  afterAll(() => client?.close());
+
+  it("answers UNAVAILABLE after query_timeout_ms for a read that needs a new connection, not at the client's deadline", async () => {
+    const proxy = fixture.proxy!;
+    const batch = await call(client, "createBatch", {
+      endpoint: "ENDPOINT_CLASSIFY", requests: [{ customId: "a", bodyJson: Buffer.from('{"model":"lote-sentiment","input":"bom"}') }],
+    });
+    // A hung server (or a pooler in front of it): the open connections pass nothing, new ones are accepted and then
+    // never answered. 25 reads: more than the pool's 20 connections, so most of them need a new one.
+    proxy.freeze();
+    proxy.hold();
+    const codes = await Promise.all(Array.from({ length: 25 }, () =>
+      call(client, "getBatch", { id: batch.id }, undefined, { deadline: Date.now() + 6_000 }).then(() => 0, (err: grpc.ServiceError) => err.code)));
+    // Before, a connection being made had no deadline: those reads waited for the client's (DEADLINE_EXCEEDED), or
+    // for good without one, each holding a place in the pool.
+    expect(new Set(codes)).toEqual(new Set([grpc.status.UNAVAILABLE]));
+    expect(proxy.heldOpen).toBeGreaterThanOrEqual(1);
+    proxy.release();
+    const read = await until("a read answered again", async () =>
+      call(client, "getBatch", { id: batch.id }, undefined, { deadline: Date.now() + 3_000 }).catch(() => undefined), 20_000, 100);
+    expect(read.id).toBe(batch.id);
+  });
+});
+
 describe("writes that wait too long on Postgres", () => {
   const fixture = useLoteServer({ role: "api", config: { query_timeout_ms: 1_000 } });
   let client: any;
