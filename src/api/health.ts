@@ -27,7 +27,8 @@ type Listener = (status: ServingStatus) => void;
 
 /**
  * The server's serving status, shared by every Check and Watch call. The reporter is polled only while someone
- * watches, one poll at a time, so a thousand watchers cost one database round trip per interval.
+ * watches, one poll at a time, so a thousand watchers cost one database round trip per interval; Checks made while
+ * a question to the reporter is on its way wait for its answer (`ask`) instead of asking again.
  */
 export class HealthMonitor {
   private readonly reporter: HealthReporter;
@@ -37,6 +38,8 @@ export class HealthMonitor {
   private last: ServingStatus | undefined;
   private timer: NodeJS.Timeout | undefined;
   private stopped = false;
+  /** The reporter's answer on its way, shared by every status() asked meanwhile. */
+  private asking: Promise<boolean> | undefined;
 
   constructor(options: HealthMonitorOptions) {
     this.reporter = options.reporter;
@@ -51,12 +54,26 @@ export class HealthMonitor {
     const expired = new Promise<boolean>((resolve) => {
       timeout = setTimeout(() => resolve(false), this.checkTimeoutMs);
     });
-    const asked = Promise.resolve().then(() => this.reporter.check()).catch(() => false);
+    const asked = this.ask();
     const healthy = await Promise.race([asked, expired]);
     clearTimeout(timeout);
     const status = !this.stopped && healthy ? ServingStatus.SERVING : ServingStatus.NOT_SERVING;
     this.publish(status);
     return status;
+  }
+
+  /**
+   * One question to the reporter at a time, whoever asks. A check that times out here still runs in the reporter:
+   * with Postgres hung, a ping holds its pool connection until query_timeout_ms (10 s), while its probe gave up after
+   * 2 s. Asked anew by each Check, Kubernetes' probes (every 1-2 s, several probers per pod) held ten or more of
+   * the API pool's 20 connections at once and starved real calls; shared, health holds at most one.
+   */
+  private ask(): Promise<boolean> {
+    this.asking ??= Promise.resolve()
+      .then(() => this.reporter.check())
+      .catch(() => false)
+      .finally(() => (this.asking = undefined));
+    return this.asking;
   }
 
   /** Yields the current status, then every change, until `signal` aborts. */

@@ -159,7 +159,10 @@ export async function listen(options: ListenOptions): Promise<ApiServer> {
       if (context) {
         const procedure = `${context.service.typeName}/${context.method.name}`;
         const code = callOutcome(context, res);
-        log.info({ requestId: call.requestId, procedure, protocol: context.protocolName, http: req.httpVersion, code, durationMs }, "rpc");
+        // A health check that answered is debug: probers ask every 1-2 s each (kubelet's liveness and readiness,
+        // load balancers), and at info their lines buried the calls'. One that failed stays info.
+        const level = code === "ok" && context.service.typeName === Health.typeName ? "debug" : "info";
+        log[level]({ requestId: call.requestId, procedure, protocol: context.protocolName, http: req.httpVersion, code, durationMs }, "rpc");
       } else {
         // Not an RPC: unknown path, wrong method or content type. Logged so that nothing reaches the port unseen.
         const path = (req.url ?? "").split("?", 1)[0]!.slice(0, 200);

@@ -23,6 +23,15 @@ const HTTP2_SETTINGS = { initialWindowSize: 4 << 20 };
 const HTTP2_CONNECTION_WINDOW = 16 << 20;
 /** nghttp2 refuses new streams past this (MB, default 10), which full 16 MiB windows could exceed. */
 const HTTP2_MAX_SESSION_MEMORY = 64;
+/**
+ * TCP keepalive on every accepted connection, first probe after 60 s idle (then Node's 10 probes 1 s apart): a client
+ * that vanished without closing (a laptop shut, a NAT mapping dropped) is let go after ~70 s. HTTP/2 sessions are
+ * PINGed (pingWhenIdle), but nothing asked an HTTP/1.1 connection: a Connect or gRPC-Web WatchBatch over HTTP/1.1
+ * whose client vanished kept its socket, and read Postgres every poll interval, until its batch ended (a day later
+ * by default). 60 s: the HTTP/2 PINGs' idle time (http2PingIdleMs' default), and well inside the ~350 s an idle
+ * connection lives in an AWS NAT gateway's table.
+ */
+const KEEPALIVE = { keepAlive: true, keepAliveInitialDelay: 60_000 } as const;
 /** A cleartext connection silent this long before its first bytes is dropped: Node's own headersTimeout. */
 const SNIFF_TIMEOUT_MS = 60_000;
 
@@ -100,6 +109,7 @@ export function secureServer(tls: TlsOptions, handle: Handler, tracker: Connecti
   const server = createSecureServer(
     {
       ...http1TimeoutOptions(deadlines),
+      ...KEEPALIVE,
       cert, key, ca,
       requestCert: requireClientCert,
       rejectUnauthorized: requireClientCert,
@@ -132,7 +142,7 @@ export function cleartextServer(handle: Handler, tracker: ConnectionTracker, dea
   http1.emit("listening");
   const http2 = createHttp2Server({ settings: HTTP2_SETTINGS, maxSessionMemory: HTTP2_MAX_SESSION_MEMORY }, handle);
   http2.on("session", trackSession(tracker, deadlines));
-  const server = createNetServer((socket) => {
+  const server = createNetServer(KEEPALIVE, (socket) => {
     tracker.addSocket(socket, true);
     socket.on("error", () => {}); // resets before the hand-over; the HTTP servers handle later ones
     const onTimeout = () => socket.destroy();

@@ -47,7 +47,11 @@ export class LoteMetrics implements DispatchObserver {
     this.#claimSeconds = new Histogram({ name: "lote_claim_duration_seconds", help: "Time of one claim, from the node's side.", labelNames: ["model"], buckets: claimBuckets, registers });
     this.#calls = new Counter({
       name: "lote_calls_total",
-      help: "Backend calls ended, by what was written: succeeded, failed, retry (back to pending), cancelled, expired.",
+      // Counted as the call ends, from what it asks to write, not once Postgres took it: the completer's later
+      // flush may fence a completion out (its lease was rescued) or store it as result_not_storable, and "by what
+      // was written" was not what the numbers said.
+      help: "Backend calls ended, by the call's outcome (succeeded, failed, retry (back to pending), cancelled, expired), "
+        + "counted when the call ends, before its completion is written: one later fenced out or stored as result_not_storable counts as it ended.",
       labelNames: ["model", "outcome"], registers,
     });
     this.#callSeconds = new Histogram({

@@ -43,8 +43,12 @@ export async function migrate(pool: pg.Pool, options: { through?: number } = {})
       applied.push(file);
     }
   } finally {
-    await client.query("SELECT pg_advisory_unlock($1)", [migrationLockKey.toString()]).catch(() => {});
-    client.release();
+    // A connection whose unlock failed may still hold the session lock: released to the pool it stayed idle there
+    // holding it (the bulk pool, for the node's whole life), and every other node starting waited for it forever.
+    // Discarded, its session ends and Postgres lets the lock go.
+    let broken: Error | undefined;
+    await client.query("SELECT pg_advisory_unlock($1)", [migrationLockKey.toString()]).catch((err: Error) => (broken = err));
+    client.release(broken);
   }
   return { applied };
 }

@@ -75,7 +75,13 @@ export async function openDatabase(options: OpenDatabaseOptions): Promise<Databa
   };
   const queryTimeout = options.queryTimeoutMs ?? 10_000;
   // The server's deadline comes first, by a tenth (at most a second): time for its error to reach the client.
-  const timed = { query_timeout: queryTimeout, statement_timeout: queryTimeout - Math.min(1_000, Math.ceil(queryTimeout / 10)) };
+  // Making a connection (or waiting for one of a full pool) gets the same deadline: without one, a query that needed a
+  // new connection to a server that accepts TCP but never answers (hung, or a pooler in front of it) waited for good,
+  // where its query alone would have given up after queryTimeout, and a host that drops SYNs held it ~2 minutes.
+  const timed = {
+    query_timeout: queryTimeout, statement_timeout: queryTimeout - Math.min(1_000, Math.ceil(queryTimeout / 10)),
+    connectionTimeoutMillis: queryTimeout,
+  };
   const pool = newPool({ max: options.poolSize ?? 20, ...timed, application_name: "lote" });
   // 10: each of these statements is long, and a node runs few at once (CreateBatch calls of over 1,000 requests,
   // cancels, RetryBatch, expiry, VACUUM). Idle ones close after 10 s, so few are left to go stale.

@@ -37,6 +37,34 @@ describe("health follows Postgres", () => {
   });
 });
 
+describe("health checks while Postgres hangs", () => {
+  const fixture = useLoteServer({ role: "api", behindProxy: true });
+  let client: any;
+  beforeAll(() => {
+    client = healthClient(fixture.lote.port);
+  });
+  afterAll(() => client?.close());
+
+  it("share one ping, so probes that keep coming hold at most one connection of the API pool", async () => {
+    const proxy = fixture.proxy!;
+    expect(await check(client)).toBe("SERVING");
+    // Postgres hung: the open connections pass nothing, and new ones are accepted but never answered.
+    proxy.freeze();
+    proxy.hold();
+    // Two waves of probes, as several probers every second or two would send. Each check gives up after 2 s; before,
+    // each one's ping stayed behind in its own pool connection for query_timeout_ms (10 s): 24 probes, 20 connections.
+    for (let wave = 0; wave < 2; wave++) {
+      const statuses = await Promise.all(Array.from({ length: 12 }, () => check(client)));
+      expect(statuses).toEqual(Array(12).fill("NOT_SERVING"));
+    }
+    // The one ping waits on the connection that was idle (frozen) or on one new connection (held).
+    expect(proxy.heldOpen).toBeLessThanOrEqual(1);
+    proxy.release();
+    // The shared ping gives up after query_timeout_ms and the next one gets through.
+    await until("SERVING again", async () => (await check(client)) === "SERVING", 20_000, 100);
+  });
+});
+
 describe("reads when Postgres goes silent", () => {
   const fixture = useLoteServer({ role: "api", config: { query_timeout_ms: 1_000 }, behindProxy: true });
   let client: any;
@@ -78,6 +106,36 @@ describe("reads when Postgres goes silent", () => {
       small().catch((err: grpc.ServiceError) => void codes.push(err.code)), 20_000, 50);
     expect(created.status).toBe("BATCH_STATUS_IN_PROGRESS");
     expect(codes.every((c) => c === grpc.status.UNAVAILABLE)).toBe(true);
+  });
+});
+
+describe("reads when Postgres accepts connections but never answers them", () => {
+  const fixture = useLoteServer({ role: "api", config: { query_timeout_ms: 1_000 }, behindProxy: true });
+  let client: any;
+  beforeAll(() => {
+    client = batchServiceClient(`127.0.0.1:${fixture.lote.port}`);
+  });
+  afterAll(() => client?.close());
+
+  it("answers UNAVAILABLE after query_timeout_ms for a read that needs a new connection, not at the client's deadline", async () => {
+    const proxy = fixture.proxy!;
+    const batch = await call(client, "createBatch", {
+      endpoint: "ENDPOINT_CLASSIFY", requests: [{ customId: "a", bodyJson: Buffer.from('{"model":"lote-sentiment","input":"bom"}') }],
+    });
+    // A hung server (or a pooler in front of it): the open connections pass nothing, new ones are accepted and then
+    // never answered. 25 reads: more than the pool's 20 connections, so most of them need a new one.
+    proxy.freeze();
+    proxy.hold();
+    const codes = await Promise.all(Array.from({ length: 25 }, () =>
+      call(client, "getBatch", { id: batch.id }, undefined, { deadline: Date.now() + 6_000 }).then(() => 0, (err: grpc.ServiceError) => err.code)));
+    // Before, a connection being made had no deadline: those reads waited for the client's (DEADLINE_EXCEEDED), or
+    // for good without one, each holding a place in the pool.
+    expect(new Set(codes)).toEqual(new Set([grpc.status.UNAVAILABLE]));
+    expect(proxy.heldOpen).toBeGreaterThanOrEqual(1);
+    proxy.release();
+    const read = await until("a read answered again", async () =>
+      call(client, "getBatch", { id: batch.id }, undefined, { deadline: Date.now() + 3_000 }).catch(() => undefined), 20_000, 100);
+    expect(read.id).toBe(batch.id);
   });
 });
 

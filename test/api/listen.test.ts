@@ -8,15 +8,17 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, type ConnectRouter, createClient } from "@connectrpc/connect";
-import { createConnectTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
+import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import pino from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../../gen/grpc/health/v1/health_pb.ts";
 import { BatchSchema, BatchStatus } from "../../gen/lote/v1/batch_pb.ts";
 import { BatchService } from "../../gen/lote/v1/batch_service_pb.ts";
 import { listen, type ListenOptions, requestIdKey, sniffProtocol } from "../../src/api/listen.ts";
 import { TcpProxy } from "../support/tcp-proxy.ts";
+import { until } from "../support/until.ts";
 
 const run = promisify(execFile);
 const protoDir = new URL("../../proto", import.meta.url).pathname;
@@ -63,6 +65,22 @@ const BatchServiceClient = (grpc.loadPackageDefinition(definition) as any).lote.
 
 function grpcClient(address: string, credentials = grpc.credentials.createInsecure(), options: grpc.ClientOptions = {}): GrpcClient {
   return new BatchServiceClient(address, credentials, options) as GrpcClient;
+}
+
+/**
+ * The timer the kernel runs on the socket of 127.0.0.1:`localPort` connected to `remotePort` (/proc/net/tcp's `tr`
+ * and `tm->when` columns: kind 0 none, 1 retransmit, 2 keepalive), or undefined when there is no such socket.
+ */
+async function tcpTimer(localPort: number, remotePort: number): Promise<{ kind: number; seconds: number } | undefined> {
+  const hexPort = (p: number) => p.toString(16).toUpperCase().padStart(4, "0");
+  for (const line of (await readFile("/proc/net/tcp", "utf8")).split("\n").slice(1)) {
+    const f = line.trim().split(/\s+/);
+    if (f[1]?.endsWith(`:${hexPort(localPort)}`) && f[2]?.endsWith(`:${hexPort(remotePort)}`)) {
+      const [kind, when] = f[5]!.split(":");
+      return { kind: parseInt(kind!, 16), seconds: parseInt(when!, 16) / 100 };
+    }
+  }
+  return undefined;
 }
 
 function getBatch(client: GrpcClient, id: string, metadata = new grpc.Metadata()): Promise<any> {
@@ -145,6 +163,24 @@ describe("cleartext port", () => {
     expect(lines[0]).toMatchObject({ level: 30, component: "api", procedure: "lote.v1.BatchService/GetBatch", code: "not_found" });
     expect(typeof lines[0]!.durationMs).toBe("number");
     expect(JSON.stringify(stub.lines)).not.toContain("very-secret");
+  });
+
+  it("logs a health check that answered at debug, not info, and one that failed at info", async () => {
+    const lines: Record<string, unknown>[] = [];
+    const logger = pino({ level: "debug" }, { write: (line: string) => void lines.push(JSON.parse(line)) });
+    const server = await listen({ port: 0, routes: stubRoutes({ seenRequestIds: [] }), health: { check: async () => true }, logger });
+    try {
+      const client = createClient(Health, createGrpcTransport({ baseUrl: server.url }));
+      expect((await client.check({ service: "" }, { headers: { "x-request-id": "probe-1" } })).status).toBe(ServingStatus.SERVING);
+      await expect(client.check({ service: "no.such.Service" }, { headers: { "x-request-id": "probe-2" } }))
+        .rejects.toMatchObject({ code: Code.NotFound });
+      await until("both checks logged", () => lines.filter((l) => l.msg === "rpc").length >= 2 || undefined);
+      // pino levels: 20 debug, 30 info. Before, every probe wrote an info line.
+      expect(lines.find((l) => l.requestId === "probe-1")).toMatchObject({ level: 20, procedure: "grpc.health.v1.Health/Check", code: "ok" });
+      expect(lines.find((l) => l.requestId === "probe-2")).toMatchObject({ level: 30, procedure: "grpc.health.v1.Health/Check", code: "not_found" });
+    } finally {
+      await server.close(1000);
+    }
   });
 
   it("replaces a request id that is too long or has odd characters", async () => {
@@ -395,6 +431,37 @@ describe("TLS", () => {
       expect(stub.lines.filter((l) => l.msg === "rpc").map((l) => l.http)).toEqual(["2.0", "1.1"]);
     } finally {
       await stub.server.close(1000);
+    }
+  });
+
+  it("runs a TCP keepalive timer on every connection it accepts, on the cleartext port and the TLS one", async () => {
+    const cleartext = await startStub();
+    const secure = await startStub({ tls: { cert: pem.serverCert, key: pem.serverKey } });
+    const sockets: Socket[] = [];
+    try {
+      // Cleartext: an HTTP/1.1 request answered (404) on a connection kept open, as a stream over HTTP/1.1 would be.
+      const plain = netConnect(cleartext.server.port, "127.0.0.1");
+      sockets.push(plain);
+      await once(plain, "connect");
+      plain.write("GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n");
+      expect(String((await once(plain, "data"))[0])).toMatch(/^HTTP\/1\.1 404/);
+      const tls = netConnect(secure.server.port, "127.0.0.1");
+      sockets.push(tls);
+      await once(tls, "connect");
+      // The kernel shows the server's socket with its keepalive timer (/proc/net/tcp's timer kind 2) and when it
+      // fires. Before, none ran: a client that vanished without closing kept an HTTP/1.1 stream open for good.
+      for (const [server, client] of [[cleartext.server.port, plain.localPort!], [secure.server.port, tls.localPort!]] as const) {
+        const timer = await until(`the keepalive timer of the connection accepted on ${server}`, async () => {
+          const t = await tcpTimer(server, client);
+          return t?.kind === 2 ? t : undefined;
+        }, 2_000);
+        expect(timer.seconds).toBeGreaterThan(30);
+        expect(timer.seconds).toBeLessThanOrEqual(60);
+      }
+    } finally {
+      for (const s of sockets) s.destroy();
+      await cleartext.server.close(1000);
+      await secure.server.close(1000);
     }
   });
 

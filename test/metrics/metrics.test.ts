@@ -74,7 +74,8 @@ describe("Prometheus metrics of a worker node (real process, scraped over HTTP)"
     expect(sample(text, "lote_completion_backlog")).toBe(0);
     // prom-client's default process metrics come along.
     expect(sample(text, "process_cpu_user_seconds_total")).toBeGreaterThan(0);
-    expect(text).toContain("# HELP lote_calls_total ");
+    // Said what was written before; it is counted as each call ends, before the completion is written.
+    expect(text).toContain("# HELP lote_calls_total Backend calls ended, by the call's outcome (succeeded, failed, retry (back to pending), cancelled, expired), counted when the call ends, before its completion is written");
   });
 
   it("counts backend errors by model and kind: the HTTP status, or the transport error when no answer came", async () => {

@@ -1,3 +1,4 @@
+import type pg from "pg";
 import { describe, expect, it } from "vitest";
 import { newBatchId } from "../../src/batch/ids.ts";
 import { claimItems, migrate } from "../../src/store/index.ts";
@@ -53,6 +54,36 @@ describe("upgrading a database that holds live work", () => {
       expect(claimed.every((c) => c.batchId === batches[c.tenantId as keyof typeof batches])).toBe(true);
     } finally {
       await pool.end();
+      await db.drop();
+    }
+  });
+});
+
+describe("the migration lock", () => {
+  it("is let go when its unlock fails, so the next node to start does not wait for it forever", async () => {
+    const db = await createTestDatabase();
+    const pool = testPool(db.url);
+    const other = testPool(db.url);
+    try {
+      // The unlock fails as it would when it timed out or met an aborted transaction; the connection itself lives on.
+      pool.on("connect", (client: pg.PoolClient) => {
+        const query = client.query.bind(client) as (...args: unknown[]) => Promise<unknown>;
+        (client as unknown as { query: unknown }).query = (text: unknown, ...rest: unknown[]) =>
+          typeof text === "string" && text.includes("pg_advisory_unlock") ? Promise.reject(new Error("Query read timeout")) : query(text, ...rest);
+      });
+      expect((await migrate(pool)).applied).toContain("001_init.sql");
+      // Another node starting takes the same lock. Before, the connection went back to `pool` idle, still holding
+      // the session lock, and the other node's migrate waited as long as this pool lived.
+      let timer: NodeJS.Timeout | undefined;
+      const waited = await Promise.race([
+        migrate(other).then(({ applied }) => applied),
+        new Promise<string>((resolve) => (timer = setTimeout(() => resolve("still waiting for the lock after 5 s"), 5_000))),
+      ]);
+      clearTimeout(timer);
+      expect(waited).toEqual([]);
+    } finally {
+      await pool.end();
+      await other.end();
       await db.drop();
     }
   });
