@@ -269,6 +269,32 @@ describe("simulator CLI", () => {
     expect(code).toBe(0);
   });
 
+  /** Runs `lote simulate` with these flags until it exits: its exit code and what it wrote to stderr. */
+  async function loteSimulateFails(args: string[]): Promise<{ code: number | null; stderr: string }> {
+    const child = spawn(process.execPath, ["--import", "tsx", "src/cli/main.ts", "simulate", ...args], {
+      cwd: new URL("..", import.meta.url), stdio: ["ignore", "ignore", "pipe"],
+    });
+    let stderr = "";
+    child.stderr!.on("data", (c) => (stderr += c));
+    const [code] = (await once(child, "exit")) as [number | null];
+    return { code, stderr };
+  }
+
+  it("`lote simulate` on a port already in use exits 1 with one line naming the address, not a stack trace", async () => {
+    const busy = await simulator();
+    const { code, stderr } = await loteSimulateFails(["--port", String(busy.port)]);
+    expect(code).toBe(1);
+    expect(stderr).toBe(`lote: simulate: cannot listen on 127.0.0.1:${busy.port}: the address is already in use ` +
+      "(another simulator, or another program, listens there); choose another with --port or --host\n");
+  });
+
+  it("`lote simulate` with an unknown flag or a bad value exits 2 with one line saying what it expected", async () => {
+    const unknown = await loteSimulateFails(["--bogus"]);
+    expect(unknown).toEqual({ code: 2, stderr: "lote: simulate: Unknown option '--bogus'\n" });
+    const notNumber = await loteSimulateFails(["--port", "abc"]);
+    expect(notNumber).toEqual({ code: 2, stderr: 'lote: simulate: Expected `--port` to be a number, got "abc"\n' });
+  });
+
   it("exits 2 with a message on a bad flag value", async () => {
     const child = spawn(process.execPath, ["--import", "tsx", "src/simulator/main.ts", "--latency", "gaussian:1"], {
       cwd: new URL("..", import.meta.url), stdio: ["ignore", "ignore", "pipe"],

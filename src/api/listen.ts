@@ -12,10 +12,10 @@ import {
   type Interceptor,
 } from "@connectrpc/connect";
 import { codeToString } from "@connectrpc/connect/protocol-connect";
-import { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { Logger } from "pino";
 import { Health } from "../../gen/grpc/health/v1/health_pb.ts";
 import { HealthMonitor, type HealthReporter, healthService } from "./health.ts";
+import { nodeAdapter } from "./node-adapter.ts";
 import { loadDescriptorSet, registerReflection } from "./reflection.ts";
 import { cleartextServer, secureServer, type ConnectionDeadlines } from "./protocol-servers.ts";
 import { errorCodeInterceptor } from "./errors.ts";
@@ -119,8 +119,14 @@ export async function listen(options: ListenOptions): Promise<ApiServer> {
   const descriptorSet = options.descriptorSet ?? loadDescriptorSet();
   const calls = new WeakMap<NodeServerRequest, Call>();
 
-  const adapter = connectNodeAdapter({
+  const adapter = nodeAdapter({
     readMaxBytes,
+    onWriteFailure(procedure, err) {
+      log.warn({ procedure, code: codeToString(err.code), err: err.rawMessage }, "response not written");
+    },
+    onClientGone(procedure) {
+      log.debug({ procedure }, "client went away during the response");
+    },
     interceptors: [shutdownInterceptor(tracker), ...(options.interceptors ?? []), errorCodeInterceptor(log)],
     routes(router) {
       options.routes(router);

@@ -169,10 +169,15 @@ export function registerServerCommands(program: Command): void {
     })));
   program.command("simulate").description("run the simulated OpenAI-compatible backend (tests, demos, benchmarks)")
     .allowUnknownOption(true).allowExcessArguments(true).helpOption(false)
-    .action(async (_opts, cmd: Command) => {
-      const { runSimulatorCli } = await import("../simulator/index.ts");
-      await runSimulatorCli(cmd.args);
-    });
+    .action(serverAction(async (_opts: unknown, cmd: Command) => {
+      const { runSimulatorCli, SimulatorCliError } = await import("../simulator/index.ts");
+      try {
+        await runSimulatorCli(cmd.args);
+      } catch (err) {
+        // A port in use or a mistyped flag: one line and 1 or 2, as for the other commands, not a stack trace.
+        throw err instanceof SimulatorCliError ? new CliError(`simulate: ${err.message}`, err.exitCode) : err;
+      }
+    }));
 }
 
 /** One line per worker: id, state, start, lease end, and each model with the calls it can run of it. */

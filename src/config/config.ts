@@ -130,14 +130,17 @@ export function buildConfig(file: Record<string, unknown>, rawEnv: Env, source =
   // override the file's value with nothing (an embedded database instead of the file's, TLS or auth turned off).
   const env = withoutEmptyValues(rawEnv);
   const f = field(source);
-  const host = f.string("host", env.LOTE_HOST ?? file.host, "127.0.0.1");
-  const port = f.int("port", env.LOTE_PORT ?? file.port, 50051, 0, 65535);
+  // A value an environment variable set is refused under the variable's name: "config.yaml: `port`: ... got "abc""
+  // sent the reader to a file whose port was fine, or to no file at all ("config:"), when LOTE_PORT was the typo.
+  const fromEnv = (variable: string) => (env[variable] === undefined ? undefined : field(variable));
+  const host = (fromEnv("LOTE_HOST") ?? f).string("host", env.LOTE_HOST ?? file.host, "127.0.0.1");
+  const port = (fromEnv("LOTE_PORT") ?? f).int("port", env.LOTE_PORT ?? file.port, 50051, 0, 65535);
   const tlsRaw = mapping(`${source}: tls`, file.tls, tlsKeys);
   const ft = field(`${source}: tls`);
-  const certFile = ft.optionalString("cert_file", env.LOTE_TLS_CERT ?? tlsRaw.cert_file);
-  const keyFile = ft.optionalString("key_file", env.LOTE_TLS_KEY ?? tlsRaw.key_file);
-  const caFile = ft.optionalString("ca_file", env.LOTE_TLS_CA ?? tlsRaw.ca_file);
-  const requireClientCert = ft.bool("require_client_cert", env.LOTE_TLS_REQUIRE_CLIENT_CERT ?? tlsRaw.require_client_cert, false);
+  const certFile = (fromEnv("LOTE_TLS_CERT") ?? ft).optionalString("cert_file", env.LOTE_TLS_CERT ?? tlsRaw.cert_file);
+  const keyFile = (fromEnv("LOTE_TLS_KEY") ?? ft).optionalString("key_file", env.LOTE_TLS_KEY ?? tlsRaw.key_file);
+  const caFile = (fromEnv("LOTE_TLS_CA") ?? ft).optionalString("ca_file", env.LOTE_TLS_CA ?? tlsRaw.ca_file);
+  const requireClientCert = (fromEnv("LOTE_TLS_REQUIRE_CLIENT_CERT") ?? ft).bool("require_client_cert", env.LOTE_TLS_REQUIRE_CLIENT_CERT ?? tlsRaw.require_client_cert, false);
   let tls: TlsConfig | undefined;
   if (certFile || keyFile) {
     if (!certFile || !keyFile) throw new ConfigError(`${source}: tls needs both cert_file and key_file (LOTE_TLS_CERT, LOTE_TLS_KEY); got only ${certFile ? "cert_file" : "key_file"}`);
@@ -154,7 +157,7 @@ export function buildConfig(file: Record<string, unknown>, rawEnv: Env, source =
     throw new ConfigError(`${source}: tls: \`ca_file\` and \`require_client_cert\` need cert_file and key_file (LOTE_TLS_CERT, LOTE_TLS_KEY), ` +
       `as client certificates are checked only over TLS; got ${caFile ? "ca_file" : "require_client_cert"} without them`);
   }
-  const authRequired = f.bool("auth_required", env.LOTE_AUTH_REQUIRED ?? file.auth_required, false);
+  const authRequired = (fromEnv("LOTE_AUTH_REQUIRED") ?? f).bool("auth_required", env.LOTE_AUTH_REQUIRED ?? file.auth_required, false);
   if (!authRequired && !isLoopback(host)) {
     throw new ConfigError(
       `${source}: auth_required is false but host is ${host}; without authentication lote only listens on loopback ` +
@@ -164,7 +167,7 @@ export function buildConfig(file: Record<string, unknown>, rawEnv: Env, source =
   const w = mapping(`${source}: worker`, file.worker, workerKeys);
   const fw = field(`${source}: worker`);
   const worker: WorkerConfig = {
-    concurrency: fw.int("concurrency", env.LOTE_WORKER_CONCURRENCY ?? w.concurrency, 512, 1, 100_000),
+    concurrency: (fromEnv("LOTE_WORKER_CONCURRENCY") ?? fw).int("concurrency", env.LOTE_WORKER_CONCURRENCY ?? w.concurrency, 512, 1, 100_000),
     leaseMs: fw.int("lease_ms", w.lease_ms, 30_000, 1_000, 3_600_000),
     pollIntervalMs: fw.int("poll_interval_ms", w.poll_interval_ms, 1_000, 10, 60_000),
     completionBatchSize: fw.int("completion_batch_size", w.completion_batch_size, 500, 1, 10_000),
@@ -186,7 +189,10 @@ export function buildConfig(file: Record<string, unknown>, rawEnv: Env, source =
   }
   const metrics: MetricsConfig | undefined = noMetricsPort
     ? undefined
-    : { port: fm.int("port", metricsPort, 0, 0, 65535), host: fm.string("host", metricsHost, "127.0.0.1") };
+    : {
+      port: (fromEnv("LOTE_METRICS_PORT") ?? fm).int("port", metricsPort, 0, 0, 65535),
+      host: (fromEnv("LOTE_METRICS_HOST") ?? fm).string("host", metricsHost, "127.0.0.1"),
+    };
   const models = new Map<string, ModelConfig>();
   if (f.bool("include_builtin_models", file.include_builtin_models, true)) {
     for (const m of builtinModelConfigs()) models.set(m.name, m);
@@ -207,19 +213,19 @@ export function buildConfig(file: Record<string, unknown>, rawEnv: Env, source =
     host,
     port,
     tls,
-    databaseUrl: databaseUrl(source, env.DATABASE_URL ?? file.database_url),
-    dataDir: f.string("data_dir", env.LOTE_DATA_DIR ?? file.data_dir, ".lote/postgres"),
-    embeddedPostgresPort: f.int("embedded_postgres_port", env.LOTE_EMBEDDED_PG_PORT ?? file.embedded_postgres_port, 54329, 1, 65535),
+    databaseUrl: databaseUrl(env.DATABASE_URL === undefined ? source : "DATABASE_URL", env.DATABASE_URL ?? file.database_url),
+    dataDir: (fromEnv("LOTE_DATA_DIR") ?? f).string("data_dir", env.LOTE_DATA_DIR ?? file.data_dir, ".lote/postgres"),
+    embeddedPostgresPort: (fromEnv("LOTE_EMBEDDED_PG_PORT") ?? f).int("embedded_postgres_port", env.LOTE_EMBEDDED_PG_PORT ?? file.embedded_postgres_port, 54329, 1, 65535),
     authRequired,
     maxMessageBytes: f.int("max_message_bytes", file.max_message_bytes, 256 * 1024 * 1024, 1024, 2 ** 31 - 1),
     maxBatchRequests: f.int("max_batch_requests", file.max_batch_requests, 1_000_000, 1, 10_000_000),
     runBatchMaxRequests: f.int("run_batch_max_requests", file.run_batch_max_requests, 1_000, 1, 100_000),
     maxBodyBytes: f.int("max_body_bytes", file.max_body_bytes, 1024 * 1024, 16, 64 * 1024 * 1024),
     shutdownGraceMs: f.int("shutdown_grace_ms", file.shutdown_grace_ms, 10_000, 0, 600_000),
-    queryTimeoutMs: f.int("query_timeout_ms", env.LOTE_QUERY_TIMEOUT_MS ?? file.query_timeout_ms, 10_000, 100, 3_600_000),
+    queryTimeoutMs: (fromEnv("LOTE_QUERY_TIMEOUT_MS") ?? f).int("query_timeout_ms", env.LOTE_QUERY_TIMEOUT_MS ?? file.query_timeout_ms, 10_000, 100, 3_600_000),
     worker,
     models,
-    logLevel: f.oneOf("log_level", env.LOTE_LOG_LEVEL ?? file.log_level, "info", ["trace", "debug", "info", "warn", "error", "fatal", "silent"]),
+    logLevel: (fromEnv("LOTE_LOG_LEVEL") ?? f).oneOf("log_level", env.LOTE_LOG_LEVEL ?? file.log_level, "info", ["trace", "debug", "info", "warn", "error", "fatal", "silent"]),
     metrics,
   };
 }

@@ -1,6 +1,7 @@
 import { execFile, spawn } from "node:child_process";
 import { once } from "node:events";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { connect as http2Connect, constants as http2Constants } from "node:http2";
 import { request as httpsRequest } from "node:https";
 import { connect as netConnect, createServer as createNetServer, type Server, type Socket } from "node:net";
 import { tmpdir } from "node:os";
@@ -370,6 +371,41 @@ describe("HTTP/1.1 requests that never complete", () => {
     const base = { routes: () => {}, health: { check: async () => true }, logger: pino({ level: "silent" }) };
     await expect(listen({ ...base, port: 0, http1HeadersTimeoutMs: 1000, http1RequestTimeoutMs: 500 }))
       .rejects.toThrow("Expected `http1RequestTimeoutMs` to be an integer no smaller than http1HeadersTimeoutMs (1000), got 500");
+  });
+});
+
+describe("a client that leaves in the middle of a stream", () => {
+  it("writes no stack trace to stderr (connect-node's console.error), only a debug line, when a stream's client cancels it mid-write", async () => {
+    const lines: Record<string, unknown>[] = [];
+    const logger = pino({ level: "debug" }, { write: (line: string) => void lines.push(JSON.parse(line)) });
+    // Results of 256 KiB each, as fast as they can be written: the client's cancel lands while one is being written,
+    // as when `lote results ID | head` exits.
+    const routes = (router: ConnectRouter) =>
+      router.service(BatchService, {
+        async *streamResults(_req, ctx) {
+          while (!ctx.signal.aborted) yield { result: { customId: "x".repeat(256 * 1024) } };
+        },
+      });
+    const server = await listen({ port: 0, routes, health: { check: async () => true }, logger });
+    const consoleErrors: unknown[][] = [];
+    const consoleError = console.error;
+    console.error = (...args: unknown[]) => void consoleErrors.push(args);
+    try {
+      // A bare HTTP/2 client: the first bytes of the stream, then RST_STREAM CANCEL, what a client's cancel sends.
+      const session = http2Connect(server.url);
+      const stream = session.request({ ":method": "POST", ":path": "/lote.v1.BatchService/StreamResults", "content-type": "application/grpc", te: "trailers" });
+      stream.end(Buffer.from([0, 0, 0, 0, 0])); // one empty gRPC message: StreamResultsRequest {}
+      await once(stream, "data");
+      stream.close(http2Constants.NGHTTP2_CANCEL);
+      await waitFor(() => (consoleErrors.length > 0 || lines.some((l) => l.msg === "client went away during the response") ? true : undefined),
+        "the server to finish with the cancelled stream");
+      session.close();
+      expect(consoleErrors).toEqual([]);
+      expect(lines.find((l) => l.msg === "rpc")).toMatchObject({ procedure: "lote.v1.BatchService/StreamResults", code: "canceled" });
+    } finally {
+      console.error = consoleError;
+      await server.close(1000);
+    }
   });
 });
 

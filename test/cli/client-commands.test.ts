@@ -187,6 +187,17 @@ describe("lote client commands (real server and CLI as child processes)", () => 
     expect(Object.keys(failed[0].error)).toEqual(["code", "message"]);
   });
 
+  it("writes every result once, each line whole, when --errors names the file -o writes", async () => {
+    const file = inputFile("same-file.jsonl", [classify("ok-1", portuguese[0]!), classify("bad-1", ""), classify("ok-2", portuguese[2]!)]);
+    const id = (await lote(["submit", file, "--wait"])).stdout.trim();
+    const out = join(dir, "all.jsonl");
+    const run = await lote(["results", id, "-o", out, "--errors", out]);
+    expect(run.code).toBe(0);
+    expect(run.stderr).toContain("wrote 3 results (2 succeeded, 1 failed)");
+    // jsonLines parses every line: one written over another would not parse, and would be missing.
+    expect(jsonLines(out).map((l) => l.custom_id).sort()).toEqual(["bad-1", "ok-1", "ok-2"]);
+  });
+
   it("reports every invalid line with its line number, creates nothing and exits 65", async () => {
     const before = await batchCount();
     const file = inputFile("bad.jsonl", [

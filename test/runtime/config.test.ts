@@ -54,6 +54,18 @@ describe("the configuration", () => {
     expect(config.port).toBe(50051);
   });
 
+  it("names the environment variable, not the file, when the variable set the bad value", () => {
+    const file = { port: 50052, auth_required: false, worker: { concurrency: 8 }, metrics: { port: 9464 } };
+    expect(refusal(file, { LOTE_PORT: "abc" })).toBe('LOTE_PORT: `port`: expected an integer from 0 to 65535, got "abc"');
+    expect(refusal(file, { LOTE_AUTH_REQUIRED: "yes" })).toBe('LOTE_AUTH_REQUIRED: `auth_required`: expected true or false, got "yes"');
+    expect(refusal(file, { LOTE_WORKER_CONCURRENCY: "0" })).toBe('LOTE_WORKER_CONCURRENCY: `concurrency`: expected an integer from 1 to 100000, got "0"');
+    expect(refusal(file, { LOTE_METRICS_PORT: "70000" })).toBe('LOTE_METRICS_PORT: `port`: expected an integer from 0 to 65535, got "70000"');
+    expect(refusal(file, { LOTE_LOG_LEVEL: "verbose" })).toMatch(/^LOTE_LOG_LEVEL: `log_level`: expected one of trace, /);
+    expect(refusal(file, { DATABASE_URL: "mysql://db/lote" })).toMatch(/^DATABASE_URL: `database_url`: expected a postgres:\/\/ /);
+    // The file's own mistakes are still the file's.
+    expect(refusal({ port: "abc" }, {})).toBe('config: `port`: expected an integer from 0 to 65535, got "abc"');
+  });
+
   it("takes max_response_bytes for a kserve backend as for an openai one, and checks its range", () => {
     const model = (b: Record<string, unknown>) => ({ models: [{ name: "k", backend: { kind: "kserve", urls: ["grpc://127.0.0.1:8001"], ...b } }] });
     const backend = buildConfig(model({ max_response_bytes: 2_048 }), {}).models.get("k")!.backend;
