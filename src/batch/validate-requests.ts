@@ -40,7 +40,7 @@ export interface RequestLimits {
 // OpenAI does not publish a custom_id limit; 64 keeps ids index- and log-friendly while fitting UUIDs and paths.
 export const maxCustomIdLength = 64;
 // Reporting stops here: a 50,000-line batch with one systematic mistake should not produce a 5 MB error.
-const maxViolations = 100;
+export const maxViolations = 100;
 
 // ignoreBOM: a byte-order mark stays in the text, and JSON.parse refuses it (RFC 8259 §8.1: JSON text MUST NOT begin
 // with one). Dropped here, it was dropped from small batches only: a batch stored by COPY keeps the bytes as sent

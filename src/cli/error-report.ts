@@ -4,6 +4,7 @@
  */
 import { Code, ConnectError } from "@connectrpc/connect";
 import { BadRequestSchema } from "../../gen/google/rpc/error_details_pb.ts";
+import { maxViolations } from "../batch/validate-requests.ts";
 import { CliError, ExitCode, exitCodeOf, grpcCodeName } from "./exit-codes.ts";
 
 export interface ErrorContext {
@@ -89,8 +90,10 @@ function invalidArgumentReport(err: ConnectError, context: ErrorContext): ErrorR
     lines.push(`${where}: ${v.description}${reason}`);
   }
   const n = violations.length;
+  // The server stops at its 100th violation: "100 problems" said there were no more, of 10,000 lines all wrong.
+  const count = n >= maxViolations ? `its first ${n} problems; it stops looking there` : `${n} problem${n === 1 ? "" : "s"}`;
   const summary = n > 0
-    ? `INVALID_ARGUMENT: the server refused the batch (${n} problem${n === 1 ? "" : "s"}); nothing was created`
+    ? `INVALID_ARGUMENT: the server refused the batch (${count}); nothing was created`
     : `INVALID_ARGUMENT: ${err.rawMessage}`;
   return { lines: [...lines, `lote: ${summary}`], exitCode: aboutData ? ExitCode.DataError : ExitCode.Usage };
 }

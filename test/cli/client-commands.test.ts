@@ -227,8 +227,13 @@ describe("lote client commands (real server and CLI as child processes)", () => 
     // Line 1 is blank (skipped), so requests[1] is line 3 and requests[2] is line 4.
     expect(run.stderr).toContain(`${file}:3: custom_id: duplicate custom_id "a", first used by line 2 (DUPLICATE_CUSTOM_ID)`);
     expect(run.stderr).toMatch(new RegExp(`${file}:4: body\\.model: .*lote-embed.*\\(MODEL_MISMATCH\\)`));
-    expect(run.stderr).toContain("lote: INVALID_ARGUMENT:");
+    expect(run.stderr).toContain("lote: INVALID_ARGUMENT: the server refused the batch (2 problems); nothing was created");
     expect(await batchCount()).toBe(before);
+    // 150 duplicates: the server reports its first 100, and the summary says it stopped there.
+    const many = await lote(["submit", inputFile("server-many.jsonl", Array.from({ length: 151 }, () => classify("same", "bom")))]);
+    expect(many.code).toBe(65);
+    expect(many.stderr.match(/DUPLICATE_CUSTOM_ID/g)).toHaveLength(100);
+    expect(many.stderr.trimEnd().split("\n").at(-1)).toBe("lote: INVALID_ARGUMENT: the server refused the batch (its first 100 problems; it stops looking there); nothing was created");
   });
 
   it("lists batches in a table and as JSON, filtered by metadata", async () => {
