@@ -14,7 +14,11 @@ export interface WatchView {
   abort(): void;
 }
 
-/** Requests finished per second, measured from the first update this watch saw (not from the batch's start). */
+/**
+ * Requests answered (completed or failed) per second, measured from the first update this watch saw (not from the
+ * batch's start). Not every request done: a cancel or an expiry closes thousands at once, and counted as done they
+ * showed a rate of 3,936/s and an ETA of 0.0 s for a batch the backend was answering at 40/s.
+ */
 class RateMeter {
   private first: { at: number; done: bigint } | undefined;
   readonly startedAt: number;
@@ -26,7 +30,8 @@ class RateMeter {
   /** undefined until progress was seen over at least half a second: an earlier figure would be noise. */
   rate(batch: Batch): number | undefined {
     const now = this.clock();
-    const done = doneCount(batch.requestCounts);
+    const c = batch.requestCounts;
+    const done = c ? c.completed + c.failed : 0n;
     if (!this.first) this.first = { at: now, done };
     const seconds = (now - this.first.at) / 1000;
     return seconds >= 0.5 && done > this.first.done ? Number(done - this.first.done) / seconds : undefined;
