@@ -1,5 +1,5 @@
 import { execFile, execFileSync, spawn } from "node:child_process";
-import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -17,8 +17,15 @@ const run = promisify(execFile);
 /** The pid postmaster.pid names, while that process is alive. */
 function livePostgresPid(dataDir: string): number | undefined {
   const file = join(dataDir, "postmaster.pid");
-  if (!existsSync(file)) return undefined;
-  const pid = Number(readFileSync(file, "utf8").split("\n")[0]);
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch {
+    // None yet, or gone between a look and the read: initdb's own postgres writes one and removes it as it ends.
+    return undefined;
+  }
+  const pid = Number(text.split("\n")[0]);
+  if (!pid) return undefined;
   try {
     process.kill(pid, 0);
     return pid;
