@@ -7,6 +7,7 @@ import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import type { Logger } from "pino";
 import { BadRequestSchema, PreconditionFailureSchema } from "../../gen/google/rpc/error_details_pb.ts";
 import type { FieldViolation } from "../batch/validate-requests.ts";
+import { LogThrottle } from "../log/log-throttle.ts";
 import { unreachableCodes } from "../store/index.ts";
 
 /** INVALID_ARGUMENT with google.rpc.BadRequest details, one violation per field. */
@@ -74,14 +75,15 @@ export function toConnectError(err: unknown): ConnectError {
  * interceptors outside this one. Innermost, so that the others (metrics) see the code.
  */
 export function errorCodeInterceptor(log: Logger, now: () => number = () => performance.now()): Interceptor {
-  const logged = new FailureLogThrottle(now);
+  // The same failure (procedure, code and cause) once per 10 s, with how many like it were left out since.
+  const logged = new LogThrottle(now);
   const coded = (err: unknown, procedure: string, signal: AbortSignal): unknown => {
     if (err instanceof ConnectError || signal.aborted) return err;
     const mapped = toConnectError(err);
     const message = err instanceof Error ? err.message : String(err);
     const code = Code[mapped.code];
-    const suppressed = logged.admit(`${procedure}\u0000${code}\u0000${message}`);
-    if (suppressed !== undefined) log.warn({ procedure, code, err: message, ...(suppressed > 0 ? { suppressed } : {}) }, "call failed");
+    const admitted = logged.admit(`${procedure}\u0000${code}\u0000${message}`);
+    if (admitted) log.warn({ procedure, code, err: message, ...(admitted.suppressed > 0 ? { suppressed: admitted.suppressed } : {}) }, "call failed");
     return mapped;
   };
   return (next) => async (req) => {
@@ -103,32 +105,4 @@ export function errorCodeInterceptor(log: Logger, now: () => number = () => perf
     }
     return { ...res, message: mapped() };
   };
-}
-
-/**
- * How often the same failure (procedure, code and cause) is logged at most: once per 10 s, with how many like it
- * were left out since. Postgres down with 1,000 calls a second made 1,000 "call failed" warnings a second, each the
- * same line, on top of the calls' own "rpc" lines (which are info, and the level an operator turns off first).
- */
-const sameFailureEveryMs = 10_000;
-/** Distinct failures remembered at most; past it the memory starts again (one more line for each). */
-const rememberedFailures = 1_000;
-
-class FailureLogThrottle {
-  private readonly seen = new Map<string, { at: number; suppressed: number }>();
-
-  constructor(private readonly now: () => number) {}
-
-  /** How many were left out since the last line when this one is to be logged; undefined when it is left out. */
-  admit(key: string): number | undefined {
-    const now = this.now();
-    const entry = this.seen.get(key);
-    if (entry && now - entry.at < sameFailureEveryMs) {
-      entry.suppressed++;
-      return undefined;
-    }
-    if (!entry && this.seen.size >= rememberedFailures) this.seen.clear();
-    this.seen.set(key, { at: now, suppressed: 0 });
-    return entry?.suppressed ?? 0;
-  }
 }

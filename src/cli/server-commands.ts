@@ -55,25 +55,20 @@ async function withDatabase(configPath: string | undefined, work: (db: Database)
   const logger = createLogger({ level: "warn" });
   // A stop signal (a terminal's Ctrl-C) while the command runs, often while it starts the embedded PostgreSQL (initdb
   // takes seconds), is held until the database is closed, then ends the command as the signal would: ended at once
-  // by Node's default, the command left the PostgreSQL it had started running with no owner. A second one: at once.
-  let stoppedBy: NodeJS.Signals | undefined;
-  const hold = (signal: NodeJS.Signals) => {
-    if (stoppedBy) process.exit(1);
-    stoppedBy = signal;
-  };
-  for (const signal of stopSignals) process.on(signal, hold);
+  // by Node's default, the command left the PostgreSQL it had started running with no owner.
+  const held = holdStopSignals();
   try {
     const db = await openDatabase({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, embeddedPort: config.embeddedPostgresPort, logger });
     try {
-      if (!stoppedBy) await work(db);
+      if (!held.signal) await work(db);
     } finally {
       await db.close();
     }
   } finally {
-    for (const signal of stopSignals) process.off(signal, hold);
+    held.release();
   }
   // 128 + the signal's number, the shell's convention for a command a signal ended (130 for Ctrl-C).
-  if (stoppedBy) process.exit(128 + osConstants.signals[stoppedBy]);
+  if (held.signal) process.exit(128 + osConstants.signals[held.signal]);
 }
 
 async function runRole(role: Role, opts: { config?: string }): Promise<void> {
@@ -83,23 +78,17 @@ async function runRole(role: Role, opts: { config?: string }): Promise<void> {
   // started, then stops it like any other. Left to Node's default, it ended the process at once: an embedded
   // PostgreSQL just started kept running with no owner (nothing stops one a later node finds running), and claims
   // the new dispatcher had made waited out their lease.
-  const held: NodeJS.Signals[] = [];
-  const hold = (signal: NodeJS.Signals) => {
-    if (held.length > 0) process.exit(1); // a second one: at once, as while stopping (the exit hook stops postgres)
-    logger.info({ signal }, "stopping once started");
-    held.push(signal);
-  };
-  for (const signal of stopSignals) process.on(signal, hold);
+  const held = holdStopSignals((signal) => logger.info({ signal }, "stopping once started"));
   let node;
   try {
     node = await startLote(config, role, logger);
     // node.close drains the API and the workers together, within one shutdown_grace_ms.
     installShutdown({ close: () => node!.close() }, () => {}, { graceMs: config.shutdownGraceMs, logger });
   } finally {
-    for (const signal of stopSignals) process.off(signal, hold);
+    held.release();
   }
-  if (held.length > 0) {
-    process.kill(process.pid, held[0]);
+  if (held.signal) {
+    process.kill(process.pid, held.signal);
     return;
   }
   // One machine-readable line on stdout so scripts and tests know where the API (and the metrics) are.
@@ -108,6 +97,28 @@ async function runRole(role: Role, opts: { config?: string }): Promise<void> {
 
 /** The signals installShutdown stops a node on. */
 const stopSignals = ["SIGTERM", "SIGINT", "SIGHUP"] as const;
+
+/**
+ * Holds the first stop signal from now until `release()`, instead of Node's default of ending the process at once;
+ * `signal` says which one came. A second one exits at once (1), as while stopping (the exit hook stops postgres).
+ */
+function holdStopSignals(onFirst?: (signal: NodeJS.Signals) => void): { readonly signal: NodeJS.Signals | undefined; release(): void } {
+  let first: NodeJS.Signals | undefined;
+  const hold = (signal: NodeJS.Signals) => {
+    if (first) process.exit(1);
+    onFirst?.(signal);
+    first = signal;
+  };
+  for (const signal of stopSignals) process.on(signal, hold);
+  return {
+    get signal() {
+      return first;
+    },
+    release: () => {
+      for (const signal of stopSignals) process.off(signal, hold);
+    },
+  };
+}
 
 export function registerServerCommands(program: Command): void {
   const roles: [Role, string][] = [

@@ -1,4 +1,5 @@
 import type { Logger } from "pino";
+import { LogThrottle } from "../log/log-throttle.ts";
 import type { Completion } from "../store/index.ts";
 
 /**
@@ -15,16 +16,7 @@ export function callErrorKind(completion: Completion | undefined): string | unde
   return completion.statusCode > 0 ? `http_${completion.statusCode}` : completion.errorCode;
 }
 
-/**
- * How often a model's failing calls are logged at most: one line per model per 10 s. A backend down for a minute
- * at 1,000 calls/s fails 60,000 calls; one line each would bury every other line (and cost a worker more than the
- * calls), while no line at all, as before, left an operator reading the logs with nothing to see.
- */
-const summaryEveryMs = 10_000;
-
 interface ModelErrors {
-  /** When the last line was written (performance.now()), undefined before the first. */
-  loggedAt: number | undefined;
   /** Failures since the last line, by kind. */
   readonly counts: Map<string, number>;
   last: { batchId: string; errorCode: string } | undefined;
@@ -32,26 +24,28 @@ interface ModelErrors {
 
 /**
  * Logs backend call failures without flooding: the first failure of a model at once, then, while failures go on,
- * one warning per model every `summaryEveryMs` with the failures since the last one counted by kind. No bodies or
+ * one warning per model every 10 s (`LogThrottle`) with the failures since the last one counted by kind. No bodies or
  * messages: a backend's error message may quote the request.
  */
 export class CallErrorLog {
   private readonly models = new Map<string, ModelErrors>();
+  /** One line per model per 10 s: a backend down for a minute at 1,000 calls/s fails 60,000 calls. */
+  private readonly throttle: LogThrottle;
 
-  constructor(private readonly log: Logger, private readonly now: () => number = () => performance.now()) {}
+  constructor(private readonly log: Logger, now: () => number = () => performance.now()) {
+    this.throttle = new LogThrottle(now);
+  }
 
   record(model: string, kind: string, completion: Completion): void {
     let m = this.models.get(model);
-    if (!m) this.models.set(model, (m = { loggedAt: undefined, counts: new Map(), last: undefined }));
+    if (!m) this.models.set(model, (m = { counts: new Map(), last: undefined }));
     m.counts.set(kind, (m.counts.get(kind) ?? 0) + 1);
     m.last = { batchId: completion.batchId, errorCode: "errorCode" in completion ? completion.errorCode : "" };
-    const now = this.now();
-    if (m.loggedAt !== undefined && now - m.loggedAt < summaryEveryMs) return;
-    const since = m.loggedAt === undefined ? undefined : Math.round(now - m.loggedAt);
-    m.loggedAt = now;
+    const admitted = this.throttle.admit(model);
+    if (!admitted) return;
     const errors = Object.fromEntries(m.counts);
     const failures = [...m.counts.values()].reduce((a, b) => a + b, 0);
     m.counts.clear();
-    this.log.warn({ model, failures, errors, sinceMs: since, lastBatchId: m.last.batchId, lastErrorCode: m.last.errorCode }, "backend calls failing");
+    this.log.warn({ model, failures, errors, sinceMs: admitted.sinceMs, lastBatchId: m.last.batchId, lastErrorCode: m.last.errorCode }, "backend calls failing");
   }
 }
